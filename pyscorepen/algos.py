@@ -1,0 +1,90 @@
+"""The algorithms as small compositions of the shared parts.
+
+========  ===========  ===================  ==================================  ==========
+name      model data   stored penalties     critic loss                         real ratio
+========  ===========  ===================  ==================================  ==========
+sac       no           -                    SAC                                 1.0
+mopo      yes          uncertainty          SAC  (MOPO Algorithm 2)             0.05
+scorepen  yes          score                SAC  (ScorePen Eq. 20, Alg. 1)      0.05
+combo     yes          -                    SAC + CQL term (COMBO Eq. 2)        0.5
+========  ===========  ===================  ==================================  ==========
+
+Penalties of any algorithm can be replaced or combined (``--penalties score uncertainty``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pyscorepen.data import Batch
+from pyscorepen.sac import SAC
+
+
+@dataclass
+class ComboConfig:
+    cql_weight: float = 1.0
+    """beta of COMBO Eq. 2 (the paper searches {0.5, 1, 5})."""
+    num_sampled_actions: int = 10
+    """Actions per state for the log-sum-exp (uniform, pi(.|s), pi(.|s') each)."""
+    temperature: float = 1.0
+    """Temperature of the soft maximum over actions."""
+
+
+class COMBO(SAC):
+    """COMBO (Yu et al. 2021): SAC whose critic loss adds, per critic (Eq. 2),
+
+        beta * ( E_{s ~ d_model} [ log sum_a exp Q(s, a) ] - E_{(s,a) ~ D} [ Q(s, a) ] ),
+
+    the CQL(H) form of "push Q down on model-rollout states with policy/uniform actions,
+    up on dataset pairs"; the log-sum-exp uses importance-sampled uniform actions and policy
+    actions at s and s' (Kumar et al. 2020, App. F)."""
+
+    def __init__(self, *args, combo: ComboConfig | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.combo = combo or ComboConfig()
+
+    def critic_regularizer(self, batch: Batch, q_pred: Tensor) -> tuple[Tensor, dict[str, float]]:
+        cfg = self.combo
+        model, real = batch.from_model, ~batch.from_model
+        if not model.any() or not real.any():
+            return q_pred.new_zeros(()), {}
+        obs, next_obs = batch.obs[model], batch.next_obs[model]                     # [Bm, S]
+        R, Bm = cfg.num_sampled_actions, obs.shape[0]
+        obs_rep, next_rep = obs.repeat(R, 1), next_obs.repeat(R, 1)                 # [R*Bm, S]
+        scale, offset = self.actor.action_scale, self.actor.action_offset          # [A]
+        with torch.no_grad():
+            rand_actions = offset + scale * (2 * torch.rand(R * Bm, scale.shape[0], device=obs.device) - 1)
+            pi_actions, pi_log_prob = self.actor(obs_rep)                           # [R*Bm, A], [R*Bm]
+            next_actions, next_log_prob = self.actor(next_rep)
+        log_uniform = -torch.log(2 * scale).sum()
+        q_rand = self.critic(obs_rep, rand_actions) - log_uniform                    # [N, R*Bm]
+        q_pi = self.critic(obs_rep, pi_actions) - pi_log_prob
+        q_next = self.critic(obs_rep, next_actions) - next_log_prob
+        q_cat = torch.cat([q.view(-1, R, Bm) for q in (q_rand, q_pi, q_next)], dim=1)  # [N, 3R, Bm]
+        t = cfg.temperature
+        push_down = (t * torch.logsumexp(q_cat / t, dim=1)).mean(1)                  # [N]
+        push_up = q_pred[:, real].mean(1)                                           # [N]
+        gap = push_down - push_up
+        return cfg.cql_weight * gap.sum(), {"combo/q_gap": gap.mean().item()}
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str
+    uses_model: bool
+    """Train a dynamics ensemble and learn from model rollouts."""
+    penalties: tuple[str, ...]
+    """Default penalty plug-ins (names in :data:`pyscorepen.penalties.PENALTIES`)."""
+    agent_cls: type[SAC]
+    real_ratio: float
+    """Default fraction of real transitions per batch."""
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    "sac": Algorithm("sac", False, (), SAC, 1.0),
+    "mopo": Algorithm("mopo", True, ("uncertainty",), SAC, 0.05),
+    "scorepen": Algorithm("scorepen", True, ("score",), SAC, 0.05),
+    "combo": Algorithm("combo", True, (), COMBO, 0.5),
+}

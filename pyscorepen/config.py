@@ -1,0 +1,99 @@
+"""Run configuration: one dataclass tree, from which the CLI is generated (tyro)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Annotated, Literal
+
+import tyro
+
+from pyscorepen.algos import ComboConfig
+from pyscorepen.dynamics import DynamicsConfig
+from pyscorepen.sac import SACConfig
+from pyscorepen.score import ScoreConfig
+from pyscorepen.tasks.cliff import CliffConfig
+
+
+@dataclass
+class RolloutConfig:
+    length: int = 5
+    """Model rollout horizon h (MOPO Alg. 2)."""
+    batch_size: int = 10_000
+    """Start states per rollout round (MOPO uses 50k on MuJoCo)."""
+    freq: int = 1000
+    """Gradient steps between rollout rounds."""
+    retain_rounds: int = 5
+    """Model-buffer retention window, in rollout rounds (capacity = batch*length*rounds)."""
+    chunk_size: int = 4096
+    """Start states processed together (keeps activations cache-resident on CPU)."""
+
+
+@dataclass
+class TrainConfig:
+    algo: Literal["scorepen", "mopo", "combo", "sac"] = "scorepen"
+    """Algorithm (see pyscorepen.algos)."""
+    task: str = "cliff"
+    """'cliff', a Minari dataset id (mujoco/hopper/medium-v0) or a path to a Minari dataset."""
+    seed: int = 0
+    """Training seed (network init, sampling, rollouts, evaluation)."""
+    steps: int = 20_000
+    """Gradient steps of policy learning."""
+    beta: float = 0.02
+    """Coefficient of the score penalty ||h(s,a)||^2 (ScorePen Eq. 20), normalized units."""
+    mopo_lambda: float = 1.0
+    """Coefficient lambda of the MOPO uncertainty penalty max_i ||sigma_i||."""
+    mobile_beta: float = 1.0
+    """Coefficient of the MOBILE penalty (used when 'mobile' is among the penalties)."""
+    penalties: tuple[str, ...] | None = None
+    """Penalty plug-ins; None uses the algorithm's own. E.g. 'score uncertainty' combines two."""
+    real_ratio: float | None = None
+    """Fraction of real data per batch; None uses the algorithm's default (0.05 MOPO, 0.5 COMBO)."""
+    batch_size: int = 256
+    """SAC minibatch size."""
+    eval_interval: int = 2000
+    """Gradient steps between evaluations (a line in metrics.jsonl and a checkpoint)."""
+    eval_episodes: int = 10
+    """Episodes per evaluation."""
+    out: str | None = None
+    """Run folder; default runs/<algo>-<task>-s<seed>. An existing run folder is resumed."""
+    device: str = "cpu"
+    """Torch device."""
+    progress: bool = True
+    """Show progress bars."""
+    ref_min: float | None = None
+    """Override of the random-policy reference return (normalized score)."""
+    ref_max: float | None = None
+    """Override of the expert reference return (normalized score)."""
+    cliff: Annotated[CliffConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=CliffConfig)
+    """Options of the cliff task generator (--goal, --boxes, --dataset-size, ...)."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    sac: SACConfig = field(default_factory=SACConfig)
+    combo: ComboConfig = field(default_factory=ComboConfig)
+
+    def penalty_coefs(self) -> dict[str, float]:
+        return {"score": self.beta, "uncertainty": self.mopo_lambda, "mobile": self.mobile_beta}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> "TrainConfig":
+        def build(cls, values):
+            kwargs = {}
+            for f in cls.__dataclass_fields__.values():
+                if f.name not in values:
+                    continue
+                v = values[f.name]
+                sub = _NESTED.get(f.name)
+                if sub is not None and isinstance(v, dict) and cls is TrainConfig:
+                    v = build(sub, v)
+                elif isinstance(v, list):
+                    v = tuple(v)
+                kwargs[f.name] = v
+            return cls(**kwargs)
+        return build(TrainConfig, d)
+
+
+_NESTED = {"cliff": CliffConfig, "rollout": RolloutConfig, "dynamics": DynamicsConfig,
+           "score": ScoreConfig, "sac": SACConfig, "combo": ComboConfig}

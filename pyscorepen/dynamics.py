@@ -1,0 +1,215 @@
+"""Probabilistic dynamics ensemble (MOPO §4.3 / ScorePen-MORL §4.3, after PETS/MBPO).
+
+Each of N members is a Gaussian MLP p_i(delta_s, r | s, a) = N(mu_i, diag(sigma_i^2)) with
+4x200 Swish hidden layers, learned soft bounds on the log-variance, inputs normalized with
+dataset statistics. Members train together (weights ``[E, in, out]``) on their own
+shuffles of the data; a holdout of min(20%, 1000) transitions drives per-member early
+stopping, and the ``num_elites`` best members are used for rollouts.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from pyscorepen.data import Normalizer, ReplayBuffer, TransitionDataset
+from pyscorepen.nets import EnsembleMLP
+from pyscorepen.ops.rollout_step import RolloutStepOut, soft_bound_logvar
+
+try:  # dispatching op (cpp / triton / ref); the reference is always there
+    from pyscorepen.ops.rollout_step import rollout_step
+except ImportError:  # pragma: no cover
+    from pyscorepen.ops.rollout_step import rollout_step_ref as rollout_step
+
+
+@dataclass
+class DynamicsConfig:
+    ensemble_size: int = 7
+    """Number of ensemble members N (MOPO: 7)."""
+    num_elites: int = 5
+    """Members with the lowest holdout error used in rollouts (MOPO: 5)."""
+    hidden_dims: tuple[int, ...] = (200, 200, 200, 200)
+    """Hidden widths of every member (MOPO: 4x200, Swish)."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    batch_size: int = 256
+    """Minibatch size per member."""
+    weight_decay: tuple[float, ...] = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)
+    """L2 coefficient per layer (MBPO/MOPO values; the last entry repeats for deeper nets)."""
+    logvar_bound_coef: float = 0.01
+    """Coefficient of (sum max_logvar - sum min_logvar) in the loss (PETS)."""
+    holdout_ratio: float = 0.2
+    """Fraction of data held out, capped by ``max_holdout``."""
+    max_holdout: int = 1000
+    """Largest holdout set."""
+    max_epochs_since_update: int = 5
+    """Stop when no member improved its holdout MSE by >1% for this many epochs."""
+    max_epochs: int | None = None
+    """Hard cap on training epochs (None: early stopping alone)."""
+
+
+class EnsembleDynamics(nn.Module):
+    def __init__(self, obs_dim: int, action_dim: int, config: DynamicsConfig,
+                 input_normalizer: Normalizer | None = None):
+        super().__init__()
+        self.config, self.obs_dim, self.action_dim = config, obs_dim, action_dim
+        out_dim = obs_dim + 1                                           # (delta_s, r)
+        self.net = EnsembleMLP(config.ensemble_size, obs_dim + action_dim, config.hidden_dims, 2 * out_dim)
+        self.max_logvar = nn.Parameter(torch.full((out_dim,), 0.5))
+        self.min_logvar = nn.Parameter(torch.full((out_dim,), -10.0))
+        norm = input_normalizer or Normalizer(torch.zeros(obs_dim + action_dim), torch.ones(obs_dim + action_dim))
+        self.register_buffer("input_mean", norm.mean.clone())
+        self.register_buffer("input_std", norm.std.clone())
+        self.register_buffer("elites", torch.arange(config.num_elites))
+        self.register_buffer("holdout_mse", torch.full((config.ensemble_size,), float("inf")))
+
+    # ------------------------------------------------------------------------------ model
+    def normalize(self, obs: Tensor, actions: Tensor) -> Tensor:
+        return (torch.cat([obs, actions], -1) - self.input_mean) / self.input_std   # [.., S+A]
+
+    def forward(self, x_norm: Tensor) -> tuple[Tensor, Tensor]:
+        """x_norm [B, S+A] or [E, B, S+A] -> mean, logvar [E, B, S+1]."""
+        mean, logvar = self.net(x_norm).chunk(2, dim=-1)
+        return mean, soft_bound_logvar(logvar, self.max_logvar, self.min_logvar)
+
+    def predict(self, obs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+        """All-member mean and std of (delta_s, r): [E, B, S+1] each."""
+        mean, logvar = self(self.normalize(obs, actions))
+        return mean, (0.5 * logvar).exp()
+
+    @torch.no_grad()
+    def step(self, obs: Tensor, actions: Tensor,
+             score_params: tuple[list[Tensor], list[Tensor]] | None = None,
+             generator: torch.Generator | None = None, deterministic: bool = False) -> RolloutStepOut:
+        """One model step from one random elite per sample, with both penalties (fused op).
+
+        ``score_params``: (weights [in, out], biases [out]) of the frozen score MLP, see
+        :func:`pyscorepen.nets.mlp_weights`; None computes no score penalty.
+        """
+        B = obs.shape[0]
+        member = self.elites[torch.randint(len(self.elites), (B,), generator=generator, device=obs.device)]
+        noise = (torch.zeros(B, self.obs_dim + 1, device=obs.device) if deterministic else
+                 torch.randn(B, self.obs_dim + 1, generator=generator, device=obs.device))
+        score_w, score_b = score_params if score_params is not None else ([], [])
+        return rollout_step(obs, actions, self.input_mean, self.input_std,
+                            [w.detach() for w in self.net.weights()], [b.detach() for b in self.net.biases()],
+                            self.max_logvar.detach(), self.min_logvar.detach(), member, noise, score_w, score_b)
+
+    # ------------------------------------------------------------------------------ training
+    def loss(self, x_norm: Tensor, target: Tensor) -> Tensor:
+        """Gaussian NLL summed over members (MOPO Eq. in §4.3 / PETS) + log-var bound + L2.
+
+        x_norm [E, B, S+A], target [E, B, S+1].
+        """
+        mean, logvar = self(x_norm)
+        nll = ((mean - target).square() * (-logvar).exp() + logvar).mean(dim=(1, 2)).sum()
+        bound = self.config.logvar_bound_coef * (self.max_logvar.sum() - self.min_logvar.sum())
+        decays = self.config.weight_decay
+        l2 = sum(decays[min(i, len(decays) - 1)] * 0.5 * w.square().sum()
+                 for i, w in enumerate(self.net.weights()))
+        return nll + bound + l2
+
+    def fit(self, dataset: TransitionDataset, generator: torch.Generator | None = None,
+            progress: bool = True, log=None) -> dict[str, float]:
+        """Train on D with holdout early stopping; pick elites. Returns training statistics."""
+        cfg, device = self.config, self.input_mean.device
+        norm = dataset.input_normalizer()
+        self.input_mean.copy_(norm.mean)
+        self.input_std.copy_(norm.std)
+        x = self.normalize(dataset.obs, dataset.actions).to(device)                     # [N, S+A]
+        y = torch.cat([dataset.next_obs - dataset.obs, dataset.rewards[:, None]], -1).to(device)  # [N, S+1]
+        N, E = x.shape[0], cfg.ensemble_size
+        perm = torch.randperm(N, generator=generator).to(device)
+        n_hold = min(int(N * cfg.holdout_ratio), cfg.max_holdout)
+        hold_idx, train_idx = perm[:n_hold], perm[n_hold:]
+        x_hold, y_hold = x[hold_idx], y[hold_idx]
+        n_train = train_idx.shape[0]
+        optim = torch.optim.Adam(self.parameters(), lr=cfg.lr)
+        best = torch.full((E,), float("inf"), device=device)
+        best_state = copy.deepcopy(self.state_dict())
+        epochs_since_update, epoch, samples, t0 = 0, 0, 0, time.perf_counter()
+        bar = tqdm(desc="dynamics", unit="epoch", disable=not progress, leave=False)
+        while True:
+            # each member sees its own shuffle of the training set: idx [E, n_train]
+            idx = train_idx[torch.argsort(torch.rand(E, n_train, generator=generator), dim=1).to(device)]
+            for start in range(0, n_train, cfg.batch_size):
+                b = idx[:, start:start + cfg.batch_size]                                 # [E, b]
+                loss = self.loss(x[b], y[b])
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                optim.step()
+                samples += b.numel()
+            epoch += 1
+            mse = self.holdout_error(x_hold, y_hold)                                    # [E]
+            improved = mse < 0.99 * best                      # >1% better (MBPO); inf-safe
+            if improved.any():
+                best = torch.where(improved, mse, best)
+                state = self.state_dict()
+                for k, v in best_state.items():   # copy improved members' slices (member dim first)
+                    if k.startswith("net."):
+                        v[improved] = state[k][improved]
+                best_state["max_logvar"], best_state["min_logvar"] = state["max_logvar"].clone(), state["min_logvar"].clone()
+                epochs_since_update = 0
+            else:
+                epochs_since_update += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", holdout_mse=f"{mse.mean().item():.4g}")
+            if epochs_since_update >= cfg.max_epochs_since_update or (cfg.max_epochs and epoch >= cfg.max_epochs):
+                break
+        bar.close()
+        self.load_state_dict(best_state)
+        final = self.holdout_error(x_hold, y_hold)
+        self.holdout_mse.copy_(final)
+        self.elites.copy_(torch.argsort(final)[: cfg.num_elites])
+        seconds = time.perf_counter() - t0
+        return {"dynamics/epochs": epoch, "dynamics/holdout_mse_elites": final[self.elites].mean().item(),
+                "dynamics/samples_per_s": samples / seconds, "dynamics/seconds": seconds}
+
+    @torch.no_grad()
+    def holdout_error(self, x_hold: Tensor, y_hold: Tensor) -> Tensor:
+        mean, _ = self(x_hold)                                                          # [E, H, S+1]
+        return (mean - y_hold).square().mean(dim=(1, 2))                                # [E]
+
+
+@torch.no_grad()
+def rollout(dynamics: EnsembleDynamics, policy, start_obs: Tensor, rollout_length: int, buffer: ReplayBuffer,
+            penalties=(), termination_fn=None, score_params: tuple[list[Tensor], list[Tensor]] | None = None,
+            chunk_size: int = 4096, generator: torch.Generator | None = None) -> dict[str, float]:
+    """h-step branched rollouts from dataset states (MOPO Alg. 2 / ScorePen Alg. 1, line 4).
+
+    For each chunk of start states and each step: a ~ pi(s); one fused ``rollout_step`` gives
+    (s', r) from a random elite together with the raw penalties; generation-time penalty
+    plug-ins turn them into a stored per-transition penalty sum_k c_k p_k(s, a); transitions
+    go straight into ``buffer``; terminated rollouts stop.
+    ``policy``: obs [B, S] -> actions [B, A].
+    """
+    stats = {"transitions": 0.0, "reward": 0.0, "penalty": 0.0, **{f"raw_{p.name}": 0.0 for p in penalties}}
+    for chunk in start_obs.split(chunk_size):
+        obs = chunk                                                                     # [B, S]
+        for _ in range(rollout_length):
+            actions = policy(obs)                                                       # [B, A]
+            out = dynamics.step(obs, actions, score_params=score_params, generator=generator)
+            penalty = torch.zeros_like(out.rewards)                                     # [B]
+            for p in penalties:
+                raw = p(obs, actions, out)
+                stats[f"raw_{p.name}"] += raw.sum().item()
+                penalty += p.coef * raw
+            done = (termination_fn(obs, actions, out.next_obs) if termination_fn is not None
+                    else torch.zeros_like(out.rewards, dtype=torch.bool))
+            buffer.add(obs, actions, out.rewards, out.next_obs, done, penalty)
+            stats["transitions"] += obs.shape[0]
+            stats["reward"] += out.rewards.sum().item()
+            stats["penalty"] += penalty.sum().item()
+            if done.any():
+                obs = out.next_obs[~done]
+                if obs.shape[0] == 0:
+                    break
+            else:
+                obs = out.next_obs
+    n = max(stats["transitions"], 1.0)
+    return {("rollout/transitions" if k == "transitions" else f"rollout/{k}_mean"): (v if k == "transitions" else v / n)
+            for k, v in stats.items()}

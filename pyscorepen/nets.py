@@ -1,0 +1,115 @@
+"""Network building blocks: vectorized ensembles (weights ``[E, in, out]``), plain MLPs,
+the tanh-Gaussian actor and a vectorized Q ensemble."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class EnsembleLinear(nn.Module):
+    """E independent linear layers evaluated with one batched matmul.
+
+    weight: [E, in, out]; bias: [E, out]. Input [E, B, in] (or [B, in], shared).
+    """
+
+    def __init__(self, ensemble_size: int, in_features: int, out_features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(ensemble_size, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(ensemble_size, out_features))
+        bound = 1.0 / math.sqrt(in_features)
+        # truncated-normal init as in MBPO/MOPO (std 1/(2 sqrt(in)))
+        nn.init.trunc_normal_(self.weight, std=0.5 * bound, a=-bound, b=bound)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 2:
+            x = x.expand(self.weight.shape[0], *x.shape)       # [E, B, in]
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)  # [E, B, out]
+
+
+class EnsembleMLP(nn.Module):
+    """Ensemble MLP with SiLU hidden activations; all members in one batched GEMM per layer."""
+
+    def __init__(self, ensemble_size: int, in_dim: int, hidden_dims: tuple[int, ...], out_dim: int):
+        super().__init__()
+        dims = (in_dim, *hidden_dims, out_dim)
+        self.layers = nn.ModuleList(EnsembleLinear(ensemble_size, i, o) for i, o in zip(dims[:-1], dims[1:]))
+        self.ensemble_size = ensemble_size
+
+    def forward(self, x: Tensor) -> Tensor:   # [B, in] or [E, B, in] -> [E, B, out]
+        for layer in self.layers[:-1]:
+            x = F.silu(layer(x))
+        return self.layers[-1](x)
+
+    def weights(self) -> list[Tensor]:
+        return [layer.weight for layer in self.layers]
+
+    def biases(self) -> list[Tensor]:
+        return [layer.bias for layer in self.layers]
+
+
+def mlp(in_dim: int, hidden_dims: tuple[int, ...], out_dim: int, activation=nn.SiLU) -> nn.Sequential:
+    dims = (in_dim, *hidden_dims)
+    layers: list[nn.Module] = []
+    for i, o in zip(dims[:-1], dims[1:]):
+        layers += [nn.Linear(i, o), activation()]
+    layers.append(nn.Linear(dims[-1], out_dim))
+    return nn.Sequential(*layers)
+
+
+def mlp_weights(net: nn.Sequential) -> tuple[list[Tensor], list[Tensor]]:
+    """Weights as [in, out] (transposed nn.Linear layout) and biases [out], for the fused ops."""
+    linears = [m for m in net if isinstance(m, nn.Linear)]
+    return [m.weight.t().contiguous() for m in linears], [m.bias.detach() for m in linears]
+
+
+class TanhGaussianActor(nn.Module):
+    """SAC actor: a ~ scale * tanh(u) + offset, u ~ N(mu(s), sigma(s)) (Haarnoja et al. 2018, App. C)."""
+
+    LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_dims: tuple[int, ...],
+                 action_low: Tensor, action_high: Tensor):
+        super().__init__()
+        self.net = mlp(obs_dim, hidden_dims, 2 * action_dim, activation=nn.ReLU)
+        self.register_buffer("action_scale", ((action_high - action_low) / 2).float())
+        self.register_buffer("action_offset", ((action_high + action_low) / 2).float())
+
+    def forward(self, obs: Tensor, deterministic: bool = False, with_log_prob: bool = True
+                ) -> tuple[Tensor, Tensor | None]:
+        mu, log_std = self.net(obs).chunk(2, dim=-1)                 # [B, A] each
+        if deterministic:
+            return torch.tanh(mu) * self.action_scale + self.action_offset, None
+        log_std = log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
+        std = log_std.exp()
+        u = mu + std * torch.randn_like(mu)                          # [B, A]
+        action = torch.tanh(u) * self.action_scale + self.action_offset
+        if not with_log_prob:
+            return action, None
+        # log N(u; mu, std) - sum log(scale * (1 - tanh(u)^2)), the latter in a stable form
+        log_prob = (-0.5 * ((u - mu) / std).square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        log_prob = log_prob - (2 * (math.log(2) - u - F.softplus(-2 * u)) + self.action_scale.log()).sum(-1)
+        return action, log_prob                                      # [B, A], [B]
+
+
+class QEnsemble(nn.Module):
+    """N critics Q_k(s, a) evaluated together (N=2 for SAC's twin critics). Returns [N, B]."""
+
+    def __init__(self, num_critics: int, obs_dim: int, action_dim: int, hidden_dims: tuple[int, ...]):
+        super().__init__()
+        dims = (obs_dim + action_dim, *hidden_dims, 1)
+        self.layers = nn.ModuleList(EnsembleLinear(num_critics, i, o) for i, o in zip(dims[:-1], dims[1:]))
+        for layer in self.layers:  # PyTorch nn.Linear-style init for critics
+            bound = 1.0 / math.sqrt(layer.weight.shape[1])
+            nn.init.uniform_(layer.weight, -bound, bound)
+            nn.init.uniform_(layer.bias, -bound, bound)
+        self.num_critics = num_critics
+
+    def forward(self, obs: Tensor, actions: Tensor) -> Tensor:
+        x = torch.cat([obs, actions], dim=-1)                        # [..., B, S+A]
+        for layer in self.layers[:-1]:
+            x = F.relu(layer(x))                                     # [N, B, H]
+        return self.layers[-1](x).squeeze(-1)                        # [N, B]

@@ -1,0 +1,68 @@
+"""The run folder contract (other tools rely on it):
+
+    runs/<algo>-<task>-s<seed>/
+      config.json       resolved TrainConfig
+      metrics.jsonl     one JSON object per evaluation: step, return_mean, return_std,
+                        normalized_score_mean, losses, penalty and rollout statistics
+      summary.json      algo, task, seed, steps, return_mean, return_std, normalized_score_*,
+                        (cliff) final_distance_to_goal_mean
+      checkpoint.pt     latest training state (agent, model buffer, RNG) for resuming
+      dynamics.pt       trained dynamics ensemble      score.pt   trained score model
+      policy.pt         final agent state
+      learning_curve.png, penalty_heatmap.png (cliff)
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
+CHECKPOINT, DYNAMICS, SCORE, POLICY = "checkpoint.pt", "dynamics.pt", "score.pt", "policy.pt"
+HEATMAP, CURVE = "penalty_heatmap.png", "learning_curve.png"
+
+
+def default_run_dir(algo: str, task: str, seed: int) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", task).strip("_")
+    return Path("runs") / f"{algo}-{slug}-s{seed}"
+
+
+def append_metrics(run_dir: Path, row: dict) -> None:
+    with open(Path(run_dir) / METRICS, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop metric rows logged after the checkpoint we resume from."""
+    rows = [r for r in read_metrics(run_dir) if r["step"] <= step]
+    (Path(run_dir) / METRICS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    (Path(run_dir) / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def summarize(result, task) -> dict[str, float]:
+    """Return statistics of an evaluation: mean/std return, normalized score, VaR, cliff distance."""
+    returns = np.asarray(result.returns, dtype=np.float64)
+    out = {"return_mean": float(returns.mean()), "return_std": float(returns.std()),
+           "episodes": int(returns.size)}
+    norm = [task.normalized_score(r) for r in returns]
+    if norm and norm[0] is not None:
+        out["normalized_score_mean"] = float(np.mean(norm))
+        out["normalized_score_std"] = float(np.std(norm))
+    if result.final_distances:
+        d = np.asarray(result.final_distances)
+        out["final_distance_to_goal_mean"] = float(d.mean())
+        out["final_distance_to_goal_std"] = float(d.std())
+    return {k: v for k, v in out.items() if not (isinstance(v, float) and math.isnan(v))}

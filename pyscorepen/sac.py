@@ -1,0 +1,149 @@
+"""Soft Actor-Critic core shared by every algorithm in the library.
+
+Haarnoja et al. 2018 with twin critics (one vectorized :class:`QEnsemble`), Polyak-averaged
+target critics and automatic entropy tuning. The model-based algorithms are small
+deltas on this class:
+
+* the Bellman target subtracts the per-transition ``batch.penalty`` (MOPO Alg. 2 reward
+  penalty lambda*u(s,a); ScorePen-MORL Eq. 20 beta*||h(s,a)||^2), see :meth:`compute_target`;
+* COMBO overrides :meth:`critic_regularizer` (COMBO Eq. 2);
+* :class:`TargetPenalty` plug-ins (MOBILE) add to the target at update time.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pyscorepen.data import Batch
+from pyscorepen.nets import QEnsemble, TanhGaussianActor
+
+
+@dataclass
+class SACConfig:
+    hidden_dims: tuple[int, ...] = (256, 256)
+    """Hidden layer widths of the actor and of each critic."""
+    num_critics: int = 2
+    """Number of critics in the Q ensemble (2 = clipped double Q)."""
+    actor_lr: float = 1e-4
+    """Actor learning rate (MOPO/OfflineRL-Kit use 1e-4 offline)."""
+    critic_lr: float = 3e-4
+    """Critic learning rate."""
+    alpha_lr: float = 1e-4
+    """Learning rate of the entropy temperature log(alpha)."""
+    gamma: float = 0.99
+    """Discount factor."""
+    tau: float = 0.005
+    """Polyak coefficient of the target critics."""
+    init_alpha: float = 0.2
+    """Initial entropy temperature."""
+    auto_alpha: bool = True
+    """Tune alpha towards ``target_entropy`` (Haarnoja et al. 2018b, Eq. 18)."""
+    target_entropy: float | None = None
+    """Target policy entropy; None means -action_dim."""
+
+
+class SAC:
+    """SAC agent. ``update(batch) -> dict[str, float]``; ``state_dict``/``load_state_dict``."""
+
+    def __init__(self, obs_dim: int, action_dim: int, config: SACConfig,
+                 action_low: Tensor, action_high: Tensor, device: torch.device | str = "cpu",
+                 target_penalties: list | None = None):
+        self.config = config
+        self.device = torch.device(device)
+        self.actor = TanhGaussianActor(obs_dim, action_dim, config.hidden_dims,
+                                       torch.as_tensor(action_low), torch.as_tensor(action_high)).to(self.device)
+        self.critic = QEnsemble(config.num_critics, obs_dim, action_dim, config.hidden_dims).to(self.device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_alpha = torch.tensor(float(torch.tensor(config.init_alpha).log()), device=self.device,
+                                      requires_grad=True)
+        self.target_entropy = -float(action_dim) if config.target_entropy is None else config.target_entropy
+        self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
+        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
+        self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)
+        self.target_penalties = list(target_penalties or [])
+        self.num_updates = 0
+
+    # ----------------------------------------------------------------------------- acting
+    @property
+    def alpha(self) -> Tensor:
+        return self.log_alpha.detach().exp()
+
+    @torch.no_grad()
+    def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
+        """obs [B, S] -> actions [B, A] in env units."""
+        return self.actor(obs.to(self.device), deterministic=deterministic, with_log_prob=False)[0]
+
+    # ----------------------------------------------------------------------------- hooks
+    @torch.no_grad()
+    def compute_target(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        """y = r - penalty + gamma (1 - d) [min_k Q'_k(s', a') - alpha log pi(a'|s')]  (ScorePen Eq. 20).
+
+        ``batch.penalty`` holds the stored generation-time penalties (0 for real data);
+        target-time plug-ins (e.g. MOBILE) add theirs here.
+        """
+        next_actions, next_log_prob = self.actor(batch.next_obs)            # [B, A], [B]
+        next_q = self.critic_target(batch.next_obs, next_actions).min(0).values  # [B]
+        next_v = next_q - self.alpha * next_log_prob
+        reward = batch.rewards - batch.penalty
+        info: dict[str, float] = {}
+        for plugin in self.target_penalties:
+            extra = plugin(self, batch)                                      # [B]
+            reward = reward - extra
+            info[f"penalty/{plugin.name}"] = float(extra.mean())
+        return reward + self.config.gamma * (1.0 - batch.terminals) * next_v, info
+
+    def critic_regularizer(self, batch: Batch, q_pred: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """Extra critic loss term; zero for SAC. COMBO overrides this (COMBO Eq. 2)."""
+        return q_pred.new_zeros(()), {}
+
+    # ----------------------------------------------------------------------------- update
+    def update(self, batch: Batch) -> dict[str, float]:
+        target, info = self.compute_target(batch)                           # [B]
+        q_pred = self.critic(batch.obs, batch.actions)                       # [N, B]
+        critic_loss = (q_pred - target).square().mean(1).sum()
+        reg, reg_info = self.critic_regularizer(batch, q_pred)
+        self.critic_optim.zero_grad(set_to_none=True)
+        (critic_loss + reg).backward()
+        self.critic_optim.step()
+
+        actions, log_prob = self.actor(batch.obs)                            # [B, A], [B]
+        q_new = self.critic(batch.obs, actions).min(0).values                # [B]
+        actor_loss = (self.alpha * log_prob - q_new).mean()
+        self.actor_optim.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_optim.step()
+
+        if self.config.auto_alpha:
+            alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+            self.alpha_optim.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_optim.step()
+
+        with torch.no_grad():
+            for p, p_target in zip(self.critic.parameters(), self.critic_target.parameters()):
+                p_target.lerp_(p, self.config.tau)
+        self.num_updates += 1
+        return {"loss/critic": critic_loss.item(), "loss/actor": actor_loss.item(),
+                "alpha": self.alpha.item(), "q_mean": q_pred.detach().mean().item(),
+                "penalty/stored_mean": batch.penalty.mean().item(), **info, **reg_info}
+
+    # ----------------------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+                "critic_target": self.critic_target.state_dict(), "log_alpha": self.log_alpha.detach(),
+                "actor_optim": self.actor_optim.state_dict(), "critic_optim": self.critic_optim.state_dict(),
+                "alpha_optim": self.alpha_optim.state_dict(), "num_updates": self.num_updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.actor_optim.load_state_dict(state["actor_optim"])
+        self.critic_optim.load_state_dict(state["critic_optim"])
+        self.alpha_optim.load_state_dict(state["alpha_optim"])
+        self.num_updates = state["num_updates"]

@@ -1,0 +1,111 @@
+"""Denoising score model h_xi(x) ~ grad_x log p_D(x) of the offline data, x = (s, a).
+
+ScorePen-MORL Eq. 9-10 (Vincent 2011 denoising score matching): for normalized x and
+noise level sigma, minimize  1/2 E || h(x + sigma z) + z / sigma ||^2 .
+With several noise levels (noise-conditioned variant, Song & Ermon 2019) the network also
+sees log(sigma) and the loss at each level is weighted by sigma^2; the penalty always uses
+the smallest sigma. The penalty ||h(s, a)||^2 (ScorePen Eq. 20) is computed in the
+*normalized* space the model is trained in, so beta is independent of the env's units.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from pyscorepen.data import Normalizer, TransitionDataset
+from pyscorepen.nets import mlp
+
+
+@dataclass
+class ScoreConfig:
+    sigmas: tuple[float, ...] = (0.1,)
+    """Noise level(s) sigma of Eq. 10, in normalized units. One value: plain DSM; several:
+    noise-conditioned, penalty at min(sigma). 0.1 gives a boundary layer of ~0.1 std, see README."""
+    hidden_dims: tuple[int, ...] = (256, 256, 256)
+    """Hidden widths of the score MLP (SiLU)."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    batch_size: int = 512
+    """Minibatch size."""
+    train_steps: int = 5000
+    """Gradient steps of score training (done once, before policy learning)."""
+
+
+class ScoreModel(nn.Module):
+    def __init__(self, input_dim: int, config: ScoreConfig, normalizer: Normalizer | None = None):
+        super().__init__()
+        self.config = config
+        self.conditioned = len(config.sigmas) > 1
+        self.net = mlp(input_dim + int(self.conditioned), config.hidden_dims, input_dim)
+        self.register_buffer("sigmas", torch.tensor(sorted(config.sigmas), dtype=torch.float32))
+        norm = normalizer or Normalizer(torch.zeros(input_dim), torch.ones(input_dim))
+        self.register_buffer("input_mean", norm.mean.clone())
+        self.register_buffer("input_std", norm.std.clone())
+
+    def forward(self, x_norm: Tensor, sigma: Tensor | None = None) -> Tensor:
+        """h(x_norm; sigma): [B, D] -> [B, D]. sigma [B] (noise-conditioned only)."""
+        if self.conditioned:
+            if sigma is None:
+                sigma = self.sigmas[0].expand(x_norm.shape[0])
+            x_norm = torch.cat([x_norm, sigma.log()[:, None]], -1)
+        return self.net(x_norm)
+
+    def normalize(self, obs: Tensor, actions: Tensor) -> Tensor:
+        return (torch.cat([obs, actions], -1) - self.input_mean) / self.input_std
+
+    def dsm_loss(self, x_norm: Tensor) -> Tensor:
+        """Eq. 10: 1/2 || h(x + sigma z) + z/sigma ||^2, weighted by sigma^2 across levels."""
+        B = x_norm.shape[0]
+        sigma = self.sigmas[torch.randint(len(self.sigmas), (B,), device=x_norm.device)]  # [B]
+        z = torch.randn_like(x_norm)                                                    # [B, D]
+        h = self(x_norm + sigma[:, None] * z, sigma)
+        weight = (sigma / self.sigmas[0]).square() if self.conditioned else 1.0
+        return 0.5 * ((h + z / sigma[:, None]).square().sum(-1) * weight).mean()
+
+    def penalty_net(self) -> nn.Sequential:
+        """A plain MLP computing h(x; sigma_min) from normalized x, for the fused penalty op.
+
+        For the conditioned net the log(sigma) input column is folded into the first bias.
+        """
+        if not self.conditioned:
+            return self.net
+        first: nn.Linear = self.net[0]
+        folded = nn.Linear(first.in_features - 1, first.out_features).to(first.weight.device)
+        with torch.no_grad():
+            folded.weight.copy_(first.weight[:, :-1])
+            folded.bias.copy_(first.bias + first.weight[:, -1] * self.sigmas[0].log())
+        return nn.Sequential(folded, *list(self.net)[1:])
+
+    @torch.no_grad()
+    def penalty(self, obs: Tensor, actions: Tensor) -> Tensor:
+        """||h(s, a)||^2 in normalized space (ScorePen Eq. 20): [B]."""
+        return self(self.normalize(obs, actions)).square().sum(-1)
+
+    def fit(self, dataset: TransitionDataset, generator: torch.Generator | None = None,
+            progress: bool = True) -> dict[str, float]:
+        cfg, device = self.config, self.input_mean.device
+        norm = dataset.input_normalizer()
+        self.input_mean.copy_(norm.mean)
+        self.input_std.copy_(norm.std)
+        x = self.normalize(dataset.obs.to(device), dataset.actions.to(device))          # [N, D]
+        optim = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, cfg.train_steps)
+        t0, losses = time.perf_counter(), []
+        bar = tqdm(range(cfg.train_steps), desc="score", disable=not progress, leave=False)
+        for step in bar:
+            idx = torch.randint(x.shape[0], (cfg.batch_size,), generator=generator).to(device)
+            loss = self.dsm_loss(x[idx])
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            sched.step()
+            if step % 100 == 0 or step == cfg.train_steps - 1:
+                losses.append(loss.item())
+                bar.set_postfix(dsm_loss=f"{losses[-1]:.3f}")
+        self.requires_grad_(False)    # frozen afterwards (ScorePen Alg. 1, line 2)
+        return {"score/dsm_loss_first": losses[0], "score/dsm_loss_last": sum(losses[-5:]) / len(losses[-5:]),
+                "score/seconds": time.perf_counter() - t0}

@@ -1,0 +1,202 @@
+"""The model-based offline RL training loop shared by every algorithm.
+
+ScorePen-MORL Algorithm 1 / MOPO Algorithm 2:
+  1. train the dynamics ensemble on D (holdout, elites);
+  2. train the score model on D (Eq. 10) and freeze it — only if a penalty needs it;
+  3. repeat: every ``rollout.freq`` steps, branch h-step rollouts of pi from dataset states
+     into D_model, storing each transition's penalty; update SAC on batches drawn from
+     D (``real_ratio``) and D_model, the target lowered by the stored penalty (Eq. 20).
+
+A run lives in one folder (see :mod:`pyscorepen.runs`); an interrupted run resumes from its
+last checkpoint when started again with the same ``--out``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pyscorepen import runs
+from pyscorepen.algos import ALGORITHMS, COMBO
+from pyscorepen.config import TrainConfig
+from pyscorepen.data import Batch, ReplayBuffer
+from pyscorepen.dynamics import EnsembleDynamics, rollout
+from pyscorepen.evaluation import EvalResult, evaluate_policy
+from pyscorepen.nets import mlp_weights
+from pyscorepen.penalties import PENALTIES, is_target_penalty
+from pyscorepen.score import ScoreModel
+from pyscorepen.tasks import Task
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, task: Task, run_dir: Path):
+        self.config, self.task, self.run_dir = config, task, Path(run_dir)
+        self.algorithm = ALGORITHMS[config.algo]
+        self.device = torch.device(config.device)
+        seed_everything(config.seed)
+        data = task.dataset.to(self.device)
+        self.dataset = data
+        env = task.make_env()
+        low = torch.as_tensor(env.action_space.low, dtype=torch.float32)
+        high = torch.as_tensor(env.action_space.high, dtype=torch.float32)
+        env.close()
+
+        names = config.penalties if config.penalties is not None else self.algorithm.penalties
+        unknown = [n for n in names if n not in PENALTIES]
+        if unknown:
+            raise ValueError(f"unknown penalties {unknown}; available: {sorted(PENALTIES)}")
+        coefs = config.penalty_coefs()
+        self.dynamics = EnsembleDynamics(data.obs_dim, data.action_dim, config.dynamics).to(self.device)
+        context = {"dynamics": self.dynamics, "dataset": data, "config": config}
+        plugins = [PENALTIES[n](coefs.get(n, 1.0), **context) for n in names]
+        self.rollout_penalties = [p for p in plugins if not is_target_penalty(p)]
+        target_penalties = [p for p in plugins if is_target_penalty(p)]
+        if plugins and not self.algorithm.uses_model:
+            raise ValueError(f"penalties {list(names)} need model rollouts; algo '{config.algo}' has none")
+
+        needs_score = any(p.requires_score for p in self.rollout_penalties)
+        self.score = (ScoreModel(data.obs_dim + data.action_dim, config.score).to(self.device)
+                      if needs_score else None)
+        agent_kwargs = {"combo": config.combo} if issubclass(self.algorithm.agent_cls, COMBO) else {}
+        self.agent = self.algorithm.agent_cls(data.obs_dim, data.action_dim, config.sac, low, high, self.device,
+                                              target_penalties=target_penalties, **agent_kwargs)
+        r = config.rollout
+        self.model_buffer = ReplayBuffer(r.batch_size * r.length * r.retain_rounds, data.obs_dim,
+                                         data.action_dim, self.device)
+        self.real_ratio = self.algorithm.real_ratio if config.real_ratio is None else config.real_ratio
+        self.step = 0
+        self.score_params = None
+
+    # --------------------------------------------------------------------------- pretraining
+    def pretrain(self) -> dict[str, float]:
+        """Dynamics ensemble and score model, each trained once and saved in the run folder."""
+        info: dict[str, float] = {}
+        progress = self.config.progress
+        if self.algorithm.uses_model:
+            path = self.run_dir / runs.DYNAMICS
+            if path.exists():
+                self.dynamics.load_state_dict(torch.load(path, map_location=self.device))
+            else:
+                info.update(self.dynamics.fit(self.dataset, progress=progress))
+                torch.save(self.dynamics.state_dict(), path)
+                log.info("dynamics: %s", info)
+        if self.score is not None:
+            path = self.run_dir / runs.SCORE
+            if path.exists():
+                self.score.load_state_dict(torch.load(path, map_location=self.device))
+                self.score.requires_grad_(False)
+            else:
+                info.update(self.score.fit(self.dataset, progress=progress))
+                torch.save(self.score.state_dict(), path)
+                log.info("score: %s", info)
+            self.score_params = mlp_weights(self.score.penalty_net())
+        return info
+
+    # --------------------------------------------------------------------------- loop pieces
+    def policy(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.agent.actor(obs, with_log_prob=False)[0]
+
+    def rollout_round(self) -> dict[str, float]:
+        cfg = self.config.rollout
+        idx = torch.randint(len(self.dataset), (cfg.batch_size,), device=self.device)
+        t0 = time.perf_counter()
+        stats = rollout(self.dynamics, self.policy, self.dataset.obs[idx], cfg.length, self.model_buffer,
+                        penalties=self.rollout_penalties, termination_fn=self.task.termination_fn,
+                        score_params=self.score_params, chunk_size=cfg.chunk_size)
+        stats["rollout/transitions_per_s"] = stats["rollout/transitions"] / (time.perf_counter() - t0)
+        return stats
+
+    def sample_batch(self) -> Batch:
+        B = self.config.batch_size
+        if not self.algorithm.uses_model:
+            return self.dataset.sample(B)
+        n_real = int(round(B * self.real_ratio))
+        return Batch.cat([self.dataset.sample(n_real), self.model_buffer.sample(B - n_real)])
+
+    def evaluate(self, episodes: int, keep_trajectories: bool = False) -> EvalResult:
+        act = lambda obs: self.agent.act(obs.to(self.device), deterministic=True)
+        return evaluate_policy(act, self.task.make_env, episodes, seed=10_000 * (self.config.seed + 1),
+                               keep_trajectories=keep_trajectories)
+
+    # --------------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self) -> None:
+        state = {"step": self.step, "agent": self.agent.state_dict(),
+                 "model_buffer": self.model_buffer.state_dict(), "torch_rng": torch.get_rng_state(),
+                 "numpy_rng": np.random.get_state()}
+        tmp = self.run_dir / (runs.CHECKPOINT + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.run_dir / runs.CHECKPOINT)
+
+    def load_checkpoint(self) -> bool:
+        path = self.run_dir / runs.CHECKPOINT
+        if not path.exists():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.step = state["step"]
+        self.agent.load_state_dict(state["agent"])
+        self.model_buffer.load_state_dict(state["model_buffer"])
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        runs.truncate_metrics(self.run_dir, self.step)
+        return True
+
+    # --------------------------------------------------------------------------- main loop
+    def train(self) -> dict:
+        cfg = self.config
+        resumed = self.load_checkpoint()
+        pre = self.pretrain()
+        if resumed:
+            log.info("resuming %s from step %d", self.run_dir, self.step)
+        t_start, t_updates, updates = time.perf_counter(), 0.0, 0
+        last_rollout: dict[str, float] = {}
+        running: dict[str, float] = {}
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.algo}", unit="step",
+                   disable=not cfg.progress, dynamic_ncols=True)
+        while self.step < cfg.steps:
+            if self.algorithm.uses_model and (self.step % cfg.rollout.freq == 0 or len(self.model_buffer) == 0):
+                last_rollout = self.rollout_round()
+            t0 = time.perf_counter()
+            info = self.agent.update(self.sample_batch())
+            t_updates += time.perf_counter() - t0
+            updates += 1
+            for k, v in info.items():   # exponential running mean for logging
+                running[k] = v if k not in running else 0.99 * running[k] + 0.01 * v
+            self.step += 1
+            bar.update(1)
+            if self.step % cfg.eval_interval == 0 or self.step == cfg.steps:
+                result = self.evaluate(cfg.eval_episodes)
+                row = {"step": self.step, **self.return_stats(result), **running, **last_rollout,
+                       **({} if self.step > cfg.eval_interval else pre),
+                       "updates_per_s": updates / max(t_updates, 1e-9)}
+                runs.append_metrics(self.run_dir, row)
+                self.save_checkpoint()
+                bar.set_postfix(ret=f"{row['return_mean']:.2f}", q=f"{running.get('q_mean', 0):.1f}")
+        bar.close()
+        final = self.evaluate(cfg.eval_episodes, keep_trajectories=True)
+        summary = {"algo": cfg.algo, "task": cfg.task, "seed": cfg.seed, "steps": self.step,
+                   **self.return_stats(final), "train_seconds": time.perf_counter() - t_start}
+        runs.write_summary(self.run_dir, summary)
+        torch.save(self.agent.state_dict(), self.run_dir / runs.POLICY)
+        self.make_plots(final)
+        return summary
+
+    def return_stats(self, result: EvalResult) -> dict[str, float]:
+        return runs.summarize(result, self.task)
+
+    def make_plots(self, final: EvalResult) -> None:
+        from pyscorepen import plots
+        plots.learning_curve(self.run_dir)
+        if self.task.name == "cliff":
+            plots.cliff_penalty_maps(self, final.trajectories, self.run_dir / runs.HEATMAP)
