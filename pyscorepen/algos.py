@@ -13,6 +13,7 @@ Penalties of any algorithm can be replaced or combined (``--penalties score unce
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -58,7 +59,7 @@ class COMBO(SAC):
             rand_actions = offset + scale * (2 * torch.rand(R * Bm, scale.shape[0], device=obs.device) - 1)
             pi_actions, pi_log_prob = self.actor(obs_rep)                           # [R*Bm, A], [R*Bm]
             next_actions, next_log_prob = self.actor(next_rep)
-        log_uniform = -torch.log(2 * scale).sum()
+        log_uniform = -scale.shape[0] * math.log(2.0)       # uniform density on [-1, 1]^A (see actor)
         q_rand = self.critic(obs_rep, rand_actions) - log_uniform                    # [N, R*Bm]
         q_pi = self.critic(obs_rep, pi_actions) - pi_log_prob
         q_next = self.critic(obs_rep, next_actions) - next_log_prob

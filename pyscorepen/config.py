@@ -37,8 +37,9 @@ class TrainConfig:
     """Training seed (network init, sampling, rollouts, evaluation)."""
     steps: int = 20_000
     """Gradient steps of policy learning."""
-    beta: float = 0.02
-    """Coefficient of the score penalty ||h(s,a)||^2 (ScorePen Eq. 20), normalized units."""
+    beta: float = 0.01
+    """Coefficient of the score penalty ||h(s,a)||^2 (ScorePen Eq. 20). The penalty is in normalized
+    (s, a) units, where it scales as 1/sigma^2: 0.01 is the paper's grid value 1 times sigma^2 = 0.01."""
     mopo_lambda: float = 1.0
     """Coefficient lambda of the MOPO uncertainty penalty max_i ||sigma_i||."""
     mobile_beta: float = 1.0
@@ -55,6 +56,8 @@ class TrainConfig:
     """Episodes per evaluation."""
     out: str | None = None
     """Run folder; default runs/<algo>-<task>-s<seed>. An existing run folder is resumed."""
+    pretrained_from: str | None = None
+    """Run folder whose trained dynamics.pt / score.pt are reused (same task), e.g. for sweeps."""
     device: str = "cpu"
     """Torch device."""
     progress: bool = True
@@ -97,3 +100,29 @@ class TrainConfig:
 
 _NESTED = {"cliff": CliffConfig, "rollout": RolloutConfig, "dynamics": DynamicsConfig,
            "score": ScoreConfig, "sac": SACConfig, "combo": ComboConfig}
+
+
+def apply_overrides(config: TrainConfig, overrides: dict) -> TrainConfig:
+    """Set dotted fields ({'sac.gamma': 0.9, 'rollout.length': 1}) on a copy of ``config``."""
+    from dataclasses import replace
+    nested: dict[str, dict] = {}
+    top = {}
+    for key, value in overrides.items():
+        key = key.replace("-", "_")
+        if "." in key:
+            group, name = key.split(".", 1)
+            nested.setdefault(group, {})[name] = tuple(value) if isinstance(value, list) else value
+        else:
+            top[key] = tuple(value) if isinstance(value, list) else value
+    for group, values in nested.items():
+        top[group] = replace(getattr(config, group), **values)
+    return replace(config, **top)
+
+
+def defaults_for(algo: str, task: str) -> TrainConfig:
+    """TrainConfig with the per-task / per-dataset defaults of ``configs/defaults.toml`` applied."""
+    from pyscorepen.configs import dataset_defaults, load_defaults
+    table = load_defaults()
+    overrides = dict(table.get("all", {}).get(task, {}))
+    overrides.update(dataset_defaults(algo, task, table))
+    return apply_overrides(TrainConfig(algo=algo, task=task), overrides)

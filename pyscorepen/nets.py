@@ -89,9 +89,11 @@ class TanhGaussianActor(nn.Module):
         action = torch.tanh(u) * self.action_scale + self.action_offset
         if not with_log_prob:
             return action, None
-        # log N(u; mu, std) - sum log(scale * (1 - tanh(u)^2)), the latter in a stable form
+        # log N(u; mu, std) - sum log(1 - tanh(u)^2), the latter in a stable form. The density is
+        # that of the action in the normalized box [-1, 1]^A: the constant log(action_scale) is left
+        # out so that the entropy target -A means the same for every env's action units.
         log_prob = (-0.5 * ((u - mu) / std).square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-        log_prob = log_prob - (2 * (math.log(2) - u - F.softplus(-2 * u)) + self.action_scale.log()).sum(-1)
+        log_prob = log_prob - (2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)
         return action, log_prob                                      # [B, A], [B]
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import tyro
 
 from pyscorepen import runs
-from pyscorepen.config import TrainConfig
+from pyscorepen.config import TrainConfig, defaults_for
 from pyscorepen.errors import PyScorePenError
 from pyscorepen.tasks import make_task
 
@@ -47,9 +47,20 @@ def run(config: TrainConfig) -> dict:
     return Trainer(config, task, run_dir).train()
 
 
+def initial_defaults(argv: list[str]) -> TrainConfig:
+    """Defaults for the --algo/--task on the command line (per-dataset table, see configs/)."""
+    import argparse
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--algo", default=TrainConfig.algo)
+    pre.add_argument("--task", default=TrainConfig.task)
+    known, _ = pre.parse_known_args(argv)
+    return defaults_for(known.algo, known.task)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = tyro.cli(TrainConfig, args=argv, description=__doc__)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    config = tyro.cli(TrainConfig, args=argv, description=__doc__, default=initial_defaults(argv))
     try:
         summary = run(config)
     except PyScorePenError as err:

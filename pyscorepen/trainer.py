@@ -84,6 +84,12 @@ class Trainer:
         """Dynamics ensemble and score model, each trained once and saved in the run folder."""
         info: dict[str, float] = {}
         progress = self.config.progress
+        if self.config.pretrained_from:
+            import shutil
+            for name in (runs.DYNAMICS, runs.SCORE):
+                src = Path(self.config.pretrained_from) / name
+                if src.exists() and not (self.run_dir / name).exists():
+                    shutil.copyfile(src, self.run_dir / name)
         if self.algorithm.uses_model:
             path = self.run_dir / runs.DYNAMICS
             if path.exists():

@@ -1,0 +1,77 @@
+"""``python -m pyscorepen.evaluate RUN_DIR [--episodes K]``: re-evaluate a saved run.
+
+Rebuilds the task and agent from ``RUN_DIR/config.json``, loads ``policy.pt`` (or the
+latest ``checkpoint.pt`` of an unfinished run) and prints the same summary as training.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import tyro
+
+from pyscorepen import runs
+from pyscorepen.config import TrainConfig
+from pyscorepen.errors import PyScorePenError
+
+
+@dataclass
+class EvaluateArgs:
+    run_dir: tyro.conf.Positional[Path]
+    """A run folder written by ``python -m pyscorepen.train``."""
+    episodes: int = 10
+    """Evaluation episodes."""
+    seed: int | None = None
+    """Evaluation seed (default: the run's own evaluation seed)."""
+    write: bool = False
+    """Also overwrite the run's summary.json with this evaluation."""
+
+
+def load_trainer(run_dir: Path):
+    """A :class:`Trainer` rebuilt from a run folder, with its final (or latest) agent loaded."""
+    from pyscorepen.tasks import make_task
+    from pyscorepen.trainer import Trainer
+    cfg_path = Path(run_dir) / runs.CONFIG
+    if not cfg_path.exists():
+        raise PyScorePenError(f"{run_dir} is not a run folder (no {runs.CONFIG})")
+    config = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+    config.progress = False
+    task = make_task(config.task, cliff=config.cliff, ref_min=config.ref_min, ref_max=config.ref_max)
+    trainer = Trainer(config, task, Path(run_dir))
+    policy, ckpt = Path(run_dir) / runs.POLICY, Path(run_dir) / runs.CHECKPOINT
+    if policy.exists():
+        trainer.agent.load_state_dict(torch.load(policy, map_location=trainer.device))
+        trainer.step = trainer.agent.num_updates
+    elif not trainer.load_checkpoint():
+        raise PyScorePenError(f"{run_dir} has neither {runs.POLICY} nor {runs.CHECKPOINT}")
+    return trainer
+
+
+def evaluate_run(args: EvaluateArgs) -> dict:
+    trainer = load_trainer(args.run_dir)
+    if args.seed is not None:
+        trainer.config.seed = args.seed
+    result = trainer.evaluate(args.episodes)
+    summary = {"algo": trainer.config.algo, "task": trainer.config.task, "seed": trainer.config.seed,
+               "steps": trainer.step, **trainer.return_stats(result)}
+    if args.write:
+        runs.write_summary(args.run_dir, summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = tyro.cli(EvaluateArgs, args=argv, description=__doc__)
+    try:
+        summary = evaluate_run(args)
+    except PyScorePenError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
