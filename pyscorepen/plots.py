@@ -20,7 +20,7 @@ def learning_curve(run_dir: Path) -> None:
     if not rows:
         return
     steps = np.array([r["step"] for r in rows])
-    key = "normalized_score" if "normalized_score_mean" in rows[0] else "return"
+    key = "normalized_score" if rows[0].get("normalized_score_mean") is not None else "return"
     mean = np.array([r[f"{key}_mean"] for r in rows])
     std = np.array([r[f"{key}_std"] for r in rows])
     fig, ax = plt.subplots(figsize=(5, 3.5))

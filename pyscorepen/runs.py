@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 
@@ -53,16 +52,13 @@ def write_summary(run_dir: Path, summary: dict) -> None:
 
 
 def summarize(result, task) -> dict[str, float]:
-    """Return statistics of an evaluation: mean/std return, normalized score, VaR, cliff distance."""
-    returns = np.asarray(result.returns, dtype=np.float64)
-    out = {"return_mean": float(returns.mean()), "return_std": float(returns.std()),
-           "episodes": int(returns.size)}
-    norm = [task.normalized_score(r) for r in returns]
-    if norm and norm[0] is not None:
-        out["normalized_score_mean"] = float(np.mean(norm))
-        out["normalized_score_std"] = float(np.std(norm))
+    """Statistics of an evaluation: return, normalized score and VaR (see
+    :func:`pyscorepen.evaluation_metrics.summarize_returns`), plus the cliff task's final
+    distance to the goal."""
+    from pyscorepen.evaluation_metrics import summarize_returns
+    out = summarize_returns(result.returns, task)
     if result.final_distances:
         d = np.asarray(result.final_distances)
         out["final_distance_to_goal_mean"] = float(d.mean())
         out["final_distance_to_goal_std"] = float(d.std())
-    return {k: v for k, v in out.items() if not (isinstance(v, float) and math.isnan(v))}
+    return out

@@ -41,8 +41,9 @@ def prepare_run_dir(config: TrainConfig) -> Path:
 def run(config: TrainConfig) -> dict:
     """Train according to ``config``; returns the summary (also written to summary.json)."""
     from pyscorepen.trainer import Trainer
-    run_dir = prepare_run_dir(config)
+    # the task first: a missing or corrupt dataset must not leave a half-made run folder behind
     task = make_task(config.task, cliff=config.cliff, ref_min=config.ref_min, ref_max=config.ref_max)
+    run_dir = prepare_run_dir(config)
     log.info("run folder %s | task %s | %d transitions", run_dir, task.name, len(task.dataset))
     return Trainer(config, task, run_dir).train()
 

@@ -59,7 +59,7 @@ def test_train_cli_writes_run_folder_and_resumes(tmp_path):
     # evaluate re-loads the run and prints the same summary keys
     proc = cli("pyscorepen.evaluate", str(out), "--episodes", "3")
     evaluated = json.loads(proc.stdout)
-    assert evaluated["episodes"] == 3 and evaluated["steps"] == 20
+    assert evaluated["num_episodes"] == 3 and evaluated["steps"] == 20
     assert "final_distance_to_goal_mean" in evaluated
 
 

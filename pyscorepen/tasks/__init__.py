@@ -36,9 +36,8 @@ class Task:
 
     def normalized_score(self, ret: float) -> float | None:
         """D4RL normalized score 100 * (R - min) / (max - min) (None if no references)."""
-        if self.ref_min_score is None or self.ref_max_score is None:
-            return None
-        return 100.0 * (ret - self.ref_min_score) / (self.ref_max_score - self.ref_min_score)
+        from pyscorepen.evaluation_metrics import normalized_score
+        return normalized_score(ret, self.ref_min_score, self.ref_max_score)
 
 
 def make_task(spec: str, cliff=None, ref_min: float | None = None, ref_max: float | None = None) -> Task:

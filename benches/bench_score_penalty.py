@@ -1,0 +1,56 @@
+"""Bench of ``score_penalty`` (ScorePen score net on halfcheetah: D=23, 3x256 SiLU, D out),
+``provider`` x batch size; extra_info: rows/s, GFLOP/s, % of the session's sgemm probe.
+The regression check compares cpp with ref from this same run at the largest batch.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchutil import record
+from pyscorepen.ops import available_backends, score_penalty
+
+IN_DIM, HIDDEN = 23, (256, 256, 256)
+BATCHES = [256, 4096, 50_000]
+SPEEDUP_FLOOR = 1.2  # cpp / ref at 50k measured 1.6-2.7x (2 threads, shared machine), 2.4x (1 thread CPU time)
+PROVIDERS = ["ref", "cpp"] + (["triton"] if torch.cuda.is_available() else [])
+DIMS = [IN_DIM, *HIDDEN, IN_DIM]
+FLOPS_PER_ROW = sum(2 * i * o for i, o in zip(DIMS, DIMS[1:]))
+_MEDIANS: dict[tuple[str, int], float] = {}
+
+
+def make_inputs(batch: int, device: str = "cpu") -> dict:
+    gen = torch.Generator().manual_seed(0)
+    inputs = dict(x=torch.randn(batch, IN_DIM, generator=gen),
+                  weights=[torch.randn(i, o, generator=gen) / i**0.5 for i, o in zip(DIMS, DIMS[1:])],
+                  biases=[torch.zeros(o) for o in DIMS[1:]])
+    return {k: ([t.to(device) for t in v] if isinstance(v, list) else v.to(device)) for k, v in inputs.items()}
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_score_penalty(benchmark, sgemm_limit, provider, batch):
+    device = "cuda" if provider == "triton" else "cpu"
+    inputs = make_inputs(batch, device)
+    if provider not in available_backends("score_penalty", inputs["x"]):
+        pytest.skip(f"backend {provider!r} unavailable here")
+    synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def penalty():
+        with torch.no_grad():
+            out = score_penalty(**inputs, backend=provider)
+        synchronize()
+        return out
+
+    benchmark.pedantic(penalty, rounds=5 if batch >= 50_000 else 20, iterations=1, warmup_rounds=1)
+    _MEDIANS[(provider, batch)] = record(benchmark, rows=batch, flops_per_row=FLOPS_PER_ROW, limit=sgemm_limit)
+
+
+def test_cpp_speedup_over_ref():
+    """Regression floor: cpp vs ref throughput ratio, both measured in this run."""
+    batch = BATCHES[-1]
+    if ("cpp", batch) not in _MEDIANS or ("ref", batch) not in _MEDIANS:
+        pytest.skip("needs the ref and cpp benchmarks at the largest batch in this run")
+    speedup = _MEDIANS[("ref", batch)] / _MEDIANS[("cpp", batch)]
+    print(f"\nscore_penalty cpp/ref speedup at B={batch}: {speedup:.2f}x (floor {SPEEDUP_FLOOR}x)")
+    assert speedup >= SPEEDUP_FLOOR

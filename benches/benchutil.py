@@ -1,0 +1,46 @@
+"""Helpers shared by the bench files: the sgemm probe and the derived-throughput record."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+PROBE_SHAPE = (8192, 256, 256)  # M, K, N: same regime as the 200/256-wide MLP layers
+
+
+def _best_seconds(fn, repeats=7):
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def probe_sgemm_gflops() -> dict[str, float]:
+    m, k, n = PROBE_SHAPE
+    a, w = torch.randn(m, k), torch.randn(k, n)
+    w_t, bias = w.t().contiguous(), torch.zeros(n)
+    flops = 2 * m * k * n
+    result = {"mkl_gflops": flops / _best_seconds(lambda: torch.mm(a, w)) / 1e9}
+    linear_pointwise = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    if torch.backends.mkldnn.is_available() and linear_pointwise is not None:
+        result["onednn_gflops"] = flops / _best_seconds(lambda: linear_pointwise(a, w_t, bias, "none", [], "")) / 1e9
+    result["limit_gflops"] = max(result.values())
+    return result
+
+
+def record(benchmark, *, rows: int, flops_per_row: float, limit: dict[str, float], **extra) -> float:
+    """Derived throughput of the last benchmark into ``benchmark.extra_info``; returns the median (s)."""
+    median = benchmark.stats.stats.median
+    gflops = rows * flops_per_row / median / 1e9
+    benchmark.extra_info.update(
+        rows_per_s=rows / median,
+        gflops=gflops,
+        pct_of_sgemm_limit=100 * gflops / limit["limit_gflops"],
+        **{f"probe_{key}": value for key, value in limit.items()},
+        threads=torch.get_num_threads(),
+        **extra,
+    )
+    return median

@@ -1,0 +1,77 @@
+// Plain-data interface between the ATen-facing op wrappers (csrc/pyscorepen.cpp)
+// and the ISA-specific compute kernels (csrc/cpu/fused_mlp_avx512.cpp).
+//
+// Everything here is raw pointers + sizes so that the AVX-512 translation unit
+// never includes ATen/std headers under its `#pragma GCC target` (no ODR mixing
+// of AVX-512 and baseline code in COMDAT sections).
+#pragma once
+#include <cstdint>
+
+namespace pyscorepen::cpu {
+
+constexpr int kMaxLayers = 16;
+
+// One MLP, possibly an ensemble: member e of layer l has weight
+// w[l] + e * dims[l] * dims[l + 1]  ([in_l, out_l], row-major) and bias
+// b[l] + e * dims[l + 1]  ([out_l]).
+struct MlpDesc {
+  int n_layers = 0;                  // 0: no network
+  int64_t dims[kMaxLayers + 1] = {}; // dims[0] = in, dims[n_layers] = out
+  const float* w[kMaxLayers] = {};
+  const float* b[kMaxLayers] = {};
+};
+
+struct RolloutArgs {
+  int64_t batch = 0;      // B
+  int64_t obs_dim = 0;    // S
+  int64_t act_dim = 0;    // A
+  int64_t members = 0;    // E
+  const float* obs = nullptr;          // [B, S]
+  const float* actions = nullptr;      // [B, A]
+  const float* input_mean = nullptr;   // [S + A]
+  const float* input_std = nullptr;    // [S + A]
+  MlpDesc ensemble;                    // E members, out = 2 (S + 1)
+  const float* max_logvar = nullptr;   // [S + 1]
+  const float* min_logvar = nullptr;   // [S + 1]
+  const int64_t* member_index = nullptr;  // [B]
+  const float* noise = nullptr;        // [B, S + 1]
+  MlpDesc score;                       // 1 member, [S + A] -> [S + A]; may be empty
+  float* next_obs = nullptr;           // [B, S]
+  float* rewards = nullptr;            // [B]
+  float* mopo_penalty = nullptr;       // [B]
+  float* score_penalty = nullptr;      // [B]
+};
+
+struct ScoreArgs {
+  int64_t batch = 0;             // B
+  const float* x = nullptr;      // [B, D]
+  MlpDesc mlp;                   // 1 member
+  float* out = nullptr;          // [B]
+};
+
+// Rows of a chunk are padded to a multiple of this (lcm of the micro-kernel
+// row tiles), so micro-kernels never need a row tail.
+constexpr int64_t kRowPad = 24;
+
+// Scratch layout of one chunk (in floats; every block starts 64-byte aligned):
+// x [m_pad, ld_x] | h0 [m_pad, ld_h] | h1 [m_pad, ld_h] | y [ld_y].
+struct ChunkLayout {
+  int64_t m_pad = 0;  // rows rounded up to kRowPad
+  int64_t ld_x = 0;   // input width rounded up to 16
+  int64_t ld_h = 0;   // widest layer output rounded up to 16
+  int64_t ld_y = 0;   // S + 1 rounded up to 16 (rollout only)
+  int64_t off_h0 = 0, off_h1 = 0, off_y = 0, total = 0;
+};
+ChunkLayout rollout_layout(const RolloutArgs& args, int64_t rows);
+ChunkLayout score_layout(const ScoreArgs& args, int64_t rows);
+
+// True when the CPU (and OS) support the AVX-512F kernels (always false off x86-64, where
+// the *_avx512 functions below are not compiled and must not be called).
+bool cpu_has_avx512();
+
+// Process rows [row_begin, row_end) of the batch; scratch holds
+// rollout_scratch_floats(args, row_end - row_begin) floats, 64-byte aligned.
+void rollout_rows_avx512(const RolloutArgs& args, int64_t row_begin, int64_t row_end, float* scratch);
+void score_rows_avx512(const ScoreArgs& args, int64_t row_begin, int64_t row_end, float* scratch);
+
+}  // namespace pyscorepen::cpu

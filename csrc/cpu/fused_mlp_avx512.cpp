@@ -1,0 +1,304 @@
+// AVX-512F kernels for the fused ensemble-MLP rollout step and the score MLP.
+//
+// This translation unit is compiled with baseline flags; the AVX-512 code is
+// enabled by the `#pragma GCC target` below and only ever called after
+// cpu_has_avx512() returned true (runtime dispatch in csrc/pyscorepen.cpp), so
+// the extension still loads and runs on CPUs without AVX-512. Everything after
+// the pragma lives in an anonymous namespace (internal linkage) except the
+// exported entry points, so no AVX-512 code can be merged into baseline code.
+//
+// GEMM: a register-blocked broadcast-A / vector-B micro-kernel working directly
+// on the row-major [in, out] weights (no packing): an MR x (16 * NV) tile of the
+// output lives in zmm accumulators initialised with the bias, K is walked
+// fully, and the SiLU epilogue is applied in registers before the store.
+// The column blocks of a layer are balanced (e.g. 200 = 13 vectors -> 4+3+3+3)
+// and chunk rows are padded to kRowPad, so neither a row nor a vector tail loop
+// is needed (the last vector of a row is masked).
+//
+// On non-x86-64 targets this file compiles to nothing and the op uses its generic path.
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "fused_mlp.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,fma")
+// GCC 12 warns on the `__m512 __Y = __Y;` idiom inside its own masked-intrinsic headers.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace pyscorepen::cpu {
+namespace {
+
+// ---------------------------------------------------------------- vector math
+// exp(x), Cephes expf polynomial (rel. error ~1e-7), 2^n applied with scalef.
+inline __m512 exp512(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  __m512 r2 = _mm512_mul_ps(r, r);
+  p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+// log(u) for finite u > 0, Cephes logf polynomial on the mantissa in [sqrt(.5), sqrt(2)).
+inline __m512 log512(__m512 u) {
+  __m512 e = _mm512_getexp_ps(u);                                   // floor(log2 u)
+  __m512 m = _mm512_getmant_ps(u, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);  // [1, 2)
+  __mmask16 big = _mm512_cmp_ps_mask(m, _mm512_set1_ps(1.41421356f), _CMP_GT_OQ);
+  m = _mm512_mask_mul_ps(m, big, m, _mm512_set1_ps(0.5f));
+  e = _mm512_mask_add_ps(e, big, e, _mm512_set1_ps(1.0f));
+  __m512 x = _mm512_sub_ps(m, _mm512_set1_ps(1.0f));
+  __m512 z = _mm512_mul_ps(x, x);
+  __m512 y = _mm512_set1_ps(7.0376836292e-2f);
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(-1.1514610310e-1f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.1676998740e-1f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(-1.2420140846e-1f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.4249322787e-1f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(-1.6668057665e-1f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(2.0000714765e-1f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(-2.4999993993e-1f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(3.3333331174e-1f));
+  y = _mm512_mul_ps(_mm512_mul_ps(y, x), z);
+  y = _mm512_fmadd_ps(e, _mm512_set1_ps(-2.12194440e-4f), y);
+  y = _mm512_fnmadd_ps(z, _mm512_set1_ps(0.5f), y);
+  return _mm512_fmadd_ps(e, _mm512_set1_ps(0.693359375f), _mm512_add_ps(x, y));
+}
+
+// softplus(x) = max(x, 0) + log1p(exp(-|x|)); log1p(t) = log(1 + t) * t / ((1 + t) - 1).
+inline __m512 softplus512(__m512 x) {
+  __m512 t = exp512(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(x)));  // (0, 1]
+  __m512 u = _mm512_add_ps(t, _mm512_set1_ps(1.0f));
+  __m512 d = _mm512_sub_ps(u, _mm512_set1_ps(1.0f));
+  __mmask16 tiny = _mm512_cmp_ps_mask(d, _mm512_setzero_ps(), _CMP_EQ_OQ);
+  __m512 l1p = _mm512_mul_ps(log512(u), _mm512_div_ps(t, _mm512_mask_blend_ps(tiny, d, t)));
+  l1p = _mm512_mask_blend_ps(tiny, l1p, t);
+  return _mm512_add_ps(_mm512_max_ps(x, _mm512_setzero_ps()), l1p);
+}
+
+// silu(x) = x * sigmoid(x) = x / (1 + exp(-x)); 1 / d by rcp14 + one Newton step
+// (rel. error ~1e-7, cheaper than vdivps in the GEMM epilogue).
+inline __m512 silu512(__m512 x) {
+  __m512 denom = _mm512_add_ps(exp512(_mm512_sub_ps(_mm512_setzero_ps(), x)), _mm512_set1_ps(1.0f));
+  __m512 inv = _mm512_rcp14_ps(denom);
+  inv = _mm512_mul_ps(inv, _mm512_fnmadd_ps(denom, inv, _mm512_set1_ps(2.0f)));
+  return _mm512_mul_ps(x, inv);
+}
+
+inline __mmask16 tail_mask(int64_t valid) {
+  return valid >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << valid) - 1u);
+}
+
+// ---------------------------------------------------------------- GEMM tiles
+// C[MR, 16 NV] = act(A[MR, K] @ W[K, 16 NV] + bias); the last vector uses `mask`.
+template <int MR, int NV>
+inline void micro_tile(const float* __restrict a, int64_t lda, int64_t k_dim, const float* __restrict w,
+                       int64_t ldw, const float* __restrict bias, float* __restrict c, int64_t ldc,
+                       __mmask16 mask, bool silu) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) {
+    __m512 bv = v == NV - 1 ? _mm512_maskz_loadu_ps(mask, bias + 16 * v) : _mm512_loadu_ps(bias + 16 * v);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) acc[r][v] = bv;
+  }
+  for (int64_t k = 0; k < k_dim; ++k) {
+    const float* wk = w + k * ldw;
+    __m512 wv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v)
+      wv[v] = v == NV - 1 ? _mm512_maskz_loadu_ps(mask, wk + 16 * v) : _mm512_loadu_ps(wk + 16 * v);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      __m512 av = _mm512_set1_ps(a[r * lda + k]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(av, wv[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      __m512 out = silu ? silu512(acc[r][v]) : acc[r][v];
+      if (v == NV - 1)
+        _mm512_mask_storeu_ps(c + r * ldc + 16 * v, mask, out);
+      else
+        _mm512_storeu_ps(c + r * ldc + 16 * v, out);
+    }
+  }
+}
+
+template <int MR, int NV>
+inline void column_block(const float* a, int64_t lda, int64_t rows, int64_t k_dim, const float* w, int64_t ldw,
+                         const float* bias, float* c, int64_t ldc, __mmask16 mask, bool silu) {
+  static_assert(kRowPad % MR == 0, "row tile must divide the row padding");
+  for (int64_t i = 0; i < rows; i += MR)
+    micro_tile<MR, NV>(a + i * lda, lda, k_dim, w, ldw, bias, c + i * ldc, ldc, mask, silu);
+}
+
+// C[rows, n] = act(A[rows, k] @ W[k, n] + bias), rows a multiple of kRowPad.
+// Loop order: column block outer (its W panel, <= k * 256 B, stays in L1/L2),
+// row tiles inner (A streams from L2).
+void dense_layer(const float* a, int64_t lda, int64_t rows, int64_t k_dim, const float* w, int64_t n,
+                 const float* bias, float* c, int64_t ldc, bool silu) {
+  int64_t n_vec = (n + 15) / 16;
+  int64_t n_blocks = (n_vec + 3) / 4;
+  int64_t base = n_vec / n_blocks, extra = n_vec % n_blocks;
+  int64_t col = 0;
+  for (int64_t blk = 0; blk < n_blocks; ++blk) {
+    int64_t nv = base + (blk < extra ? 1 : 0);
+    int64_t cols = nv * 16 < n - col ? nv * 16 : n - col;
+    __mmask16 mask = tail_mask(cols - (nv - 1) * 16);
+    const float* wb = w + col;
+    const float* bb = bias + col;
+    float* cb = c + col;
+    switch (nv) {
+      case 4: column_block<6, 4>(a, lda, rows, k_dim, wb, n, bb, cb, ldc, mask, silu); break;
+      case 3: column_block<8, 3>(a, lda, rows, k_dim, wb, n, bb, cb, ldc, mask, silu); break;
+      case 2: column_block<12, 2>(a, lda, rows, k_dim, wb, n, bb, cb, ldc, mask, silu); break;
+      default: column_block<12, 1>(a, lda, rows, k_dim, wb, n, bb, cb, ldc, mask, silu); break;
+    }
+    col += cols;
+  }
+}
+
+// Runs member `member` of `mlp` on x [rows, ld_x]; returns the buffer holding
+// the output (h0 or h1, ping-pong, [rows, ld_h]; x itself when there are no layers)
+// and its leading dimension in *ld_out.
+const float* run_mlp(const MlpDesc& mlp, int64_t member, const float* x, int64_t ld_x, int64_t rows, float* h0,
+                     float* h1, int64_t ld_h, int64_t* ld_out) {
+  const float* in = x;
+  int64_t ld_in = ld_x;
+  float* out = h0;
+  for (int l = 0; l < mlp.n_layers; ++l) {
+    int64_t k_dim = mlp.dims[l], n = mlp.dims[l + 1];
+    const float* w = mlp.w[l] + member * k_dim * n;  // [k, n]
+    const float* b = mlp.b[l] + member * n;          // [n]
+    dense_layer(in, ld_in, rows, k_dim, w, n, b, out, ld_h, l + 1 != mlp.n_layers);
+    in = out;
+    ld_in = ld_h;
+    out = out == h0 ? h1 : h0;
+  }
+  *ld_out = ld_in;
+  return in;
+}
+
+// sum_j y[j]^2 over the first n entries of a row.
+inline float row_sumsq(const float* y, int64_t n) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; j += 16) {
+    __m512 v = _mm512_maskz_loadu_ps(tail_mask(n - j), y + j);
+    acc = _mm512_fmadd_ps(v, v, acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------ rollout
+void rollout_rows_avx512(const RolloutArgs& args, int64_t row_begin, int64_t row_end, float* scratch) {
+  const int64_t rows = row_end - row_begin;
+  const int64_t S = args.obs_dim, A = args.act_dim, Y = S + 1;
+  const ChunkLayout lay = rollout_layout(args, rows);
+  float* x = scratch;                 // [m_pad, ld_x]
+  float* h0 = scratch + lay.off_h0;   // [m_pad, ld_h]
+  float* h1 = scratch + lay.off_h1;   // [m_pad, ld_h]
+  float* y = scratch + lay.off_y;     // [ld_y] sampled (delta_s, r) of one row
+
+  // x = ((s, a) - mean) / std, zero in the padded rows / columns.
+  for (int64_t i = 0; i < lay.m_pad; ++i) {
+    float* xi = x + i * lay.ld_x;
+    for (int64_t j = 0; j < lay.ld_x; ++j) xi[j] = 0.0f;
+    if (i >= rows) continue;
+    const float* s = args.obs + (row_begin + i) * S;
+    const float* act = args.actions + (row_begin + i) * A;
+    for (int64_t j = 0; j < S; ++j) xi[j] = (s[j] - args.input_mean[j]) / args.input_std[j];
+    for (int64_t j = 0; j < A; ++j) xi[S + j] = (act[j] - args.input_mean[S + j]) / args.input_std[S + j];
+  }
+  for (int64_t i = 0; i < rows; ++i) args.mopo_penalty[row_begin + i] = 0.0f;
+
+  // Ensemble, one member at a time, with the fused Gaussian head:
+  // soft-bounded logvar -> sigma -> running max_e ||sigma_e|| (MOPO Alg. 2) and
+  // the reparameterised sample for rows whose member is e.
+  for (int64_t e = 0; e < args.members; ++e) {
+    int64_t ld_out = 0;
+    const float* out = run_mlp(args.ensemble, e, x, lay.ld_x, lay.m_pad, h0, h1, lay.ld_h, &ld_out);  // [m_pad, 2Y]
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t row = row_begin + i;
+      const float* mean = out + i * ld_out;    // [Y]
+      const float* logvar = mean + Y;          // [Y]
+      const bool sampled = args.member_index[row] == e;
+      const float* noise = args.noise + row * Y;
+      __m512 sumsq = _mm512_setzero_ps();
+      for (int64_t j = 0; j < Y; j += 16) {
+        __mmask16 m = tail_mask(Y - j);
+        __m512 hi = _mm512_maskz_loadu_ps(m, args.max_logvar + j);
+        __m512 lo = _mm512_maskz_loadu_ps(m, args.min_logvar + j);
+        __m512 lv = _mm512_maskz_loadu_ps(m, logvar + j);
+        lv = _mm512_sub_ps(hi, softplus512(_mm512_sub_ps(hi, lv)));
+        lv = _mm512_add_ps(lo, softplus512(_mm512_sub_ps(lv, lo)));
+        __m512 sd = _mm512_maskz_mov_ps(m, exp512(_mm512_mul_ps(lv, _mm512_set1_ps(0.5f))));
+        sumsq = _mm512_fmadd_ps(sd, sd, sumsq);
+        if (sampled) {
+          __m512 mu = _mm512_maskz_loadu_ps(m, mean + j);
+          __m512 eps = _mm512_maskz_loadu_ps(m, noise + j);
+          _mm512_mask_storeu_ps(y + j, m, _mm512_fmadd_ps(sd, eps, mu));
+        }
+      }
+      float norm = _mm512_reduce_add_ps(sumsq);
+      norm = _mm_cvtss_f32(_mm_sqrt_ss(_mm_set_ss(norm)));
+      if (norm > args.mopo_penalty[row]) args.mopo_penalty[row] = norm;
+      if (sampled) {
+        const float* s = args.obs + row * S;
+        float* next = args.next_obs + row * S;
+        for (int64_t j = 0; j < S; ++j) next[j] = s[j] + y[j];
+        args.rewards[row] = y[S];
+      }
+    }
+  }
+
+  // Score penalty ||h(x)||^2 (ScorePen Eq. 20) on the same normalized x.
+  if (args.score.n_layers > 0) {
+    int64_t ld_out = 0;
+    const float* out = run_mlp(args.score, 0, x, lay.ld_x, lay.m_pad, h0, h1, lay.ld_h, &ld_out);  // [m_pad, D]
+    const int64_t n = args.score.dims[args.score.n_layers];
+    for (int64_t i = 0; i < rows; ++i) args.score_penalty[row_begin + i] = row_sumsq(out + i * ld_out, n);
+  } else {
+    for (int64_t i = 0; i < rows; ++i) args.score_penalty[row_begin + i] = 0.0f;
+  }
+}
+
+// ------------------------------------------------------------ score penalty
+void score_rows_avx512(const ScoreArgs& args, int64_t row_begin, int64_t row_end, float* scratch) {
+  const int64_t rows = row_end - row_begin;
+  const int64_t D = args.mlp.dims[0];
+  const ChunkLayout lay = score_layout(args, rows);
+  float* x = scratch;  // [m_pad, ld_x]
+  float* h0 = scratch + lay.off_h0;
+  float* h1 = scratch + lay.off_h1;
+  for (int64_t i = 0; i < lay.m_pad; ++i) {
+    float* xi = x + i * lay.ld_x;
+    for (int64_t j = 0; j < lay.ld_x; ++j) xi[j] = 0.0f;
+    if (i >= rows) continue;
+    const float* src = args.x + (row_begin + i) * D;
+    for (int64_t j = 0; j < D; ++j) xi[j] = src[j];
+  }
+  int64_t ld_out = 0;
+  const float* out = run_mlp(args.mlp, 0, x, lay.ld_x, lay.m_pad, h0, h1, lay.ld_h, &ld_out);  // [m_pad, out]
+  const int64_t n = args.mlp.dims[args.mlp.n_layers];
+  for (int64_t i = 0; i < rows; ++i) args.out[row_begin + i] = row_sumsq(out + i * ld_out, n);
+}
+
+}  // namespace pyscorepen::cpu
+
+#pragma GCC pop_options
+#endif  // defined(__x86_64__)

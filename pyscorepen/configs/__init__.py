@@ -1,0 +1,56 @@
+"""Per-dataset default hyperparameters (``defaults.toml``, sources cited in the file)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as the `tomli` package
+    import tomli as tomllib
+
+DEFAULTS_FILE = Path(__file__).with_name("defaults.toml")
+
+_LEVEL_ALIASES = {"mixed": "medium-replay", "med-expert": "medium-expert"}
+
+
+def load_defaults(path: str | Path | None = None) -> dict:
+    with open(path or DEFAULTS_FILE, "rb") as f:
+        return tomllib.load(f)
+
+
+def dataset_key(task: str) -> str | None:
+    """'mujoco/hopper/medium-v0' (or any path ending in <env>/<level>-vN) -> 'hopper-medium'."""
+    parts = [p for p in re.split(r"[/\\]", task.rstrip("/\\")) if p and p != "data"]
+    if len(parts) < 2:
+        return None
+    level = re.sub(r"-v\d+$", "", parts[-1])
+    return f"{parts[-2].lower()}-{_LEVEL_ALIASES.get(level, level)}"
+
+
+def dataset_defaults(algo: str, task: str, defaults: dict | None = None) -> dict:
+    """The defaults.toml entries of ``algo`` (or the algorithm it inherits from) for ``task``."""
+    defaults = load_defaults() if defaults is None else defaults
+    key = dataset_key(task)
+    table = defaults.get(algo) or defaults.get(defaults.get("inherit", {}).get(algo, ""), {})
+    return dict(table.get(key, {})) if key else {}
+
+
+def preset_args(algo: str, defaults: dict | None = None) -> list[str]:
+    """Train CLI arguments selecting a suite algorithm name (see [presets])."""
+    defaults = load_defaults() if defaults is None else defaults
+    return list(defaults.get("presets", {}).get(algo, ["--algo", algo]))
+
+
+def to_cli_args(values: dict) -> list[str]:
+    """{'rollout.length': 5, 'mopo_lambda': 1.0} -> ['--rollout.length', '5', '--mopo-lambda', '1.0']."""
+    args: list[str] = []
+    for key, value in values.items():
+        flag = "--" + ".".join(part.replace("_", "-") for part in key.split("."))
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, (list, tuple)):
+            args += [flag, *map(str, value)]
+        else:
+            args += [flag, str(value)]
+    return args

@@ -1,0 +1,41 @@
+"""Fused kernels of pyscorepen, registered as ``torch.ops.pyscorepen.*`` on import.
+
+Each op has a readable reference (``<op>_ref``) next to its dispatching public function
+(``<op>(..., backend=None)``); kernels live in ``csrc/`` (C++/CUDA, ``pyscorepen._C``) and
+``kernels/`` (Triton, installed as ``pyscorepen.kernels``). Backend choice:
+:mod:`pyscorepen.ops.backend`.
+"""
+from pyscorepen.ops import _registry  # noqa: F401  (loads pyscorepen._C, registers the ops)
+from pyscorepen.ops.backend import (
+    BACKENDS,
+    BackendUnavailableError,
+    available_backends,
+    resolve_backend,
+)
+from pyscorepen.ops.rollout_step import (
+    RolloutStepOut,
+    ensemble_mlp_ref,
+    mlp_ref,
+    rollout_step,
+    rollout_step_ref,
+    soft_bound_logvar,
+)
+from pyscorepen.ops.score_penalty import score_penalty, score_penalty_ref
+
+EXTENSION_LOADED = _registry.EXTENSION_LOADED
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "EXTENSION_LOADED",
+    "RolloutStepOut",
+    "available_backends",
+    "ensemble_mlp_ref",
+    "mlp_ref",
+    "resolve_backend",
+    "rollout_step",
+    "rollout_step_ref",
+    "score_penalty",
+    "score_penalty_ref",
+    "soft_bound_logvar",
+]

@@ -1,0 +1,111 @@
+"""MOBILE penalty as a target-time plug-in (Sun et al. 2023, "Model-Bellman Inconsistency
+for Model-based Offline Reinforcement Learning", ICML).
+
+MOBILE penalizes a model transition (s, a) by the disagreement of the elite dynamics models
+about its Bellman target:
+
+    u(s, a) = Std_{i in elites} [ T_i Q(s, a) ],
+    T_i Q(s, a) = E_{(r, s') ~ T_i(.|s, a)} [ r + gamma * min_k Q'_k(s', a') ],  a' ~ pi(.|s'),
+
+estimated with ``num_samples`` draws (r, s') from each elite's Gaussian (MOBILE §4, Eq. 7-8),
+and the critic target becomes ``r - beta * u(s, a) + gamma * (1 - d) V(s')``. Because u needs
+the *current* actor and target critics, it is a :class:`pyscorepen.penalties.TargetPenalty`
+evaluated inside :meth:`pyscorepen.sac.SAC.compute_target`, not a stored rollout penalty.
+
+Note: OfflineRL-Kit's ``MOBILEPolicy.compute_lcb`` takes the std of ``min_k Q'(s', a')``
+alone (no r, no gamma); ``include_reward=False`` reproduces that form.
+
+ScorePen+MOBILE is the combination of plug-ins ``--algo scorepen --penalties score mobile``
+(score penalty stored at rollout time, MOBILE penalty added to the target), each with its
+own coefficient (``--beta``, ``--mobile-beta``).
+
+Everything is vectorized over samples x elites x batch (``[K, M, B, ...]``) and over
+critics (the Q ensemble); there is no Python loop over members or critics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pyscorepen.penalties import register_penalty
+
+
+def mobile_penalty(obs: Tensor, actions: Tensor, mean: Tensor, std: Tensor, noise: Tensor, actor, critic_target,
+                   gamma: float, include_reward: bool = True) -> Tensor:
+    """Unweighted MOBILE penalty u(s, a) [B] (MOBILE Eq. 8), all members and samples at once.
+
+    obs [B, S], actions [B, A]; mean, std [M, B, S+1]: the elites' Gaussian over (delta_s, r);
+    noise [K, M, B, S+1]: standard normal draws; ``actor(obs) -> (actions, _)`` and
+    ``critic_target(obs, actions) -> [N, B']`` are the agent's policy and target Q ensemble.
+    """
+    K, M, B, D = noise.shape
+    S = obs.shape[-1]
+    samples = mean + std * noise                                           # [K, M, B, S+1]
+    next_obs = obs + samples[..., :S]                                      # [K, M, B, S]
+    rewards = samples[..., S]                                              # [K, M, B]
+    flat_obs = next_obs.reshape(K * M * B, S)                              # [K*M*B, S]
+    next_actions = actor(flat_obs, with_log_prob=False)[0]                 # [K*M*B, A]
+    next_q = critic_target(flat_obs, next_actions).min(0).values           # [K*M*B]
+    target = gamma * next_q.view(K, M, B)                                  # [K, M, B]
+    if include_reward:
+        target = rewards + target
+    return target.mean(0).std(0)                                           # [M, B] -> [B]
+
+
+def mobile_penalty_ref(obs: Tensor, actions: Tensor, mean: Tensor, std: Tensor, noise: Tensor, actor,
+                       critic_target, gamma: float, include_reward: bool = True) -> Tensor:
+    """Readable loop version of :func:`mobile_penalty` (tests compare the two)."""
+    K, M, B, _ = noise.shape
+    S = obs.shape[-1]
+    per_member = []
+    for m in range(M):
+        targets = []
+        for k in range(K):
+            sample = mean[m] + std[m] * noise[k, m]                        # [B, S+1]
+            next_obs = obs + sample[:, :S]
+            next_actions = actor(next_obs, with_log_prob=False)[0]
+            qs = critic_target(next_obs, next_actions)                     # [N, B]
+            q_min = torch.stack([qs[i] for i in range(qs.shape[0])]).min(0).values
+            targets.append((sample[:, S] if include_reward else 0.0) + gamma * q_min)
+        per_member.append(torch.stack(targets).mean(0))                    # [B]
+    return torch.stack(per_member).std(0)                                  # [B]
+
+
+@dataclass
+class MobilePenalty:
+    """Target-time plug-in: ``coef * u(s, a)`` on model transitions, 0 on real ones."""
+
+    coef: float
+    dynamics: object
+    """The trained :class:`pyscorepen.dynamics.EnsembleDynamics` (its ``elites`` are used)."""
+    num_samples: int = 10
+    """Draws (r, s') per elite (OfflineRL-Kit ``num_samples`` = 10)."""
+    include_reward: bool = True
+    """Std of r + gamma Q' (MOBILE Eq. 8); False: std of Q' alone (OfflineRL-Kit compute_lcb)."""
+    name: str = "mobile"
+
+    @torch.no_grad()
+    def __call__(self, agent, batch) -> Tensor:
+        out = torch.zeros_like(batch.rewards)                              # [B]
+        model = batch.from_model
+        if not bool(model.any()) or self.coef == 0.0:
+            return out
+        obs, actions = batch.obs[model], batch.actions[model]              # [Bm, S], [Bm, A]
+        mean, std = self.dynamics.predict(obs, actions)                    # [E, Bm, S+1] each
+        elites = self.dynamics.elites
+        mean, std = mean[elites], std[elites]                              # [M, Bm, S+1]
+        noise = torch.randn((self.num_samples, *mean.shape), device=mean.device)  # [K, M, Bm, S+1]
+        u = mobile_penalty(obs, actions, mean, std, noise, agent.actor, agent.critic_target,
+                           agent.config.gamma, self.include_reward)        # [Bm]
+        out[model] = self.coef * u
+        return out
+
+
+def _factory(coef: float, **context) -> MobilePenalty:
+    config = context.get("config")
+    return MobilePenalty(coef, context["dynamics"], num_samples=getattr(config, "mobile_num_samples", 10))
+
+
+register_penalty("mobile", _factory)

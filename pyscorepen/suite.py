@@ -1,0 +1,297 @@
+"""``python -m pyscorepen.suite``: algorithms x datasets x seeds, then a ScorePen-style table.
+
+    python -m pyscorepen.suite --algos mopo scorepen mobile \\
+        --tasks pyscorepen/hopper/medium-v0 pyscorepen/hopper/medium-replay-v0 --seeds 0 1 2
+
+Each run is one ``python -m pyscorepen.train`` subprocess writing its run folder
+``<out>/<algo>/<dataset>/seed<seed>``; a folder with a ``summary.json`` is finished and skipped,
+any other is resumed by the train CLI. Per-dataset hyperparameters come from
+``pyscorepen/configs/defaults.toml`` (sources cited there); ``--extra-args`` are appended last
+so they override them. Outputs in ``<out>``:
+
+* ``results.md``: normalized score mean ± std over seeds per algorithm (columns) and dataset
+  (rows) plus an Average row, the layout of ScorePen-MORL Table 1;
+* ``results.csv``: the same numbers plus raw returns and seed counts;
+* ``curves/<dataset>.png``: learning curves per dataset (each algorithm's mean over seeds
+  and a ±1 std band, from every run's ``metrics.jsonl``);
+* ``suite_log.jsonl``: one line per launched run (command, exit status, wall time).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pyscorepen.configs import dataset_defaults, dataset_key, load_defaults, preset_args, to_cli_args
+
+SUMMARY, METRICS = "summary.json", "metrics.jsonl"
+
+_SHORT_ENV = {"halfcheetah": "ha", "hopper": "ho", "walker2d": "wa", "ant": "an"}
+_SHORT_LEVEL = {"random": "r", "medium": "m", "medium-replay": "mr", "medium-expert": "me", "expert": "e"}
+
+
+@dataclass
+class SuiteConfig:
+    algos: tuple[str, ...] = ("mopo", "scorepen")
+    """Algorithms: train --algo names or presets of configs/defaults.toml (mobile, scorepen+mobile)."""
+    tasks: tuple[str, ...] = ("pyscorepen/hopper/medium-v0", "pyscorepen/hopper/medium-replay-v0")
+    """Datasets: Minari ids or paths (anything the train CLI's --task accepts)."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Training seeds per (algorithm, dataset)."""
+    out: str = "runs/suite"
+    """Suite folder holding the run folders, the tables and the plots."""
+    steps: int | None = None
+    """Gradient steps per run (None: the train CLI's default)."""
+    eval_interval: int | None = None
+    """Steps between evaluations (None: the train CLI's default)."""
+    eval_episodes: int | None = None
+    """Episodes per evaluation (None: the train CLI's default)."""
+    extra_args: str = ""
+    """More train CLI arguments for every run, one shell-quoted string appended last (they override
+    the defaults file), e.g. --extra-args="--dynamics.max-epochs 5 --rollout.batch-size 5000"."""
+    defaults_file: str | None = None
+    """Per-dataset defaults; None uses pyscorepen/configs/defaults.toml."""
+    use_dataset_defaults: bool = True
+    """Apply the per-dataset defaults of the defaults file."""
+    aggregate_only: bool = False
+    """Do not launch runs; only rebuild the tables and plots from the existing run folders."""
+    dry_run: bool = False
+    """Print the commands of the runs still to do, and exit."""
+    progress: bool = False
+    """Show the train CLI's progress bars."""
+
+
+def slug(task: str) -> str:
+    key = dataset_key(task)
+    return key if key else re.sub(r"[^A-Za-z0-9_.-]+", "_", task).strip("_")
+
+
+def short_name(task: str) -> str:
+    """'mujoco/hopper/medium-replay-v0' -> 'ho-mr' (ScorePen Table 1 row names)."""
+    key = dataset_key(task)
+    if key:
+        env, _, level = key.partition("-")
+        if env in _SHORT_ENV and level in _SHORT_LEVEL:
+            return f"{_SHORT_ENV[env]}-{_SHORT_LEVEL[level]}"
+    return slug(task)
+
+
+def run_dir(config: SuiteConfig, algo: str, task: str, seed: int) -> Path:
+    return Path(config.out) / re.sub(r"[^A-Za-z0-9_.+-]+", "_", algo) / slug(task) / f"seed{seed}"
+
+
+def train_command(config: SuiteConfig, algo: str, task: str, seed: int, defaults: dict) -> list[str]:
+    cmd = [sys.executable, "-m", "pyscorepen.train", *preset_args(algo, defaults), "--task", task,
+           "--seed", str(seed), "--out", str(run_dir(config, algo, task, seed))]
+    if config.use_dataset_defaults:
+        cmd += to_cli_args(dataset_defaults(algo, task, defaults))
+    for flag, value in (("--steps", config.steps), ("--eval-interval", config.eval_interval),
+                        ("--eval-episodes", config.eval_episodes)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    if not config.progress:
+        cmd.append("--no-progress")
+    return cmd + shlex.split(config.extra_args)
+
+
+def run_suite(config: SuiteConfig) -> dict:
+    """Launch the missing runs, then aggregate. Returns {'table': markdown, 'rows': [...], 'failed': [...]}."""
+    defaults = load_defaults(config.defaults_file)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failed: list[dict] = []
+    if not config.aggregate_only:
+        todo = [(a, t, s) for a in config.algos for t in config.tasks for s in config.seeds
+                if not (run_dir(config, a, t, s) / SUMMARY).is_file()]
+        skipped = len(config.algos) * len(config.tasks) * len(config.seeds) - len(todo)
+        print(f"[suite] {len(todo)} run(s) to do, {skipped} finished run(s) skipped", file=sys.stderr)
+        for i, (algo, task, seed) in enumerate(todo):
+            cmd = train_command(config, algo, task, seed, defaults)
+            if config.dry_run:
+                print(" ".join(cmd))
+                continue
+            print(f"[suite] ({i + 1}/{len(todo)}) {algo} {task} seed {seed}", file=sys.stderr)
+            t0 = time.perf_counter()
+            result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            record = {"algo": algo, "task": task, "seed": seed, "cmd": cmd, "returncode": result.returncode,
+                      "wall_s": round(time.perf_counter() - t0, 2)}
+            with open(out / "suite_log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if result.returncode != 0:
+                tail = "\n".join(result.stderr.strip().splitlines()[-5:])
+                print(f"[suite] FAILED (exit {result.returncode}): {' '.join(cmd)}\n{tail}", file=sys.stderr)
+                failed.append({**record, "stderr_tail": tail})
+        if config.dry_run:
+            return {"table": "", "rows": [], "failed": []}
+    rows = aggregate(config)
+    table = markdown_table(rows, config.algos, config.tasks)
+    (out / "results.md").write_text(table + "\n")
+    write_csv(rows, out / "results.csv")
+    plot_learning_curves(config, out / "curves")
+    print(table)
+    return {"table": table, "rows": rows, "failed": failed}
+
+
+# ------------------------------------------------------------------------------------ aggregation
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def aggregate(config: SuiteConfig) -> list[dict]:
+    """One row per (algo, task): normalized score and return, mean and std over finished seeds."""
+    rows = []
+    for algo in config.algos:
+        for task in config.tasks:
+            summaries = [(s, _read_json(run_dir(config, algo, task, s) / SUMMARY)) for s in config.seeds]
+            summaries = [(s, d) for s, d in summaries if d is not None]
+            norm = [d.get("normalized_score_mean") for _, d in summaries]
+            norm = [float(x) for x in norm if x is not None and math.isfinite(float(x))]
+            rets = [float(d["return_mean"]) for _, d in summaries if d.get("return_mean") is not None]
+            rows.append({
+                "algo": algo, "task": task, "dataset": short_name(task),
+                "seeds_done": len(summaries), "seeds": ",".join(str(s) for s, _ in summaries),
+                "normalized_score_mean": float(np.mean(norm)) if norm else None,
+                "normalized_score_std": float(np.std(norm)) if norm else None,
+                "return_mean": float(np.mean(rets)) if rets else None,
+                "return_std": float(np.std(rets)) if rets else None,
+            })
+    return rows
+
+
+def _cell(row: dict | None) -> str:
+    if row is None or row["seeds_done"] == 0:
+        return "–"
+    if row["normalized_score_mean"] is not None:
+        text = f"{row['normalized_score_mean']:.1f}±{row['normalized_score_std']:.1f}"
+    else:  # no reference scores: raw return, marked
+        text = f"R {row['return_mean']:.1f}±{row['return_std']:.1f}"
+    return text
+
+
+def markdown_table(rows: list[dict], algos: tuple[str, ...], tasks: tuple[str, ...]) -> str:
+    """ScorePen Table 1 layout: rows = datasets, columns = algorithms, cells = mean±std over seeds
+    of the D4RL normalized score (``R x±y`` = raw return where a dataset has no reference scores),
+    then an Average row over datasets with normalized scores for every algorithm."""
+    by_key = {(r["algo"], r["task"]): r for r in rows}
+    lines = ["| Task Name | " + " | ".join(algos) + " |", "|---|" + "---|" * len(algos)]
+    for task in tasks:
+        lines.append(f"| {short_name(task)} | " + " | ".join(_cell(by_key.get((a, task))) for a in algos) + " |")
+    averages = []
+    for algo in algos:
+        means = [by_key[(algo, t)]["normalized_score_mean"] for t in tasks if (algo, t) in by_key]
+        stds = [by_key[(algo, t)]["normalized_score_std"] for t in tasks if (algo, t) in by_key]
+        if means and all(m is not None for m in means):
+            averages.append(f"{np.mean(means):.1f}±{np.mean(stds):.1f}")
+        else:
+            averages.append("–")
+    lines.append("| Average | " + " | ".join(averages) + " |")
+    seeds = sorted({r["seeds_done"] for r in rows})
+    lines.append("")
+    lines.append(f"D4RL normalized score, mean ± std over seeds ({'/'.join(map(str, seeds))} finished per cell); "
+                 "'R' marks raw returns of datasets without reference scores.")
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    fields = ["algo", "task", "dataset", "seeds_done", "seeds", "normalized_score_mean", "normalized_score_std",
+              "return_mean", "return_std"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# ------------------------------------------------------------------------------------ curves
+def read_curve(run: Path) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """(steps, values, metric) from a run's metrics.jsonl; normalized score when available."""
+    path = run / METRICS
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "step" in r]
+    if not rows:
+        return None
+    metric = "normalized_score_mean" if all(r.get("normalized_score_mean") is not None for r in rows) else "return_mean"
+    rows = [r for r in rows if r.get(metric) is not None]
+    if not rows:
+        return None
+    return np.array([r["step"] for r in rows], float), np.array([r[metric] for r in rows], float), metric
+
+
+def plot_learning_curves(config: SuiteConfig, folder: Path) -> list[Path]:
+    """One PNG per dataset: each algorithm's mean over seeds with a ±1 std band.
+
+    Seeds are aligned on the evaluation steps they all share (runs of one suite evaluate at the
+    same steps); a seed that has not reached a step yet is left out of that step's statistics.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for task in config.tasks:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        metric_used = None
+        for algo in config.algos:
+            curves = [read_curve(run_dir(config, algo, task, s)) for s in config.seeds]
+            curves = [c for c in curves if c is not None]
+            if not curves:
+                continue
+            metric_used = curves[0][2]
+            steps = np.unique(np.concatenate([c[0] for c in curves]))
+            mean, std = [], []
+            for step in steps:
+                vals = [c[1][c[0] == step][0] for c in curves if (c[0] == step).any()]
+                mean.append(np.mean(vals))
+                std.append(np.std(vals))
+            mean, std = np.array(mean), np.array(std)
+            line, = ax.plot(steps, mean, label=f"{algo} ({len(curves)} seeds)")
+            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        if metric_used is None:
+            plt.close(fig)
+            continue
+        ax.set_xlabel("gradient steps")
+        ax.set_ylabel("normalized score" if metric_used == "normalized_score_mean" else "return")
+        ax.set_title(short_name(task))
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = folder / f"{slug(task)}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+CLI_DESCRIPTION = (
+    'Run algorithms x datasets x seeds with the train CLI (finished runs are skipped), then '
+    'write results.md (ScorePen Table 1 layout), results.csv and learning curves. See '
+    'docs/mujoco.md.'
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import tyro
+    config = tyro.cli(SuiteConfig, args=argv, description=CLI_DESCRIPTION)
+    result = run_suite(config)
+    if result["failed"]:
+        print(f"[suite] {len(result['failed'])} run(s) failed; see {Path(config.out) / 'suite_log.jsonl'}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

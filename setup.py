@@ -1,0 +1,87 @@
+"""Build of pyscorepen: pure-Python package + optional C++ extension ``pyscorepen._C``.
+
+Install (see pyproject.toml):  pip install torch==2.13.0 && pip install --no-build-isolation -e ".[test]"
+
+* The extension is built from csrc/ with torch.utils.cpp_extension (ninja, -O3, OpenMP).
+  No -march=native: the AVX-512 kernels are enabled per function with
+  ``#pragma GCC target`` and chosen at run time, so the binary runs on any x86-64 CPU
+  (non-AVX-512 CPUs use the chunked ATen path).
+* CUDA sources (csrc/cuda/*.cu, if any) are compiled only when torch is a CUDA build
+  and CUDA_HOME is set; a CPU torch never tries nvcc.
+* If torch is not importable at build time (isolated build env) or the compile fails,
+  the package installs without the extension and ``import pyscorepen`` falls back to the
+  reference ops with a one-line warning. PYSCOREPEN_REQUIRE_EXT=1 makes a failed build fatal.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+REQUIRE_EXT = os.environ.get("PYSCOREPEN_REQUIRE_EXT") == "1"
+
+
+def _warn(message: str) -> None:
+    print(f"pyscorepen setup: WARNING: {message}", file=sys.stderr)
+
+
+def extension_config() -> dict:
+    if os.environ.get("PYSCOREPEN_NO_EXT") == "1":
+        return {}
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+    except ImportError:
+        message = ("torch is not importable in the build environment; installing without the C++ extension "
+                   "(use `pip install --no-build-isolation -e .` with torch installed)")
+        if REQUIRE_EXT:
+            raise RuntimeError(message)
+        _warn(message)
+        return {}
+
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
+    use_cuda = bool(torch.version.cuda) and CUDA_HOME is not None and bool(cuda_sources) \
+        and os.environ.get("PYSCOREPEN_NO_CUDA") != "1"
+    cxx_flags = ["-O3", "-g0", "-fopenmp", "-fno-math-errno", "-Wall"]
+    if use_cuda:
+        extension = CUDAExtension(
+            "pyscorepen._C", sources + cuda_sources, include_dirs=[os.path.join(ROOT, "csrc")],
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
+            extra_link_args=["-fopenmp"])
+    else:
+        extension = CppExtension(
+            "pyscorepen._C", sources, include_dirs=[os.path.join(ROOT, "csrc")],
+            extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"])
+
+    class OptionalBuildExtension(BuildExtension):
+        """A failed compile leaves a working pure-Python install (reference ops)."""
+
+        def run(self):
+            try:
+                super().run()
+            except Exception as error:  # noqa: BLE001 - any compiler/linker failure
+                if REQUIRE_EXT:
+                    raise
+                _warn(f"building pyscorepen._C failed ({error}); the reference ops will be used")
+
+        def build_extension(self, ext):
+            try:
+                super().build_extension(ext)
+            except Exception as error:  # noqa: BLE001
+                if REQUIRE_EXT:
+                    raise
+                _warn(f"building {ext.name} failed ({error}); the reference ops will be used")
+
+    return {"ext_modules": [extension],
+            "cmdclass": {"build_ext": OptionalBuildExtension.with_options(use_ninja=True)}}
+
+
+setup(
+    packages=[*find_packages(include=["pyscorepen", "pyscorepen.*"]), "pyscorepen.kernels"],
+    package_dir={"pyscorepen.kernels": "kernels"},
+    **extension_config(),
+)

@@ -1,0 +1,94 @@
+"""Smoke runs of ``python -m pyscorepen.collect`` on tiny budgets (tiny nets, a few hundred steps)."""
+import json
+
+import pytest
+import torch
+
+from pyscorepen.collect import CollectConfig, Collector, collect, main
+from pyscorepen.evaluation_metrics import REF_SCORES_FILE
+from pyscorepen.sac import SACConfig
+from pyscorepen.tasks.minari_task import load_minari_task
+
+TINY = ["--env-id", "Hopper-v5", "--steps", "300", "--dataset-size", "200", "--learning-starts", "100",
+        "--eval-every", "100", "--eval-episodes", "1", "--ref-episodes", "2", "--batch-size", "32",
+        "--sac.hidden-dims", "32", "32", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def minari_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "datasets"))
+    return tmp_path / "datasets"
+
+
+def test_collect_cli_writes_loadable_datasets(tmp_path, minari_root, capsys):
+    run_dir = tmp_path / "run"
+    assert main(TINY + ["--run-dir", str(run_dir)]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["sac_steps"] == 300 and summary["expert_return_source"] == "this run's expert"
+    assert set(summary["datasets"]) == {"random", "medium", "medium-replay", "expert", "medium-expert"}
+    assert summary["medium_step"] in {e["step"] for e in summary["evals"]}
+    for level, stats in summary["datasets"].items():
+        task = load_minari_task(f"pyscorepen/hopper/{level}-v0")
+        assert task.name == stats["id"] and len(task.dataset) == stats["transitions"]
+        # reference scores stored in the Minari metadata: random policy and expert return
+        assert task.ref_min_score == pytest.approx(summary["ref_min_score"])
+        assert task.ref_max_score == pytest.approx(summary["expert_return"])
+        assert task.info["ref_scores_source"].count("Minari metadata") == 2
+    assert summary["datasets"]["random"]["transitions"] == 200
+    assert summary["datasets"]["medium-replay"]["transitions"] == summary["medium_step"]
+    assert summary["datasets"]["medium-expert"]["transitions"] == 400
+    assert (run_dir / "policies" / "expert.pt").is_file()
+    # a rerun trains nothing and rewrites nothing
+    capsys.readouterr()
+    assert main(TINY + ["--run-dir", str(run_dir)]) == 0
+    assert capsys.readouterr().err.count("already exists") == 5
+
+
+def test_resume_after_interrupt(tmp_path):
+    small = dict(env_id="Hopper-v5", learning_starts=50, eval_every=100, eval_episodes=1, batch_size=32,
+                 sac=SACConfig(hidden_dims=(16, 16)), progress=False, run_dir=str(tmp_path / "r"))
+    first = Collector(CollectConfig(steps=200, **small), tmp_path / "r")
+    first.train()                                   # checkpoints at steps 100 and 200
+    second = Collector(CollectConfig(steps=400, **small), tmp_path / "r")
+    assert second.step == 200 and len(second.buffer) == 200 and len(second.evals) == 2
+    assert second.buffer.terminals[199] == 1 or second.timeouts[199] == 1   # cut episode ends there
+    assert torch.equal(second.sac.actor.net[0].weight, first.sac.actor.net[0].weight)
+    second.train()
+    assert second.step == 400 and [e["step"] for e in second.evals] == [100, 200, 300, 400]
+    # rerunning with a smaller --steps keeps everything and trains no further
+    third = Collector(CollectConfig(steps=100, **small), tmp_path / "r")
+    third.train()
+    assert third.step == 400 and len(third.buffer) == 400
+
+
+def test_medium_early_stop_with_expert_return(tmp_path, minari_root):
+    """With --expert-return and no expert level, training stops at the medium threshold."""
+    config = CollectConfig(env_id="Hopper-v5", levels=("medium", "medium-replay"), steps=2000, dataset_size=100,
+                           expert_return=-1e9, learning_starts=50, eval_every=100, eval_episodes=1,
+                           ref_episodes=1, batch_size=32, sac=SACConfig(hidden_dims=(16, 16)), progress=False,
+                           run_dir=str(tmp_path / "r"))
+    summary = collect(config)
+    assert summary["sac_steps"] == 100 and summary["medium_step"] == 100   # threshold reached at 1st eval
+    assert summary["expert_return"] == -1e9 and summary["expert_return_source"] == "--expert-return"
+    assert load_minari_task("pyscorepen/hopper/medium-v0").ref_max_score == -1e9
+
+
+def test_ref_scores_only(tmp_path, minari_root):
+    from pyscorepen.collect import RandomPolicy, _make_env, rollout_episodes, write_dataset
+    env = _make_env("Hopper-v5")
+    write_dataset("ext/hopper/norefs-v0", rollout_episodes(env, RandomPolicy(env.action_space, 0), 50, 0,
+                                                           progress=False),
+                  "Hopper-v5", minari_root, None, None, 1, "no refs")
+    assert main(["--ref-scores-only", "--task", "ext/hopper/norefs-v0", "--expert-return", "3000",
+                 "--ref-episodes", "2", "--no-progress"]) == 0
+    stored = json.loads((minari_root / "ext/hopper/norefs-v0" / REF_SCORES_FILE).read_text())
+    task = load_minari_task("ext/hopper/norefs-v0")
+    assert task.ref_min_score == pytest.approx(stored["ref_min_score"]) and task.ref_max_score == 3000.0

@@ -1,0 +1,83 @@
+"""``python -m pyscorepen.suite``: defaults file, aggregation into the ScorePen table, and a smoke run."""
+import json
+
+import pytest
+
+from pyscorepen.collect import RandomPolicy, _make_env, rollout_episodes, write_dataset
+from pyscorepen.configs import dataset_defaults, dataset_key, load_defaults, to_cli_args
+from pyscorepen.suite import SuiteConfig, main, run_dir, run_suite, short_name, train_command
+
+
+def test_defaults_file_and_cli_args():
+    defaults = load_defaults()
+    assert dataset_key("mujoco/hopper/medium-replay-v0") == "hopper-medium-replay"
+    assert dataset_key("/data/pyscorepen/walker2d/medium-expert-v0/data") == "walker2d-medium-expert"
+    # MOPO Table 4: hopper-medium (h, lambda) = (5, 5); walker2d-medium-expert = (1, 2)
+    assert dataset_defaults("mopo", "mujoco/hopper/medium-v0", defaults) == {"rollout.length": 5, "mopo_lambda": 5.0}
+    assert dataset_defaults("mopo", "x/walker2d/medium-expert-v0", defaults) == {"rollout.length": 1,
+                                                                                 "mopo_lambda": 2.0}
+    assert dataset_defaults("scorepen+mobile", "x/hopper/medium-v0", defaults) == \
+        dataset_defaults("mobile", "x/hopper/medium-v0", defaults)
+    assert dataset_defaults("combo", "x/hopper/medium-v0", defaults) == {}
+    assert to_cli_args({"rollout.length": 5, "mopo_lambda": 1.0}) == ["--rollout.length", "5", "--mopo-lambda", "1.0"]
+    cmd = train_command(SuiteConfig(out="o", extra_args="--steps 7"), "scorepen+mobile", "x/hopper/medium-v0", 3,
+                        defaults)
+    assert cmd[cmd.index("--penalties") + 1: cmd.index("--penalties") + 3] == ["score", "mobile"]
+    assert cmd[-2:] == ["--steps", "7"] and "--mobile-beta" in cmd and "o/scorepen+mobile/hopper-medium/seed3" in cmd
+    assert short_name("mujoco/halfcheetah/medium-expert-v0") == "ha-me"
+
+
+def fake_run(config, algo, task, seed, final, curve):
+    folder = run_dir(config, algo, task, seed)
+    folder.mkdir(parents=True)
+    rows = [{"step": s, "return_mean": 10 * v, "normalized_score_mean": v} for s, v in curve]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "summary.json").write_text(json.dumps(
+        {"algo": algo, "task": task, "seed": seed, "return_mean": 10 * final, "normalized_score_mean": final}))
+
+
+def test_aggregate_table_csv_and_curves(tmp_path):
+    tasks = ("mujoco/hopper/medium-v0", "mujoco/walker2d/random-v0")
+    config = SuiteConfig(algos=("mopo", "scorepen"), tasks=tasks, seeds=(0, 1), out=str(tmp_path / "suite"),
+                         aggregate_only=True)
+    for algo, base in (("mopo", 60.0), ("scorepen", 100.0)):
+        for task in tasks:
+            for seed in (0, 1):
+                final = base + 2 * seed
+                fake_run(config, algo, task, seed, final, [(0, 0.0), (10, final / 2), (20, final)])
+    result = run_suite(config)
+    table = (tmp_path / "suite" / "results.md").read_text()
+    assert table.splitlines()[0] == "| Task Name | mopo | scorepen |"
+    assert "| ho-m | 61.0±1.0 | 101.0±1.0 |" in table and "| wa-r |" in table
+    assert "| Average | 61.0±1.0 | 101.0±1.0 |" in table
+    csv_lines = (tmp_path / "suite" / "results.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("algo,task,dataset,seeds_done") and len(csv_lines) == 5
+    assert {p.name for p in (tmp_path / "suite" / "curves").iterdir()} == {"hopper-medium.png", "walker2d-random.png"}
+    assert not result["failed"]
+
+
+@pytest.fixture
+def minari_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "datasets"))
+    return tmp_path / "datasets"
+
+
+def test_suite_smoke_run_and_skip(tmp_path, minari_root):
+    env = _make_env("Hopper-v5")
+    write_dataset("test/hopper/random-v0", rollout_episodes(env, RandomPolicy(env.action_space, 0), 300, 0,
+                                                            progress=False),
+                  "Hopper-v5", minari_root, ref_min=-20.0, ref_max=3234.3, ref_episodes=1, description="tiny")
+    out = tmp_path / "suite"
+    argv = ["--algos", "sac", "--tasks", "test/hopper/random-v0", "--seeds", "0", "--out", str(out),
+            "--steps", "20", "--eval-interval", "10", "--eval-episodes", "1",
+            "--extra-args=--batch-size 32 --sac.hidden-dims 32 32"]
+    assert main(argv) == 0
+    log = (out / "suite_log.jsonl").read_text().splitlines()
+    assert len(log) == 1 and json.loads(log[0])["returncode"] == 0
+    assert (out / "sac" / "hopper-random" / "seed0" / "summary.json").is_file()
+    table = (out / "results.md").read_text()
+    assert "| Task Name | sac |" in table and "| ho-r | " in table and "±" in table
+    assert (out / "curves" / "hopper-random.png").is_file()
+    # a second call finds the run finished and launches nothing
+    assert main(argv) == 0
+    assert len((out / "suite_log.jsonl").read_text().splitlines()) == 1
