@@ -223,6 +223,7 @@ def write_dataset(dataset_id: str, episodes: list[dict], env_id: str, root: Path
     import minari
     from minari.namespace import create_namespace, list_local_namespaces
 
+    root = Path(root).resolve()
     staging = root / ".pyscorepen_staging"
     shutil.rmtree(staging / dataset_id, ignore_errors=True)
     previous = os.environ.get("MINARI_DATASETS_PATH")
@@ -453,7 +454,8 @@ def collect(config: CollectConfig) -> dict:
         raise MinariTaskError(f"unknown level(s) {sorted(unknown)}; choose from {list(LEVELS)}")
     if config.ref_scores_only:
         return reference_scores_only(config)
-    root = Path(config.datasets_path) if config.datasets_path else minari_datasets_root()
+    # absolute: minari's size bookkeeping breaks on a relative MINARI_DATASETS_PATH
+    root = (Path(config.datasets_path) if config.datasets_path else minari_datasets_root()).resolve()
     root.mkdir(parents=True, exist_ok=True)
     run_dir = Path(config.run_dir) if config.run_dir else _default_run_dir(config)
     run_dir.mkdir(parents=True, exist_ok=True)

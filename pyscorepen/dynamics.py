@@ -187,7 +187,9 @@ def rollout(dynamics: EnsembleDynamics, policy, start_obs: Tensor, rollout_lengt
     go straight into ``buffer``; terminated rollouts stop.
     ``policy``: obs [B, S] -> actions [B, A].
     """
-    stats = {"transitions": 0.0, "reward": 0.0, "penalty": 0.0, **{f"raw_{p.name}": 0.0 for p in penalties}}
+    zero = start_obs.new_zeros(())
+    sums = {"reward": zero.clone(), "penalty": zero.clone(), **{f"raw_{p.name}": zero.clone() for p in penalties}}
+    transitions = 0
     for chunk in start_obs.split(chunk_size):
         obs = chunk                                                                     # [B, S]
         for _ in range(rollout_length):
@@ -196,20 +198,20 @@ def rollout(dynamics: EnsembleDynamics, policy, start_obs: Tensor, rollout_lengt
             penalty = torch.zeros_like(out.rewards)                                     # [B]
             for p in penalties:
                 raw = p(obs, actions, out)
-                stats[f"raw_{p.name}"] += raw.sum().item()
+                sums[f"raw_{p.name}"] += raw.sum()
                 penalty += p.coef * raw
             done = (termination_fn(obs, actions, out.next_obs) if termination_fn is not None
-                    else torch.zeros_like(out.rewards, dtype=torch.bool))
+                    else torch.zeros_like(out.rewards, dtype=torch.bool))               # [B]
             buffer.add(obs, actions, out.rewards, out.next_obs, done, penalty)
-            stats["transitions"] += obs.shape[0]
-            stats["reward"] += out.rewards.sum().item()
-            stats["penalty"] += penalty.sum().item()
-            if done.any():
+            transitions += obs.shape[0]
+            sums["reward"] += out.rewards.sum()
+            sums["penalty"] += penalty.sum()
+            if termination_fn is None:
+                obs = out.next_obs
+            else:   # terminated rollouts stop (one host sync per step, only with a termination fn)
                 obs = out.next_obs[~done]
                 if obs.shape[0] == 0:
                     break
-            else:
-                obs = out.next_obs
-    n = max(stats["transitions"], 1.0)
-    return {("rollout/transitions" if k == "transitions" else f"rollout/{k}_mean"): (v if k == "transitions" else v / n)
-            for k, v in stats.items()}
+    n = max(transitions, 1)
+    return {"rollout/transitions": float(transitions),
+            **{f"rollout/{k}_mean": v.item() / n for k, v in sums.items()}}

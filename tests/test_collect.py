@@ -69,9 +69,13 @@ def test_resume_after_interrupt(tmp_path):
     assert third.step == 400 and len(third.buffer) == 400
 
 
-def test_medium_early_stop_with_expert_return(tmp_path, minari_root):
-    """With --expert-return and no expert level, training stops at the medium threshold."""
+def test_medium_early_stop_with_expert_return(tmp_path, minari_root, monkeypatch):
+    """With --expert-return and no expert level, training stops at the medium threshold.
+    Also writes to a relative --datasets-path (minari needs it made absolute)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "rel_ds"))
     config = CollectConfig(env_id="Hopper-v5", levels=("medium", "medium-replay"), steps=2000, dataset_size=100,
+                           datasets_path="rel_ds",
                            expert_return=-1e9, learning_starts=50, eval_every=100, eval_episodes=1,
                            ref_episodes=1, batch_size=32, sac=SACConfig(hidden_dims=(16, 16)), progress=False,
                            run_dir=str(tmp_path / "r"))
