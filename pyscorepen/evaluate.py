@@ -15,7 +15,7 @@ import tyro
 
 from pyscorepen import runs
 from pyscorepen.config import TrainConfig
-from pyscorepen.errors import PyScorePenError
+from pyscorepen.errors import PyScorePenError, report
 
 
 @dataclass
@@ -41,7 +41,7 @@ def load_trainer(run_dir: Path):
     config.progress = False
     task = make_task(config.task, cliff=config.cliff, ref_min=config.ref_min, ref_max=config.ref_max)
     trainer = Trainer(config, task, Path(run_dir))
-    policy, ckpt = Path(run_dir) / runs.POLICY, Path(run_dir) / runs.CHECKPOINT
+    policy = Path(run_dir) / runs.POLICY
     if policy.exists():
         trainer.agent.load_state_dict(torch.load(policy, map_location=trainer.device))
         trainer.step = trainer.agent.num_updates
@@ -64,13 +64,7 @@ def evaluate_run(args: EvaluateArgs) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = tyro.cli(EvaluateArgs, args=argv, description=__doc__)
-    try:
-        summary = evaluate_run(args)
-    except PyScorePenError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=2))
-    return 0
+    return report(evaluate_run, args)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import tyro
 
 from pyscorepen import runs
 from pyscorepen.config import TrainConfig, defaults_for
-from pyscorepen.errors import PyScorePenError
+from pyscorepen.errors import PyScorePenError, report
 from pyscorepen.tasks import make_task
 
 log = logging.getLogger("pyscorepen")
@@ -62,13 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else list(argv)
     config = tyro.cli(TrainConfig, args=argv, description=__doc__, default=initial_defaults(argv))
-    try:
-        summary = run(config)
-    except PyScorePenError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=2))
-    return 0
+    return report(run, config)
 
 
 if __name__ == "__main__":

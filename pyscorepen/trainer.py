@@ -12,7 +12,6 @@ last checkpoint when started again with the same ``--out``.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path

@@ -12,7 +12,7 @@ def test_env_matches_the_paper():
     env = gym.make(ENV_ID)
     s, _ = env.reset(seed=0)
     assert np.all(np.abs(s) <= 0.1)
-    total, steps, done = 0.0, 0, False
+    steps, done = 0, False
     while not done:
         s_prev = s
         s, r, term, trunc, info = env.step(np.array([1.0, -1.0]))      # clipped to the 0.05 bound
