@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pyscorepen.data import Normalizer, TransitionDataset
-from pyscorepen.nets import mlp
+from pyscorepen.nets import mlp, mlp_weights
+from pyscorepen.ops.score_penalty import score_penalty
 
 
 @dataclass
@@ -82,8 +83,9 @@ class ScoreModel(nn.Module):
 
     @torch.no_grad()
     def penalty(self, obs: Tensor, actions: Tensor) -> Tensor:
-        """||h(s, a)||^2 in normalized space (ScorePen Eq. 20): [B]."""
-        return self(self.normalize(obs, actions)).square().sum(-1)
+        """||h(s, a)||^2 in normalized space (ScorePen Eq. 20): [B], through the fused op."""
+        weights, biases = mlp_weights(self.penalty_net())
+        return score_penalty(self.normalize(obs, actions), weights, biases)
 
     def fit(self, dataset: TransitionDataset, generator: torch.Generator | None = None,
             progress: bool = True) -> dict[str, float]:
