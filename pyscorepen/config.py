@@ -66,6 +66,8 @@ class TrainConfig:
     """Override of the random-policy reference return (normalized score)."""
     ref_max: float | None = None
     """Override of the expert reference return (normalized score)."""
+    drop_invalid_episodes: bool = False
+    """Minari datasets: skip (and list) episodes with NaN/inf or inconsistent fields instead of failing."""
     cliff: Annotated[CliffConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=CliffConfig)
     """Options of the cliff task generator (--goal, --boxes, --dataset-size, ...)."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)

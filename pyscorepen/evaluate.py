@@ -39,7 +39,8 @@ def load_trainer(run_dir: Path):
         raise PyScorePenError(f"{run_dir} is not a run folder (no {runs.CONFIG})")
     config = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
     config.progress = False
-    task = make_task(config.task, cliff=config.cliff, ref_min=config.ref_min, ref_max=config.ref_max)
+    task = make_task(config.task, cliff=config.cliff, ref_min=config.ref_min, ref_max=config.ref_max,
+                     drop_invalid_episodes=config.drop_invalid_episodes)
     trainer = Trainer(config, task, Path(run_dir))
     policy = Path(run_dir) / runs.POLICY
     if policy.exists():

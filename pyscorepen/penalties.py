@@ -77,3 +77,7 @@ def register_penalty(name: str, factory: Callable[..., object]) -> None:
 
 def is_target_penalty(p) -> bool:
     return not hasattr(p, "requires_score")
+
+
+# built-in plug-ins defined in their own modules register themselves on import
+import pyscorepen.penalties_mobile  # noqa: E402,F401

@@ -42,7 +42,8 @@ def run(config: TrainConfig) -> dict:
     """Train according to ``config``; returns the summary (also written to summary.json)."""
     from pyscorepen.trainer import Trainer
     # the task first: a missing or corrupt dataset must not leave a half-made run folder behind
-    task = make_task(config.task, cliff=config.cliff, ref_min=config.ref_min, ref_max=config.ref_max)
+    task = make_task(config.task, cliff=config.cliff, ref_min=config.ref_min, ref_max=config.ref_max,
+                     drop_invalid_episodes=config.drop_invalid_episodes)
     run_dir = prepare_run_dir(config)
     log.info("run folder %s | task %s | %d transitions", run_dir, task.name, len(task.dataset))
     return Trainer(config, task, run_dir).train()

@@ -40,7 +40,8 @@ class Task:
         return normalized_score(ret, self.ref_min_score, self.ref_max_score)
 
 
-def make_task(spec: str, cliff=None, ref_min: float | None = None, ref_max: float | None = None) -> Task:
+def make_task(spec: str, cliff=None, ref_min: float | None = None, ref_max: float | None = None,
+              drop_invalid_episodes: bool = False) -> Task:
     """Resolve ``spec`` ('cliff', a Minari id, or a Minari dataset path) into a :class:`Task`.
 
     ``cliff`` is a :class:`pyscorepen.tasks.cliff.CliffConfig` (defaults if None);
@@ -51,7 +52,7 @@ def make_task(spec: str, cliff=None, ref_min: float | None = None, ref_max: floa
         task = make_cliff_task(cliff or CliffConfig())
     else:
         from pyscorepen.tasks.minari_task import load_minari_task
-        task = load_minari_task(spec, ref_min=ref_min, ref_max=ref_max)
+        task = load_minari_task(spec, ref_min=ref_min, ref_max=ref_max, drop_invalid_episodes=drop_invalid_episodes)
     if ref_min is not None:
         task.ref_min_score = ref_min
     if ref_max is not None:
