@@ -8,6 +8,7 @@
                         (cliff) final_distance_to_goal_mean
       checkpoint.pt     latest training state (agent, model buffer, RNG) for resuming
       dynamics.pt       trained dynamics ensemble      score.pt   trained score model
+      pretrain.json     their training statistics (epochs, holdout MSE, DSM loss, samples/s)
       policy.pt         final agent state
       learning_curve.png, penalty_heatmap.png (cliff)
 """
@@ -21,6 +22,7 @@ import numpy as np
 
 CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
 CHECKPOINT, DYNAMICS, SCORE, POLICY = "checkpoint.pt", "dynamics.pt", "score.pt", "policy.pt"
+PRETRAIN = "pretrain.json"
 HEATMAP, CURVE = "penalty_heatmap.png", "learning_curve.png"
 
 

@@ -12,6 +12,7 @@ last checkpoint when started again with the same ``--out``.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -107,6 +108,8 @@ class Trainer:
                 torch.save(self.score.state_dict(), path)
                 log.info("score: %s", info)
             self.score_params = mlp_weights(self.score.penalty_net())
+        if info:   # statistics of the models trained in this run (epochs, holdout error, samples/s)
+            (self.run_dir / runs.PRETRAIN).write_text(json.dumps(info, indent=2) + "\n")
         return info
 
     # --------------------------------------------------------------------------- loop pieces
