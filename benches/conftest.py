@@ -14,7 +14,10 @@ from benchutil import probe_sgemm_gflops
 
 
 def pytest_collect_file(file_path, parent):
-    if file_path.suffix == ".py" and file_path.name.startswith("bench_"):
+    # a file named on the command line is collected by pytest itself; collecting it here too
+    # would run every bench twice
+    if (file_path.suffix == ".py" and file_path.name.startswith("bench_")
+            and not parent.session.isinitpath(file_path)):
         return pytest.Module.from_parent(parent, path=file_path)
     return None
 
@@ -23,3 +26,13 @@ def pytest_collect_file(file_path, parent):
 def sgemm_limit() -> dict[str, float]:
     with torch.no_grad():
         return probe_sgemm_gflops()
+
+
+@pytest.fixture
+def one_thread():
+    """Run a bench on one torch thread: on the shared 2-core machine 2-thread wall times swing by
+    2-30x between rounds (benches/README.md), so the same-run ratios are taken at 1 thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield 1
+    torch.set_num_threads(before)

@@ -100,18 +100,35 @@ class EnsembleDynamics(nn.Module):
                             self.max_logvar.detach(), self.min_logvar.detach(), member, noise, score_w, score_b)
 
     # ------------------------------------------------------------------------------ training
-    def loss(self, x_norm: Tensor, target: Tensor) -> Tensor:
+    def loss(self, x_norm: Tensor, target: Tensor, l2: bool = True) -> Tensor:
         """Gaussian NLL summed over members (MOPO Eq. in §4.3 / PETS) + log-var bound + L2.
 
-        x_norm [E, B, S+A], target [E, B, S+1].
+        x_norm [E, B, S+A], target [E, B, S+1]. ``l2=False`` leaves the L2 term out: :meth:`fit`
+        applies its gradient, decay_i * W_i, inside the fused optimizer step instead (the same
+        gradient; one pass over the weights instead of square/sum/backward).
         """
-        mean, logvar = self(x_norm)
+        mean, logvar = self(x_norm)                                                 # [E, B, S+1] each
         nll = ((mean - target).square() * (-logvar).exp() + logvar).mean(dim=(1, 2)).sum()
-        bound = self.config.logvar_bound_coef * (self.max_logvar.sum() - self.min_logvar.sum())
+        loss = nll + self.config.logvar_bound_coef * (self.max_logvar.sum() - self.min_logvar.sum())
+        return loss + self.l2_penalty() if l2 else loss
+
+    def layer_decays(self) -> list[float]:
+        """L2 coefficient of each layer's weight (the last configured entry repeats)."""
         decays = self.config.weight_decay
-        l2 = sum(decays[min(i, len(decays) - 1)] * 0.5 * w.square().sum()
-                 for i, w in enumerate(self.net.weights()))
-        return nll + bound + l2
+        return [decays[min(i, len(decays) - 1)] for i in range(len(self.net.layers))]
+
+    def l2_penalty(self) -> Tensor:
+        """sum_i decay_i / 2 * ||W_i||^2 over the layers' weights (not the biases)."""
+        return sum(c * 0.5 * w.square().sum() for c, w in zip(self.layer_decays(), self.net.weights()))
+
+    def make_optimizer(self, lr: float) -> torch.optim.Optimizer:
+        """Fused Adam whose per-layer ``weight_decay`` adds decay_i * W_i to each weight's gradient:
+        the gradient of :meth:`l2_penalty` (coupled L2, as in the loss; not AdamW)."""
+        weights = self.net.weights()
+        ids = {id(w) for w in weights}
+        groups = [{"params": [w], "weight_decay": c} for c, w in zip(self.layer_decays(), weights)]
+        groups.append({"params": [p for p in self.parameters() if id(p) not in ids], "weight_decay": 0.0})
+        return torch.optim.Adam(groups, lr=lr, fused=True)
 
     def fit(self, dataset: TransitionDataset, generator: torch.Generator | None = None,
             progress: bool = True, log=None) -> dict[str, float]:
@@ -127,22 +144,14 @@ class EnsembleDynamics(nn.Module):
         n_hold = min(int(N * cfg.holdout_ratio), cfg.max_holdout)
         hold_idx, train_idx = perm[:n_hold], perm[n_hold:]
         x_hold, y_hold = x[hold_idx], y[hold_idx]
-        n_train = train_idx.shape[0]
-        optim = torch.optim.Adam(self.parameters(), lr=cfg.lr)
+        optim = self.make_optimizer(cfg.lr)
         best = torch.full((E,), float("inf"), device=device)
         best_state = copy.deepcopy(self.state_dict())
         epochs_since_update, epoch, samples, t0 = 0, 0, 0, time.perf_counter()
         bar = tqdm(desc="dynamics", unit="epoch", disable=not progress, leave=False)
         while True:
-            # each member sees its own shuffle of the training set: idx [E, n_train]
-            idx = train_idx[torch.argsort(torch.rand(E, n_train, generator=generator), dim=1).to(device)]
-            for start in range(0, n_train, cfg.batch_size):
-                b = idx[:, start:start + cfg.batch_size]                                 # [E, b]
-                loss = self.loss(x[b], y[b])
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                optim.step()
-                samples += b.numel()
+            loss, epoch_samples = self.train_epoch(x, y, train_idx, optim, generator)
+            samples += epoch_samples
             epoch += 1
             mse = self.holdout_error(x_hold, y_hold)                                    # [E]
             improved = mse < 0.99 * best                      # >1% better (MBPO); inf-safe
@@ -157,7 +166,10 @@ class EnsembleDynamics(nn.Module):
             else:
                 epochs_since_update += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", holdout_mse=f"{mse.mean().item():.4g}")
+            if progress:
+                with torch.no_grad():
+                    shown = loss + self.l2_penalty()
+                bar.set_postfix(loss=f"{shown.item():.3f}", holdout_mse=f"{mse.mean().item():.4g}")
             if epochs_since_update >= cfg.max_epochs_since_update or (cfg.max_epochs and epoch >= cfg.max_epochs):
                 break
         bar.close()
@@ -168,6 +180,28 @@ class EnsembleDynamics(nn.Module):
         seconds = time.perf_counter() - t0
         return {"dynamics/epochs": epoch, "dynamics/holdout_mse_elites": final[self.elites].mean().item(),
                 "dynamics/samples_per_s": samples / seconds, "dynamics/seconds": seconds}
+
+    def train_epoch(self, x: Tensor, y: Tensor, train_idx: Tensor, optim: torch.optim.Optimizer,
+                    generator: torch.Generator | None = None, l2_in_loss: bool = False) -> tuple[Tensor, int]:
+        """One pass over ``train_idx`` in minibatches, each member on its own shuffle.
+
+        x [N, S+A] normalized inputs, y [N, S+1] targets. ``l2_in_loss=False`` expects the
+        optimizer of :meth:`make_optimizer` (L2 as per-layer weight decay); True adds the L2 term
+        to the loss (any optimizer; the benches' reference). Returns the last loss (without L2
+        when ``l2_in_loss`` is False) and the number of member-samples seen.
+        """
+        E, n_train, batch_size = self.config.ensemble_size, train_idx.shape[0], self.config.batch_size
+        # each member sees its own shuffle of the training set: idx [E, n_train]
+        idx = train_idx[torch.argsort(torch.rand(E, n_train, generator=generator), dim=1).to(x.device)]
+        samples = 0
+        for start in range(0, n_train, batch_size):
+            b = idx[:, start:start + batch_size]                                         # [E, b]
+            loss = self.loss(x[b], y[b], l2=l2_in_loss)                                  # x[b] [E, b, S+A]
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            samples += b.numel()
+        return loss.detach(), samples
 
     @torch.no_grad()
     def holdout_error(self, x_hold: Tensor, y_hold: Tensor) -> Tensor:

@@ -40,8 +40,11 @@ class EnsembleMLP(nn.Module):
         self.ensemble_size = ensemble_size
 
     def forward(self, x: Tensor) -> Tensor:   # [B, in] or [E, B, in] -> [E, B, out]
+        # SiLU's backward needs its input: in place only when no graph is recorded. In place
+        # matters on CPU: a fresh large activation costs page faults (17x a relu_ at 3M floats).
+        inplace = not torch.is_grad_enabled()
         for layer in self.layers[:-1]:
-            x = F.silu(layer(x))
+            x = F.silu(layer(x), inplace=inplace)
         return self.layers[-1](x)
 
     def weights(self) -> list[Tensor]:
@@ -74,7 +77,9 @@ class TanhGaussianActor(nn.Module):
     def __init__(self, obs_dim: int, action_dim: int, hidden_dims: tuple[int, ...],
                  action_low: Tensor, action_high: Tensor):
         super().__init__()
-        self.net = mlp(obs_dim, hidden_dims, 2 * action_dim, activation=nn.ReLU)
+        # in-place ReLU: the Linear's backward does not need its output, and on CPU a fresh large
+        # activation costs page faults (MOBILE/COMBO evaluate the actor on thousands of rows)
+        self.net = mlp(obs_dim, hidden_dims, 2 * action_dim, activation=lambda: nn.ReLU(inplace=True))
         self.register_buffer("action_scale", ((action_high - action_low) / 2).float())
         self.register_buffer("action_offset", ((action_high + action_low) / 2).float())
 
@@ -113,5 +118,5 @@ class QEnsemble(nn.Module):
     def forward(self, obs: Tensor, actions: Tensor) -> Tensor:
         x = torch.cat([obs, actions], dim=-1)                        # [..., B, S+A]
         for layer in self.layers[:-1]:
-            x = F.relu(layer(x))                                     # [N, B, H]
+            x = F.relu(layer(x), inplace=True)                       # [N, B, H] (baddbmm's backward keeps no output)
         return self.layers[-1](x).squeeze(-1)                        # [N, B]

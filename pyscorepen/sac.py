@@ -43,6 +43,8 @@ class SACConfig:
     """Tune alpha towards ``target_entropy`` (Haarnoja et al. 2018b, Eq. 18)."""
     target_entropy: float | None = None
     """Target policy entropy; None means -action_dim."""
+    fused_optim: bool = True
+    """Fused Adam (one kernel over all parameters, CPU and CUDA); False: PyTorch's per-parameter loop."""
 
 
 class SAC:
@@ -60,9 +62,13 @@ class SAC:
         self.log_alpha = torch.tensor(float(torch.tensor(config.init_alpha).log()), device=self.device,
                                       requires_grad=True)
         self.target_entropy = -float(action_dim) if config.target_entropy is None else config.target_entropy
-        self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
-        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
-        self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)
+        # fused Adam: 3.3x faster optimizer steps than the per-parameter loop on CPU (benches/README.md)
+        fused = True if config.fused_optim else None
+        self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr, fused=fused)
+        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr, fused=fused)
+        self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr, fused=fused)
+        self._critic_params = list(self.critic.parameters())
+        self._target_params = list(self.critic_target.parameters())
         self.target_penalties = list(target_penalties or [])
         self.num_updates = 0
 
@@ -78,29 +84,77 @@ class SAC:
 
     # ----------------------------------------------------------------------------- hooks
     @torch.no_grad()
-    def compute_target(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+    def compute_target(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         """y = r - penalty + gamma (1 - d) [min_k Q'_k(s', a') - alpha log pi(a'|s')]  (ScorePen Eq. 20).
 
         ``batch.penalty`` holds the stored generation-time penalties (0 for real data);
-        target-time plug-ins (e.g. MOBILE) add theirs here.
+        target-time plug-ins (e.g. MOBILE) add theirs here. Info values are 0-dim tensors
+        (converted to floats once, at the end of :meth:`update`).
         """
         next_actions, next_log_prob = self.actor(batch.next_obs)            # [B, A], [B]
         next_q = self.critic_target(batch.next_obs, next_actions).min(0).values  # [B]
-        next_v = next_q - self.alpha * next_log_prob
-        reward = batch.rewards - batch.penalty
-        info: dict[str, float] = {}
+        next_v = next_q - self.alpha * next_log_prob                         # [B]
+        reward = batch.rewards - batch.penalty                               # [B]
+        info: dict[str, Tensor] = {}
         for plugin in self.target_penalties:
             extra = plugin(self, batch)                                      # [B]
             reward = reward - extra
-            info[f"penalty/{plugin.name}"] = float(extra.mean())
-        return reward + self.config.gamma * (1.0 - batch.terminals) * next_v, info
+            info[f"penalty/{plugin.name}"] = extra.mean()
+        # reward + gamma * (1 - d) * next_v, as one fused multiply-add
+        return torch.addcmul(reward, (1.0 - batch.terminals), next_v, value=self.config.gamma), info
 
-    def critic_regularizer(self, batch: Batch, q_pred: Tensor) -> tuple[Tensor, dict[str, float]]:
-        """Extra critic loss term; zero for SAC. COMBO overrides this (COMBO Eq. 2)."""
+    def critic_regularizer(self, batch: Batch, q_pred: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Extra critic loss term; zero for SAC. COMBO overrides this (COMBO Eq. 2).
+
+        Info values may be floats or 0-dim tensors."""
         return q_pred.new_zeros(()), {}
 
     # ----------------------------------------------------------------------------- update
     def update(self, batch: Batch) -> dict[str, float]:
+        """One critic, actor and alpha step and the Polyak update; returns float statistics."""
+        target, info = self.compute_target(batch)                           # [B]
+        q_pred = self.critic(batch.obs, batch.actions)                       # [N, B]
+        critic_loss = (q_pred - target).square().mean(1).sum()
+        reg, reg_info = self.critic_regularizer(batch, q_pred)
+        self.critic_optim.zero_grad(set_to_none=True)
+        (critic_loss + reg).backward()
+        self.critic_optim.step()
+
+        actions, log_prob = self.actor(batch.obs)                            # [B, A], [B]
+        # the actor loss needs gradients w.r.t. the actions only: with the critic's parameters
+        # frozen, autograd skips their weight gradients (a third of the critic backward)
+        self.critic.requires_grad_(False)
+        try:
+            q_new = self.critic(batch.obs, actions).min(0).values            # [B]
+        finally:
+            self.critic.requires_grad_(True)
+        alpha = self.alpha
+        actor_loss = (alpha * log_prob - q_new).mean()
+        self.actor_optim.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_optim.step()
+
+        if self.config.auto_alpha:
+            alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+            self.alpha_optim.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_optim.step()
+
+        with torch.no_grad():
+            torch._foreach_lerp_(self._target_params, self._critic_params, self.config.tau)
+            self.num_updates += 1
+            stats = {"loss/critic": critic_loss.detach(), "loss/actor": actor_loss.detach(), "alpha": self.alpha,
+                     "q_mean": q_pred.detach().mean(), "penalty/stored_mean": batch.penalty.mean(),
+                     **info, **reg_info}
+            # one conversion for all tensor statistics instead of one .item() (a device sync) each
+            keys = [k for k, v in stats.items() if isinstance(v, Tensor)]
+            values = torch.stack([stats[k].float().reshape(()) for k in keys]).tolist() if keys else []
+        converted = dict(zip(keys, values))
+        return {k: converted[k] if k in converted else float(v) for k, v in stats.items()}
+
+    def update_ref(self, batch: Batch) -> dict[str, float]:
+        """Readable reference of :meth:`update` (the benches' ``ref`` provider): the critic gets
+        weight gradients in the actor loss too, one ``.item()`` per statistic, a Python Polyak loop."""
         target, info = self.compute_target(batch)                           # [B]
         q_pred = self.critic(batch.obs, batch.actions)                       # [N, B]
         critic_loss = (q_pred - target).square().mean(1).sum()
@@ -128,7 +182,8 @@ class SAC:
         self.num_updates += 1
         return {"loss/critic": critic_loss.item(), "loss/actor": actor_loss.item(),
                 "alpha": self.alpha.item(), "q_mean": q_pred.detach().mean().item(),
-                "penalty/stored_mean": batch.penalty.mean().item(), **info, **reg_info}
+                "penalty/stored_mean": batch.penalty.mean().item(),
+                **{k: float(v) for k, v in {**info, **reg_info}.items()}}
 
     # ----------------------------------------------------------------------------- state
     def state_dict(self) -> dict:

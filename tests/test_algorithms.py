@@ -79,33 +79,35 @@ def test_unknown_penalty_is_a_clear_error(tmp_path):
         Trainer(config, make_task("cliff", cliff=config.cliff), tmp_path)
 
 
-@pytest.mark.parametrize("num_model", [5, 16])
-def test_combo_batched_regularizer_matches_reference(num_model):
-    """COMBO's one-critic-call regularizer equals the three-call reference (value and gradients)."""
+
+@pytest.mark.parametrize("algo", ["sac", "combo"])
+def test_fast_update_matches_reference_update(algo):
+    """SAC.update (fused Adam, no critic weight grads in the actor loss, one conversion) takes the
+    same step as the plain SAC.update_ref, for SAC and for the COMBO subclass."""
     from pyscorepen.algos import COMBO, ComboConfig
     from pyscorepen.data import Batch
-    from pyscorepen.sac import SACConfig
+    from pyscorepen.sac import SAC, SACConfig
 
-    torch.manual_seed(0)
-    S, A, B = 5, 3, 24
-    agent = COMBO(S, A, SACConfig(hidden_dims=(16, 16)), -2 * torch.ones(A), torch.ones(A),
-                  combo=ComboConfig(num_sampled_actions=4, temperature=0.7))
-    from_model = torch.arange(B) < num_model
-    batch = Batch(torch.randn(B, S), torch.rand(B, A), torch.randn(B), torch.randn(B, S), torch.zeros(B),
-                  torch.zeros(B), from_model)
-    # same policy samples in both: a deterministic stand-in for the actor's noise
-    agent.actor.forward = lambda obs, deterministic=False, with_log_prob=True, _f=agent.actor.forward: (
-        _f(obs, deterministic=True)[0], obs.sum(-1))
-    results = []
-    for fn in (agent.critic_regularizer, agent.critic_regularizer_ref):
-        torch.manual_seed(1)
-        q_pred = agent.critic(batch.obs, batch.actions)
-        reg, info = fn(batch, q_pred)
-        agent.critic.zero_grad()
-        reg.backward()
-        results.append((reg.detach(), float(info["combo/q_gap"]), [p.grad.clone() for p in agent.critic.parameters()]))
-    (fast, gap_fast, grads_fast), (ref, gap_ref, grads_ref) = results
-    torch.testing.assert_close(fast, ref)
-    assert gap_fast == pytest.approx(gap_ref, rel=1e-5)
-    for g_fast, g_ref in zip(grads_fast, grads_ref):
-        torch.testing.assert_close(g_fast, g_ref, rtol=1e-4, atol=1e-5)
+    S, A, B = 5, 3, 32
+    agents = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        config = SACConfig(hidden_dims=(16, 16), fused_optim=fused)
+        agents.append(COMBO(S, A, config, -torch.ones(A), torch.ones(A), combo=ComboConfig(num_sampled_actions=3))
+                      if algo == "combo" else SAC(S, A, config, -torch.ones(A), torch.ones(A)))
+    gen = torch.Generator().manual_seed(1)
+    batches = [Batch(torch.randn(B, S, generator=gen), torch.rand(B, A, generator=gen), torch.randn(B, generator=gen),
+                     torch.randn(B, S, generator=gen), torch.zeros(B), torch.rand(B, generator=gen),
+                     torch.arange(B) % 2 == 0) for _ in range(3)]
+    infos = []
+    for agent, update in ((agents[0], agents[0].update), (agents[1], agents[1].update_ref)):
+        torch.manual_seed(2)
+        infos.append([update(batch) for batch in batches][-1])
+    fast, ref = agents
+    assert infos[0].keys() == infos[1].keys() and all(isinstance(v, float) for v in infos[0].values())
+    for key in infos[0]:
+        assert infos[0][key] == pytest.approx(infos[1][key], rel=1e-4, abs=1e-5), key
+    for name in ("actor", "critic", "critic_target"):
+        for p_fast, p_ref in zip(getattr(fast, name).parameters(), getattr(ref, name).parameters()):
+            torch.testing.assert_close(p_fast, p_ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast.log_alpha, ref.log_alpha)

@@ -36,8 +36,9 @@ def deterministic(actor):
     return lambda obs, with_log_prob=False: actor(obs, deterministic=True, with_log_prob=with_log_prob)
 
 
+@pytest.mark.parametrize("chunk_rows", [None, 50])
 @pytest.mark.parametrize("include_reward", [True, False])
-def test_vectorized_matches_loop_reference(include_reward):
+def test_vectorized_matches_loop_reference(include_reward, chunk_rows):
     agent, dynamics = make_agent(), make_dynamics()
     obs, actions = torch.randn(B, S), torch.rand(B, A) * 2 - 1
     with torch.no_grad():
@@ -45,7 +46,7 @@ def test_vectorized_matches_loop_reference(include_reward):
         mean, std = mean[dynamics.elites], std[dynamics.elites]
         noise = torch.randn(7, *mean.shape)                                 # [K, M, B, S+1]
         args = (obs, actions, mean, std, noise, deterministic(agent.actor), agent.critic_target, 0.99, include_reward)
-        fast, ref = mobile_penalty(*args), mobile_penalty_ref(*args)
+        fast, ref = mobile_penalty(*args, chunk_rows=chunk_rows), mobile_penalty_ref(*args)   # 50: 6 chunks
     assert fast.shape == (B,)
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
 

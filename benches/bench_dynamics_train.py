@@ -1,0 +1,66 @@
+"""Bench of one dynamics training epoch (MOPO sizes: 7 members of 4x200 SiLU, S=17, A=6,
+minibatch 256 per member), ``provider``:
+
+* ``ref``: plain Adam (per-parameter loop) on the full loss (Gaussian NLL + log-var bound + the
+  per-layer L2 sum through autograd);
+* ``fast``: what :meth:`pyscorepen.dynamics.EnsembleDynamics.fit` runs: the loss without the L2
+  sum and a fused Adam whose per-layer ``weight_decay`` adds the same L2 gradient.
+
+Both run :meth:`~pyscorepen.dynamics.EnsembleDynamics.train_epoch` on the same 4 096-transition
+training set (16 steps per epoch; the per-step cost does not depend on the set size).
+
+extra_info: samples/s (member-samples, as ``fit`` reports them), GFLOP/s (forward + backward,
+3 x 2*in*out per layer and member-sample) and % of the session's sgemm probe. Regression check:
+fast/ref (best rounds) in this run. One torch thread (fixture ``one_thread``).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchutil import record
+from pyscorepen.dynamics import DynamicsConfig, EnsembleDynamics
+
+OBS_DIM, ACT_DIM, TRAIN_SIZE = 17, 6, 4096
+HIDDEN, MEMBERS = (200, 200, 200, 200), 7
+# fast / ref (best rounds), same run. Measured (1 thread, 2 cores shared, load ~3): 1.13-1.23x
+SPEEDUP_FLOOR = 0.95
+_BEST: dict[str, float] = {}
+
+
+def mlp_flops(dims) -> int:
+    return sum(2 * i * o for i, o in zip(dims, dims[1:]))
+
+
+FLOPS_PER_SAMPLE = 3 * mlp_flops([OBS_DIM + ACT_DIM, *HIDDEN, 2 * (OBS_DIM + 1)])   # one member-sample
+
+
+@pytest.mark.parametrize("provider", ["ref", "fast"])
+def test_dynamics_train_epoch(benchmark, sgemm_limit, one_thread, provider):
+    torch.manual_seed(0)
+    dynamics = EnsembleDynamics(OBS_DIM, ACT_DIM, DynamicsConfig(ensemble_size=MEMBERS, hidden_dims=HIDDEN))
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(TRAIN_SIZE, OBS_DIM + ACT_DIM, generator=gen), torch.randn(TRAIN_SIZE, OBS_DIM + 1, generator=gen)
+    train_idx = torch.arange(TRAIN_SIZE)
+    if provider == "fast":
+        optim, l2_in_loss = dynamics.make_optimizer(1e-3), False
+    else:
+        optim, l2_in_loss = torch.optim.Adam(dynamics.parameters(), lr=1e-3), True
+
+    def epoch():
+        return dynamics.train_epoch(x, y, train_idx, optim, gen, l2_in_loss=l2_in_loss)
+
+    benchmark.pedantic(epoch, rounds=4, iterations=1, warmup_rounds=1)
+    samples = MEMBERS * TRAIN_SIZE
+    record(benchmark, rows=samples, flops_per_row=FLOPS_PER_SAMPLE, limit=sgemm_limit,
+           samples_per_s=samples / benchmark.stats.stats.median)
+    _BEST[provider] = benchmark.stats.stats.min
+
+
+def test_fast_speedup_over_ref():
+    """Regression floor: fast vs ref epoch time (best rounds), both measured in this run."""
+    if "fast" not in _BEST or "ref" not in _BEST:
+        pytest.skip("needs the ref and fast benchmarks in this run")
+    speedup = _BEST["ref"] / _BEST["fast"]
+    print(f"\ndynamics train epoch fast/ref: {speedup:.2f}x (floor {SPEEDUP_FLOOR}x)")
+    assert speedup >= SPEEDUP_FLOOR

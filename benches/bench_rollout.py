@@ -1,0 +1,79 @@
+"""Bench of a complete h-step model rollout, :func:`pyscorepen.dynamics.rollout` (MOPO
+halfcheetah sizes: S=17, A=6, 7 members of 4x200 SiLU, 5 elites; ScorePen score net 3x256; a
+(256, 256) SAC actor as the policy), with both generation-time penalties (score and MOPO
+uncertainty) written into a replay buffer, ``provider`` = the ``rollout_step`` backend
+(``ref``/``cpp`` through ``$PYSCOREPEN_BACKEND``).
+
+Size: 8 192 start states x 5 steps = 40 960 transitions per rollout, not the 50 000 x 5 of a
+MOPO round: that takes ~10 s (ref) and ~6.5 s (cpp) per round here (1 thread, 2 shared cores), and
+``pytest benches/`` must stay within a few minutes. The per-transition cost does not depend on the
+number of start states beyond the 4 096-row chunks ``rollout`` works in.
+
+extra_info: transitions/s, GFLOP/s (ensemble + score net + policy per transition) and % of the
+session's sgemm probe. One torch thread (fixture ``one_thread``). Regression check: cpp/ref
+(best rounds) in this run.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchutil import record
+from pyscorepen.data import ReplayBuffer
+from pyscorepen.dynamics import DynamicsConfig, EnsembleDynamics, rollout
+from pyscorepen.nets import TanhGaussianActor, mlp, mlp_weights
+from pyscorepen.ops import available_backends
+from pyscorepen.ops.backend import ENV_VAR
+from pyscorepen.penalties import ScorePenalty, UncertaintyPenalty
+
+OBS_DIM, ACT_DIM, HIDDEN, SCORE_HIDDEN, POLICY_HIDDEN = 17, 6, (200, 200, 200, 200), (256, 256, 256), (256, 256)
+START_STATES, ROLLOUT_LENGTH = 8192, 5
+# cpp / ref (best rounds), same run. Measured (1 thread, 2 shared cores): 1.46-1.56x (the policy,
+# the buffer writes and the penalty sums are common to both)
+SPEEDUP_FLOOR = 1.2
+_BEST: dict[str, float] = {}
+
+
+def mlp_flops(dims) -> int:
+    return sum(2 * i * o for i, o in zip(dims, dims[1:]))
+
+
+IN_DIM = OBS_DIM + ACT_DIM
+FLOPS_PER_TRANSITION = (7 * mlp_flops([IN_DIM, *HIDDEN, 2 * (OBS_DIM + 1)]) + mlp_flops([IN_DIM, *SCORE_HIDDEN, IN_DIM])
+                        + mlp_flops([OBS_DIM, *POLICY_HIDDEN, 2 * ACT_DIM]))
+
+
+@pytest.mark.parametrize("provider", ["ref", "cpp"])
+def test_rollout(benchmark, sgemm_limit, one_thread, provider, monkeypatch):
+    start_obs = torch.randn(START_STATES, OBS_DIM, generator=torch.Generator().manual_seed(1))
+    if provider not in available_backends("rollout_step", start_obs):
+        pytest.skip(f"backend {provider!r} unavailable here")
+    monkeypatch.setenv(ENV_VAR, provider)
+    torch.manual_seed(0)
+    dynamics = EnsembleDynamics(OBS_DIM, ACT_DIM, DynamicsConfig(hidden_dims=HIDDEN))
+    score_params = mlp_weights(mlp(IN_DIM, SCORE_HIDDEN, IN_DIM))
+    actor = TanhGaussianActor(OBS_DIM, ACT_DIM, POLICY_HIDDEN, -torch.ones(ACT_DIM), torch.ones(ACT_DIM))
+    policy = lambda obs: actor(obs, with_log_prob=False)[0]                    # noqa: E731
+    penalties = (ScorePenalty(1.0), UncertaintyPenalty(1.0))
+    buffer = ReplayBuffer(START_STATES * ROLLOUT_LENGTH, OBS_DIM, ACT_DIM)
+    stats = {}
+
+    def run():
+        stats.update(rollout(dynamics, policy, start_obs, ROLLOUT_LENGTH, buffer, penalties,
+                             score_params=score_params, generator=torch.Generator().manual_seed(2)))
+
+    benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
+    transitions = int(stats["rollout/transitions"])
+    assert transitions == START_STATES * ROLLOUT_LENGTH
+    record(benchmark, rows=transitions, flops_per_row=FLOPS_PER_TRANSITION, limit=sgemm_limit,
+           transitions_per_s=transitions / benchmark.stats.stats.median)
+    _BEST[provider] = benchmark.stats.stats.min
+
+
+def test_cpp_speedup_over_ref():
+    """Regression floor: cpp vs ref rollout time (best rounds), both measured in this run."""
+    if "cpp" not in _BEST or "ref" not in _BEST:
+        pytest.skip("needs the ref and cpp benchmarks in this run")
+    speedup = _BEST["ref"] / _BEST["cpp"]
+    print(f"\nrollout cpp/ref: {speedup:.2f}x (floor {SPEEDUP_FLOOR}x)")
+    assert speedup >= SPEEDUP_FLOOR
