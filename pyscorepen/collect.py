@@ -24,7 +24,7 @@ for the medium threshold / ``ref_max_score`` are measured the same way
 
 Resumable: the run folder (``--run-dir``, default ``runs/collect/<env-id>-seed<seed>``) holds
 ``state.pt`` (SAC, replay buffer, counters; written at every evaluation and on Ctrl-C),
-``policies/step_XXXXXXXX.pt`` (actor snapshots), ``evals.jsonl`` and ``summary.json``. Rerun
+``policies/step_<N>.pt`` (actor snapshots), ``evals.jsonl`` and ``summary.json``. Rerun
 the same command to continue; a finished dataset is never rewritten.
 
 ``--ref-scores-only --task <dataset>`` computes reference scores for any Minari dataset that
