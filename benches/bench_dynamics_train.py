@@ -18,7 +18,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchutil import record
+from benchutil import record, check_speedup
 from pyscorepen.dynamics import DynamicsConfig, EnsembleDynamics
 
 OBS_DIM, ACT_DIM, TRAIN_SIZE = 17, 6, 4096
@@ -59,8 +59,4 @@ def test_dynamics_train_epoch(benchmark, sgemm_limit, one_thread, provider):
 
 def test_fast_speedup_over_ref():
     """Regression floor: fast vs ref epoch time (best rounds), both measured in this run."""
-    if "fast" not in _BEST or "ref" not in _BEST:
-        pytest.skip("needs the ref and fast benchmarks in this run")
-    speedup = _BEST["ref"] / _BEST["fast"]
-    print(f"\ndynamics train epoch fast/ref: {speedup:.2f}x (floor {SPEEDUP_FLOOR}x)")
-    assert speedup >= SPEEDUP_FLOOR
+    check_speedup(_BEST, "fast", "ref", SPEEDUP_FLOOR, "dynamics train epoch fast/ref")

@@ -19,7 +19,7 @@ import torch
 
 import pyscorepen.penalties_mobile as mobile
 from bench_sac_update import ACTOR_FLOPS, CRITIC_FLOPS, SAC_FLOPS_PER_ROW, make_batch
-from benchutil import record
+from benchutil import record, check_speedup
 from pyscorepen.dynamics import DynamicsConfig, EnsembleDynamics
 from pyscorepen.sac import SAC, SACConfig
 
@@ -89,8 +89,4 @@ def test_mobile_update(benchmark, sgemm_limit, one_thread, provider, monkeypatch
 @pytest.mark.parametrize("what", [f"penalty-{MODEL_ROWS[-1]}", "update"])
 def test_fast_speedup_over_ref(what):
     """Regression floor: fast vs ref (best rounds), both measured in this run."""
-    if ("fast", what) not in _BEST or ("ref", what) not in _BEST:
-        pytest.skip("needs the ref and fast benchmarks in this run")
-    speedup = _BEST[("ref", what)] / _BEST[("fast", what)]
-    print(f"\nMOBILE {what} fast/ref: {speedup:.2f}x (floor {SPEEDUP_FLOOR}x)")
-    assert speedup >= SPEEDUP_FLOOR
+    check_speedup(_BEST, ("fast", what), ("ref", what), SPEEDUP_FLOOR, f"MOBILE {what} fast/ref")

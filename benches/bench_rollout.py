@@ -18,7 +18,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchutil import record
+from benchutil import record, check_speedup
 from pyscorepen.data import ReplayBuffer
 from pyscorepen.dynamics import DynamicsConfig, EnsembleDynamics, rollout
 from pyscorepen.nets import TanhGaussianActor, mlp, mlp_weights
@@ -72,8 +72,4 @@ def test_rollout(benchmark, sgemm_limit, one_thread, provider, monkeypatch):
 
 def test_cpp_speedup_over_ref():
     """Regression floor: cpp vs ref rollout time (best rounds), both measured in this run."""
-    if "cpp" not in _BEST or "ref" not in _BEST:
-        pytest.skip("needs the ref and cpp benchmarks in this run")
-    speedup = _BEST["ref"] / _BEST["cpp"]
-    print(f"\nrollout cpp/ref: {speedup:.2f}x (floor {SPEEDUP_FLOOR}x)")
-    assert speedup >= SPEEDUP_FLOOR
+    check_speedup(_BEST, "cpp", "ref", SPEEDUP_FLOOR, "rollout cpp/ref")

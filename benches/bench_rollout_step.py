@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchutil import record
+from benchutil import record, check_speedup
 from pyscorepen.ops import available_backends, rollout_step
 
 OBS_DIM, ACT_DIM, MEMBERS, HIDDEN, SCORE_HIDDEN = 17, 6, 7, (200, 200, 200, 200), (256, 256, 256)
@@ -72,8 +72,4 @@ def test_rollout_step(benchmark, sgemm_limit, provider, batch):
 def test_cpp_speedup_over_ref():
     """Regression floor: cpp vs ref throughput ratio, both measured in this run."""
     batch = BATCHES[-1]
-    if ("cpp", batch) not in _MEDIANS or ("ref", batch) not in _MEDIANS:
-        pytest.skip("needs the ref and cpp benchmarks at the largest batch in this run")
-    speedup = _MEDIANS[("ref", batch)] / _MEDIANS[("cpp", batch)]
-    print(f"\nrollout_step cpp/ref speedup at B={batch}: {speedup:.2f}x (floor {SPEEDUP_FLOOR}x)")
-    assert speedup >= SPEEDUP_FLOOR
+    check_speedup(_MEDIANS, ("cpp", batch), ("ref", batch), SPEEDUP_FLOOR, f"rollout_step cpp/ref at B={batch}")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchutil import record
+from benchutil import record, check_speedup
 from pyscorepen.algos import COMBO, ComboConfig
 from pyscorepen.data import Batch
 from pyscorepen.sac import SAC, SACConfig
@@ -104,9 +104,4 @@ def test_fast_speedup_over_ref(algo):
         if ("fast", algo, threads) in _BEST and ("ref", algo, threads) in _BEST:
             print(f"\n{algo} update fast/ref at {threads} threads: "
                   f"{_BEST[('ref', algo, threads)] / _BEST[('fast', algo, threads)]:.2f}x (not asserted)")
-    threads = 1
-    if ("fast", algo, threads) not in _BEST or ("ref", algo, threads) not in _BEST:
-        pytest.skip("needs the ref and fast benchmarks in this run")
-    speedup = _BEST[("ref", algo, threads)] / _BEST[("fast", algo, threads)]
-    print(f"\n{algo} update fast/ref at {threads} thread(s): {speedup:.2f}x (floor {SPEEDUP_FLOOR[algo]}x)")
-    assert speedup >= SPEEDUP_FLOOR[algo]
+    check_speedup(_BEST, ("fast", algo, 1), ("ref", algo, 1), SPEEDUP_FLOOR[algo], f"{algo} update fast/ref at 1 thread")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchutil import record
+from benchutil import record, check_speedup
 from pyscorepen.ops import available_backends, score_penalty
 
 IN_DIM, HIDDEN = 23, (256, 256, 256)
@@ -49,8 +49,4 @@ def test_score_penalty(benchmark, sgemm_limit, provider, batch):
 def test_cpp_speedup_over_ref():
     """Regression floor: cpp vs ref throughput ratio, both measured in this run."""
     batch = BATCHES[-1]
-    if ("cpp", batch) not in _MEDIANS or ("ref", batch) not in _MEDIANS:
-        pytest.skip("needs the ref and cpp benchmarks at the largest batch in this run")
-    speedup = _MEDIANS[("ref", batch)] / _MEDIANS[("cpp", batch)]
-    print(f"\nscore_penalty cpp/ref speedup at B={batch}: {speedup:.2f}x (floor {SPEEDUP_FLOOR}x)")
-    assert speedup >= SPEEDUP_FLOOR
+    check_speedup(_MEDIANS, ("cpp", batch), ("ref", batch), SPEEDUP_FLOOR, f"score_penalty cpp/ref at B={batch}")

@@ -44,3 +44,18 @@ def record(benchmark, *, rows: int, flops_per_row: float, limit: dict[str, float
         **extra,
     )
     return median
+
+
+def check_speedup(times: dict, fast_key, ref_key, floor: float, label: str) -> float:
+    """The regression check of every bench file: ref/fast time ratio, both measured in this run.
+
+    ``times`` maps keys to seconds recorded by the benchmarks of this session; a missing side
+    (e.g. ``-k cpp`` ran alone) skips the check rather than comparing against another run.
+    """
+    import pytest
+    if fast_key not in times or ref_key not in times:
+        pytest.skip(f"{label}: needs both {ref_key!r} and {fast_key!r} benchmarks in this run")
+    speedup = times[ref_key] / times[fast_key]
+    print(f"\n{label}: {speedup:.2f}x (floor {floor}x)")
+    assert speedup >= floor, f"{label}: {speedup:.2f}x is below the floor {floor}x"
+    return speedup
