@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchutil import record, check_speedup
-from pyscorepen.ops import available_backends, rollout_step
+from benchutil import bench_op, check_speedup, record
+from pyscorepen.ops import rollout_step
 
 OBS_DIM, ACT_DIM, MEMBERS, HIDDEN, SCORE_HIDDEN = 17, 6, 7, (200, 200, 200, 200), (256, 256, 256)
 BATCHES = [256, 4096, 50_000]
@@ -51,19 +51,8 @@ def make_inputs(batch: int, device: str = "cpu") -> dict:
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_rollout_step(benchmark, sgemm_limit, provider, batch):
     device = "cuda" if provider == "triton" else "cpu"
-    inputs = make_inputs(batch, device)
-    if provider not in available_backends("rollout_step", inputs["obs"]):
-        pytest.skip(f"backend {provider!r} unavailable here")
-    synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-
-    def step():
-        with torch.no_grad():
-            out = rollout_step(**inputs, backend=provider)
-        synchronize()
-        return out
-
     rounds = 3 if batch * (1 if provider != "ref" else 4) >= 50_000 else 10
-    benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=1)
+    bench_op(benchmark, rollout_step, "rollout_step", make_inputs(batch, device), provider, rounds)
     median = record(benchmark, rows=batch, flops_per_row=FLOPS_PER_ROW, limit=sgemm_limit,
                     transitions_per_s=batch / benchmark.stats.stats.median)
     _MEDIANS[(provider, batch)] = median

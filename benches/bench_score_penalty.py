@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchutil import record, check_speedup
-from pyscorepen.ops import available_backends, score_penalty
+from benchutil import bench_op, check_speedup, record
+from pyscorepen.ops import score_penalty
 
 IN_DIM, HIDDEN = 23, (256, 256, 256)
 BATCHES = [256, 4096, 50_000]
@@ -31,18 +31,8 @@ def make_inputs(batch: int, device: str = "cpu") -> dict:
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_score_penalty(benchmark, sgemm_limit, provider, batch):
     device = "cuda" if provider == "triton" else "cpu"
-    inputs = make_inputs(batch, device)
-    if provider not in available_backends("score_penalty", inputs["x"]):
-        pytest.skip(f"backend {provider!r} unavailable here")
-    synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-
-    def penalty():
-        with torch.no_grad():
-            out = score_penalty(**inputs, backend=provider)
-        synchronize()
-        return out
-
-    benchmark.pedantic(penalty, rounds=5 if batch >= 50_000 else 20, iterations=1, warmup_rounds=1)
+    bench_op(benchmark, score_penalty, "score_penalty", make_inputs(batch, device), provider,
+             rounds=5 if batch >= 50_000 else 20)
     _MEDIANS[(provider, batch)] = record(benchmark, rows=batch, flops_per_row=FLOPS_PER_ROW, limit=sgemm_limit)
 
 

@@ -59,3 +59,24 @@ def check_speedup(times: dict, fast_key, ref_key, floor: float, label: str) -> f
     print(f"\n{label}: {speedup:.2f}x (floor {floor}x)")
     assert speedup >= floor, f"{label}: {speedup:.2f}x is below the floor {floor}x"
     return speedup
+
+
+def bench_op(benchmark, op, name: str, inputs: dict, provider: str, rounds: int) -> None:
+    """Benchmark ``op(**inputs, backend=provider)`` under no_grad (skips an unavailable backend).
+
+    The device follows ``inputs``; CUDA work is synchronized inside the timed call.
+    """
+    import pytest
+    from pyscorepen.ops import available_backends
+    probe = next(v for v in inputs.values() if isinstance(v, torch.Tensor))
+    if provider not in available_backends(name, probe):
+        pytest.skip(f"backend {provider!r} unavailable here")
+    synchronize = torch.cuda.synchronize if probe.is_cuda else (lambda: None)
+
+    def call():
+        with torch.no_grad():
+            out = op(**inputs, backend=provider)
+        synchronize()
+        return out
+
+    benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=1)
