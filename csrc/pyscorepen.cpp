@@ -3,8 +3,10 @@
 //   rollout_step  one fused model-rollout step (MOPO Algorithm 2 penalty,
 //                 ScorePen-MORL Eq. 20 penalty), see pyscorepen/ops/rollout_step.py
 //   score_penalty ||h(x)||^2 of a plain SiLU MLP,  see pyscorepen/ops/score_penalty.py
+//   soft_value    min_k Q_k(s, a) - alpha log pi(a|s), a ~ tanh-Gaussian actor (SAC Eq. 3,
+//                 MOBILE Eq. 7-8 target), see pyscorepen/ops/soft_value.py
 //
-// Both ops are inference-only (frozen nets under no_grad): no autograd kernel
+// All ops are inference-only (frozen nets under no_grad): no autograd kernel
 // is registered. Fake (meta) kernels are registered from Python.
 //
 // CPU strategy: the batch is cut into chunks of a few hundred rows that are
@@ -77,15 +79,16 @@ void check_cpu_f32(const Tensor& t, const char* name) {
   TORCH_CHECK(t.scalar_type() == at::kFloat, "pyscorepen: ", name, " must be float32, got ", t.scalar_type());
 }
 
-// Fills `desc` from weights[l] ([E, in, out] when `members` > 0, else [in, out]) and biases[l].
-// The contiguous copies are kept alive in `keep`.
+// Fills `desc` from weights[l] ([E, in, out] when `members` > 0, else [in, out]) and biases[l];
+// hidden layers apply `hidden`. The contiguous copies are kept alive in `keep`.
 void describe_mlp(at::TensorList weights, at::TensorList biases, int64_t members, int64_t in_dim,
-                  cpu::MlpDesc& desc, std::vector<Tensor>& keep) {
+                  cpu::Activation hidden, cpu::MlpDesc& desc, std::vector<Tensor>& keep) {
   TORCH_CHECK(weights.size() == biases.size(), "pyscorepen: got ", weights.size(), " weights but ",
               biases.size(), " biases");
   TORCH_CHECK(static_cast<int>(weights.size()) <= cpu::kMaxLayers, "pyscorepen: at most ", cpu::kMaxLayers,
               " layers are supported");
   desc.n_layers = static_cast<int>(weights.size());
+  desc.hidden = hidden;
   desc.dims[0] = in_dim;
   for (size_t l = 0; l < weights.size(); ++l) {
     const Tensor& w = weights[l];
@@ -109,6 +112,13 @@ void describe_mlp(at::TensorList weights, at::TensorList biases, int64_t members
     desc.b[l] = keep.back().data_ptr<float>();
     desc.dims[l + 1] = w.size(-1);
   }
+}
+
+// True when some layer of `desc` has no outputs (the micro-kernels need n >= 1).
+bool has_empty_layer(const cpu::MlpDesc& desc) {
+  for (int l = 1; l <= desc.n_layers; ++l)
+    if (desc.dims[l] == 0) return true;
+  return false;
 }
 
 // Splits `batch` rows into chunks and runs body(row_begin, row_end, scratch) on each. One
@@ -142,11 +152,14 @@ void for_each_chunk(int64_t batch, LayoutFn layout_of, Body body) {
 }
 
 // ---------------------------------------------------------------- generic path
-Tensor mlp_generic(const Tensor& x, at::TensorList weights, at::TensorList biases) {
+Tensor mlp_generic(const Tensor& x, at::TensorList weights, at::TensorList biases,
+                   cpu::Activation hidden = cpu::Activation::kSilu) {
   Tensor h = x;  // [B, in] or [E, B, in]
   for (size_t l = 0; l < weights.size(); ++l) {
     h = h.dim() == 3 ? at::baddbmm(biases[l].unsqueeze(1), h, weights[l]) : at::addmm(biases[l], h, weights[l]);
-    if (l + 1 != weights.size()) h = at::silu(h);
+    if (l + 1 == weights.size()) break;
+    if (hidden == cpu::Activation::kSilu) h = at::silu_(h);
+    if (hidden == cpu::Activation::kRelu) h = at::relu_(h);
   }
   return h;
 }
@@ -173,6 +186,26 @@ void rollout_chunk_generic(const Tensor& x, const Tensor& obs, at::TensorList we
     score.zero_();
   else
     score.copy_(mlp_generic(x, score_weights, score_biases).square().sum(-1));
+}
+
+// Same math as soft_value_ref (and the AVX-512 kernel) on rows obs [b, S], noise [b, A]; writes out [b].
+void soft_value_chunk_generic(const Tensor& obs, const Tensor& noise, at::TensorList actor_weights,
+                              at::TensorList actor_biases, at::TensorList critic_weights,
+                              at::TensorList critic_biases, const Tensor& action_scale, const Tensor& action_offset,
+                              double alpha, double log_std_min, double log_std_max, Tensor out) {
+  constexpr double kLog2 = 0.69314718055994530942, kHalfLog2Pi = 0.91893853320467274178;
+  const int64_t A = noise.size(1), N = critic_weights[0].size(0);
+  Tensor head = mlp_generic(obs, actor_weights, actor_biases, cpu::Activation::kRelu);  // [b, 2A]
+  Tensor mu = head.narrow(1, 0, A);
+  Tensor log_std = head.narrow(1, A, A).clamp(log_std_min, log_std_max);
+  Tensor u = mu + log_std.exp() * noise;                                               // [b, A]
+  Tensor action = at::tanh(u) * action_scale + action_offset;                          // [b, A]
+  Tensor log_pi = (-0.5 * noise.square() - log_std - kHalfLog2Pi).sum(-1) -
+                  (2 * (kLog2 - u - soft_plus(-2 * u))).sum(-1);                       // [b]
+  Tensor x = at::cat({obs, action}, -1);                                               // [b, S+A]
+  Tensor q = mlp_generic(x.unsqueeze(0).expand({N, x.size(0), x.size(1)}), critic_weights, critic_biases,
+                         cpu::Activation::kRelu);                                      // [N, b, 1]
+  out.copy_(q.squeeze(-1).amin(0) - alpha * log_pi);
 }
 
 // ------------------------------------------------------------------- ops
@@ -215,8 +248,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rollout_step_cpu(
 
   std::vector<Tensor> keep;
   cpu::RolloutArgs args;
-  describe_mlp(weights, biases, E, D, args.ensemble, keep);
-  describe_mlp(score_weights, score_biases, 0, D, args.score, keep);
+  describe_mlp(weights, biases, E, D, cpu::Activation::kSilu, args.ensemble, keep);
+  describe_mlp(score_weights, score_biases, 0, D, cpu::Activation::kSilu, args.score, keep);
   TORCH_CHECK(score_weights.empty() || args.score.dims[args.score.n_layers] > 0,
               "pyscorepen.rollout_step: empty score output");
 
@@ -269,7 +302,7 @@ Tensor score_penalty_cpu(const Tensor& x, at::TensorList weights, at::TensorList
   Tensor out = at::empty({B}, x.options());
   std::vector<Tensor> keep;
   cpu::ScoreArgs args;
-  describe_mlp(weights, biases, 0, x.size(1), args.mlp, keep);
+  describe_mlp(weights, biases, 0, x.size(1), cpu::Activation::kSilu, args.mlp, keep);
   if (cpu_isa() == Isa::kGeneric || args.mlp.dims[args.mlp.n_layers] == 0) {
     const int64_t rows = 1024;
     for (int64_t r0 = 0; r0 < B; r0 += rows) {
@@ -292,6 +325,72 @@ Tensor score_penalty_cpu(const Tensor& x, at::TensorList weights, at::TensorList
   return out;
 }
 
+Tensor soft_value_cpu(const Tensor& obs, const Tensor& noise, at::TensorList actor_weights,
+                      at::TensorList actor_biases, at::TensorList critic_weights, at::TensorList critic_biases,
+                      const Tensor& action_scale, const Tensor& action_offset, const Tensor& alpha,
+                      double log_std_min, double log_std_max) {
+  for (auto [t, name] : {std::pair{&obs, "obs"}, {&noise, "noise"}, {&action_scale, "action_scale"},
+                         {&action_offset, "action_offset"}, {&alpha, "alpha"}})
+    check_cpu_f32(*t, name);
+  TORCH_CHECK(obs.dim() == 2 && noise.dim() == 2 && obs.size(0) == noise.size(0),
+              "pyscorepen.soft_value: obs [B, S] and noise [B, A] expected, got ", obs.sizes(), " and ",
+              noise.sizes());
+  const int64_t B = obs.size(0), S = obs.size(1), A = noise.size(1);
+  TORCH_CHECK(action_scale.numel() == A && action_offset.numel() == A,
+              "pyscorepen.soft_value: action_scale/offset must have A = ", A, " entries");
+  TORCH_CHECK(alpha.numel() == 1, "pyscorepen.soft_value: alpha must have one element, got ", alpha.sizes());
+  TORCH_CHECK(!actor_weights.empty() && actor_weights.back().dim() == 2 && actor_weights.back().size(1) == 2 * A,
+              "pyscorepen.soft_value: actor_weights must be a non-empty list of [in, out] tensors, the last "
+              "with out = 2A = ", 2 * A, " (mu | log_std)");
+  TORCH_CHECK(!critic_weights.empty() && critic_weights[0].dim() == 3 && critic_weights[0].size(0) > 0,
+              "pyscorepen.soft_value: critic_weights must be a non-empty list of [N, in, out] tensors, N >= 1");
+  TORCH_CHECK(critic_weights.back().dim() == 3 && critic_weights.back().size(2) == 1,
+              "pyscorepen.soft_value: the critics' last layer must output 1 (Q), got ", critic_weights.back().sizes());
+  const int64_t N = critic_weights[0].size(0);
+
+  Tensor out = at::empty({B}, obs.options());
+  std::vector<Tensor> keep;
+  cpu::SoftValueArgs args;
+  describe_mlp(actor_weights, actor_biases, 0, S, cpu::Activation::kRelu, args.actor, keep);
+  describe_mlp(critic_weights, critic_biases, N, S + A, cpu::Activation::kRelu, args.critic, keep);
+  const float alpha_value = alpha.item<float>();
+
+  if (cpu_isa() == Isa::kGeneric || has_empty_layer(args.actor) || has_empty_layer(args.critic)) {
+    const int64_t rows = 1024;
+    for (int64_t r0 = 0; r0 < B; r0 += rows) {
+      const int64_t n = std::min(rows, B - r0);
+      soft_value_chunk_generic(obs.narrow(0, r0, n), noise.narrow(0, r0, n), actor_weights, actor_biases,
+                               critic_weights, critic_biases, action_scale.reshape({A}),
+                               action_offset.reshape({A}), alpha_value, log_std_min, log_std_max,
+                               out.narrow(0, r0, n));
+    }
+    return out;
+  }
+
+  Tensor obs_c = obs.contiguous(), noise_c = noise.contiguous(), scale_c = action_scale.contiguous(),
+         offset_c = action_offset.contiguous();
+  args.batch = B;
+  args.obs_dim = S;
+  args.act_dim = A;
+  args.critics = N;
+  args.obs = obs_c.data_ptr<float>();
+  args.noise = noise_c.data_ptr<float>();
+  args.action_scale = scale_c.data_ptr<float>();
+  args.action_offset = offset_c.data_ptr<float>();
+  args.alpha = alpha_value;
+  args.log_std_min = static_cast<float>(log_std_min);
+  args.log_std_max = static_cast<float>(log_std_max);
+  args.out = out.data_ptr<float>();
+  for_each_chunk(
+      B, [&](int64_t rows) { return cpu::soft_value_layout(args, rows); },
+      [&](int64_t r0, int64_t r1, float* scratch) {
+#if defined(__x86_64__)
+        cpu::soft_value_rows_avx512(args, r0, r1, scratch);
+#endif
+      });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(pyscorepen, m) {
@@ -300,11 +399,16 @@ TORCH_LIBRARY(pyscorepen, m) {
       "Tensor[] biases, Tensor max_logvar, Tensor min_logvar, Tensor member_index, Tensor noise, "
       "Tensor[] score_weights, Tensor[] score_biases) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("score_penalty(Tensor x, Tensor[] weights, Tensor[] biases) -> Tensor");
+  m.def(
+      "soft_value(Tensor obs, Tensor noise, Tensor[] actor_weights, Tensor[] actor_biases, "
+      "Tensor[] critic_weights, Tensor[] critic_biases, Tensor action_scale, Tensor action_offset, "
+      "Tensor alpha, float log_std_min, float log_std_max) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pyscorepen, CPU, m) {
   m.impl("rollout_step", &rollout_step_cpu);
   m.impl("score_penalty", &score_penalty_cpu);
+  m.impl("soft_value", &soft_value_cpu);
 }
 
 }  // namespace pyscorepen

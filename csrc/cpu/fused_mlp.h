@@ -11,14 +11,18 @@ namespace pyscorepen::cpu {
 
 constexpr int kMaxLayers = 16;
 
+// Activation fused into a dense layer's epilogue.
+enum class Activation : int { kNone, kSilu, kRelu };
+
 // One MLP, possibly an ensemble: member e of layer l has weight
 // w[l] + e * dims[l] * dims[l + 1]  ([in_l, out_l], row-major) and bias
-// b[l] + e * dims[l + 1]  ([out_l]).
+// b[l] + e * dims[l + 1]  ([out_l]). Hidden layers apply `hidden`, the last layer is linear.
 struct MlpDesc {
   int n_layers = 0;                  // 0: no network
   int64_t dims[kMaxLayers + 1] = {}; // dims[0] = in, dims[n_layers] = out
   const float* w[kMaxLayers] = {};
   const float* b[kMaxLayers] = {};
+  Activation hidden = Activation::kSilu;  // dynamics ensemble / score net: SiLU; actor / critics: ReLU
 };
 
 struct RolloutArgs {
@@ -49,6 +53,24 @@ struct ScoreArgs {
   float* out = nullptr;          // [B]
 };
 
+// Soft state value of a tanh-Gaussian actor under a Q ensemble (SAC Eq. 3, clipped double Q):
+// out = min_k Q_k(s, a) - alpha log pi(a|s), a = scale tanh(mu + exp(log_std) eps) + offset.
+struct SoftValueArgs {
+  int64_t batch = 0;      // B
+  int64_t obs_dim = 0;    // S
+  int64_t act_dim = 0;    // A
+  int64_t critics = 0;    // N
+  const float* obs = nullptr;            // [B, S]
+  const float* noise = nullptr;          // [B, A] eps ~ N(0, I)
+  MlpDesc actor;                         // 1 member, ReLU, S -> ... -> 2A (mu | log_std)
+  MlpDesc critic;                        // N members, ReLU, S + A -> ... -> 1
+  const float* action_scale = nullptr;   // [A]
+  const float* action_offset = nullptr;  // [A]
+  float alpha = 0.0f;                    // entropy temperature
+  float log_std_min = 0.0f, log_std_max = 0.0f;
+  float* out = nullptr;                  // [B]
+};
+
 // Rows of a chunk are padded to a multiple of this (lcm of the micro-kernel
 // row tiles), so micro-kernels never need a row tail.
 constexpr int64_t kRowPad = 24;
@@ -59,19 +81,23 @@ struct ChunkLayout {
   int64_t m_pad = 0;  // rows rounded up to kRowPad
   int64_t ld_x = 0;   // input width rounded up to 16
   int64_t ld_h = 0;   // widest layer output rounded up to 16
-  int64_t ld_y = 0;   // S + 1 rounded up to 16 (rollout only)
+  int64_t ld_y = 0;   // rollout: S + 1 (one row's sample); soft value: rows (log pi per row); rounded up to 16
   int64_t off_h0 = 0, off_h1 = 0, off_y = 0, total = 0;
 };
 ChunkLayout rollout_layout(const RolloutArgs& args, int64_t rows);
 ChunkLayout score_layout(const ScoreArgs& args, int64_t rows);
+// x holds cat(s, a) ([m_pad, S + A]: the actor reads its first S columns, the critics all of them);
+// h0/h1 are as wide as the widest actor or critic layer.
+ChunkLayout soft_value_layout(const SoftValueArgs& args, int64_t rows);
 
 // True when the CPU (and OS) support the AVX-512F kernels (always false off x86-64, where
 // the *_avx512 functions below are not compiled and must not be called).
 bool cpu_has_avx512();
 
 // Process rows [row_begin, row_end) of the batch; scratch holds
-// rollout_scratch_floats(args, row_end - row_begin) floats, 64-byte aligned.
+// <op>_layout(args, row_end - row_begin).total floats, 64-byte aligned.
 void rollout_rows_avx512(const RolloutArgs& args, int64_t row_begin, int64_t row_end, float* scratch);
 void score_rows_avx512(const ScoreArgs& args, int64_t row_begin, int64_t row_end, float* scratch);
+void soft_value_rows_avx512(const SoftValueArgs& args, int64_t row_begin, int64_t row_end, float* scratch);
 
 }  // namespace pyscorepen::cpu

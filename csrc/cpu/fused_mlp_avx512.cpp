@@ -1,4 +1,5 @@
-// AVX-512F kernels for the fused ensemble-MLP rollout step and the score MLP.
+// AVX-512F kernels for the fused ensemble-MLP rollout step, the score MLP and the
+// soft value of a tanh-Gaussian actor under a Q ensemble.
 //
 // This translation unit is compiled with baseline flags; the AVX-512 code is
 // enabled by the `#pragma GCC target` below and only ever called after
@@ -10,10 +11,12 @@
 // GEMM: a register-blocked broadcast-A / vector-B micro-kernel working directly
 // on the row-major [in, out] weights (no packing): an MR x (16 * NV) tile of the
 // output lives in zmm accumulators initialised with the bias, K is walked
-// fully, and the SiLU epilogue is applied in registers before the store.
+// fully, and the activation epilogue (none / SiLU / ReLU, a template parameter)
+// is applied in registers before the store.
 // The column blocks of a layer are balanced (e.g. 200 = 13 vectors -> 4+3+3+3)
 // and chunk rows are padded to kRowPad, so neither a row nor a vector tail loop
-// is needed (the last vector of a row is masked).
+// is needed (the last vector of a row is masked). A layer with a single output
+// (a critic's Q head) is a dot product per row instead.
 //
 // On non-x86-64 targets this file compiles to nothing and the op uses its generic path.
 #if defined(__x86_64__)
@@ -25,8 +28,10 @@
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,fma")
-// GCC 12 warns on the `__m512 __Y = __Y;` idiom inside its own masked-intrinsic headers.
+// GCC 12 warns on the `__m512 __Y = __Y;` idiom inside its own masked-intrinsic headers
+// (as "used uninitialized" once the epilogue is a template parameter).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 namespace pyscorepen::cpu {
 namespace {
@@ -94,16 +99,44 @@ inline __m512 silu512(__m512 x) {
   return _mm512_mul_ps(x, inv);
 }
 
+// tanh(x), Cephes tanhf: odd polynomial for |x| < 0.625, else 1 - 2 / (exp(2|x|) + 1) with the
+// sign of x (rel. error ~1e-7; large |x| round to exactly +-1, exp512 saturates instead of overflowing).
+inline __m512 tanh512(__m512 x) {
+  const __m512i sign_bit = _mm512_set1_epi32(static_cast<int>(0x80000000u));
+  __m512 ax = _mm512_abs_ps(x);
+  __m512 z = _mm512_mul_ps(x, x);
+  __m512 p = _mm512_set1_ps(-5.70498872745e-3f);
+  p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(2.06390887954e-2f));
+  p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-5.37397155531e-2f));
+  p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(1.33314422036e-1f));
+  p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-3.33332819422e-1f));
+  __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(p, z), x, x);
+  __m512 s = _mm512_add_ps(exp512(_mm512_add_ps(ax, ax)), _mm512_set1_ps(1.0f));
+  __m512 big = _mm512_sub_ps(_mm512_set1_ps(1.0f), _mm512_div_ps(_mm512_set1_ps(2.0f), s));  // tanh(|x|)
+  big = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(big),
+                                            _mm512_and_si512(_mm512_castps_si512(x), sign_bit)));
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(ax, _mm512_set1_ps(0.625f), _CMP_LT_OQ), big, small);
+}
+
+enum class Act { kNone, kSilu, kRelu };  // compile-time twin of cpu::Activation
+
+template <Act ACT>
+inline __m512 activate(__m512 x) {
+  if constexpr (ACT == Act::kSilu) return silu512(x);
+  if constexpr (ACT == Act::kRelu) return _mm512_max_ps(x, _mm512_setzero_ps());
+  return x;
+}
+
 inline __mmask16 tail_mask(int64_t valid) {
   return valid >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << valid) - 1u);
 }
 
 // ---------------------------------------------------------------- GEMM tiles
 // C[MR, 16 NV] = act(A[MR, K] @ W[K, 16 NV] + bias); the last vector uses `mask`.
-template <int MR, int NV>
+template <int MR, int NV, Act ACT>
 inline void micro_tile(const float* __restrict a, int64_t lda, int64_t k_dim, const float* __restrict w,
                        int64_t ldw, const float* __restrict bias, float* __restrict c, int64_t ldc,
-                       __mmask16 mask, bool silu) {
+                       __mmask16 mask) {
   __m512 acc[MR][NV];
 #pragma GCC unroll 4
   for (int v = 0; v < NV; ++v) {
@@ -128,7 +161,7 @@ inline void micro_tile(const float* __restrict a, int64_t lda, int64_t k_dim, co
   for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
-      __m512 out = silu ? silu512(acc[r][v]) : acc[r][v];
+      __m512 out = activate<ACT>(acc[r][v]);
       if (v == NV - 1)
         _mm512_mask_storeu_ps(c + r * ldc + 16 * v, mask, out);
       else
@@ -137,19 +170,50 @@ inline void micro_tile(const float* __restrict a, int64_t lda, int64_t k_dim, co
   }
 }
 
-template <int MR, int NV>
+template <int MR, int NV, Act ACT>
 inline void column_block(const float* a, int64_t lda, int64_t rows, int64_t k_dim, const float* w, int64_t ldw,
-                         const float* bias, float* c, int64_t ldc, __mmask16 mask, bool silu) {
+                         const float* bias, float* c, int64_t ldc, __mmask16 mask) {
   static_assert(kRowPad % MR == 0, "row tile must divide the row padding");
   for (int64_t i = 0; i < rows; i += MR)
-    micro_tile<MR, NV>(a + i * lda, lda, k_dim, w, ldw, bias, c + i * ldc, ldc, mask, silu);
+    micro_tile<MR, NV, ACT>(a + i * lda, lda, k_dim, w, ldw, bias, c + i * ldc, ldc, mask);
+}
+
+// C[rows, 1] = act(A[rows, k] @ w[k] + bias[0]): one dot product per row, 4 rows at a time
+// (a 16-wide column tile would spend 15 of its 16 lanes on nothing, e.g. a critic's Q head).
+template <Act ACT>
+void dot_column(const float* a, int64_t lda, int64_t rows, int64_t k_dim, const float* w, const float* bias,
+                float* c, int64_t ldc) {
+  constexpr int kRows = 4;
+  static_assert(kRowPad % kRows == 0, "row group must divide the row padding");
+  for (int64_t i = 0; i < rows; i += kRows) {
+    __m512 acc[kRows];
+#pragma GCC unroll 4
+    for (int r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < k_dim; k += 16) {
+      __mmask16 m = tail_mask(k_dim - k);
+      __m512 wv = _mm512_maskz_loadu_ps(m, w + k);
+#pragma GCC unroll 4
+      for (int r = 0; r < kRows; ++r)
+        acc[r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + (i + r) * lda + k), wv, acc[r]);
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < kRows; ++r) {
+      __m512 out = activate<ACT>(_mm512_set1_ps(_mm512_reduce_add_ps(acc[r]) + bias[0]));
+      c[(i + r) * ldc] = _mm512_cvtss_f32(out);
+    }
+  }
 }
 
 // C[rows, n] = act(A[rows, k] @ W[k, n] + bias), rows a multiple of kRowPad.
 // Loop order: column block outer (its W panel, <= k * 256 B, stays in L1/L2),
 // row tiles inner (A streams from L2).
+template <Act ACT>
 void dense_layer(const float* a, int64_t lda, int64_t rows, int64_t k_dim, const float* w, int64_t n,
-                 const float* bias, float* c, int64_t ldc, bool silu) {
+                 const float* bias, float* c, int64_t ldc) {
+  if (n == 1) {
+    dot_column<ACT>(a, lda, rows, k_dim, w, bias, c, ldc);
+    return;
+  }
   int64_t n_vec = (n + 15) / 16;
   int64_t n_blocks = (n_vec + 3) / 4;
   int64_t base = n_vec / n_blocks, extra = n_vec % n_blocks;
@@ -162,18 +226,27 @@ void dense_layer(const float* a, int64_t lda, int64_t rows, int64_t k_dim, const
     const float* bb = bias + col;
     float* cb = c + col;
     switch (nv) {
-      case 4: column_block<6, 4>(a, lda, rows, k_dim, wb, n, bb, cb, ldc, mask, silu); break;
-      case 3: column_block<8, 3>(a, lda, rows, k_dim, wb, n, bb, cb, ldc, mask, silu); break;
-      case 2: column_block<12, 2>(a, lda, rows, k_dim, wb, n, bb, cb, ldc, mask, silu); break;
-      default: column_block<12, 1>(a, lda, rows, k_dim, wb, n, bb, cb, ldc, mask, silu); break;
+      case 4: column_block<6, 4, ACT>(a, lda, rows, k_dim, wb, n, bb, cb, ldc, mask); break;
+      case 3: column_block<8, 3, ACT>(a, lda, rows, k_dim, wb, n, bb, cb, ldc, mask); break;
+      case 2: column_block<12, 2, ACT>(a, lda, rows, k_dim, wb, n, bb, cb, ldc, mask); break;
+      default: column_block<12, 1, ACT>(a, lda, rows, k_dim, wb, n, bb, cb, ldc, mask); break;
     }
     col += cols;
   }
 }
 
-// Runs member `member` of `mlp` on x [rows, ld_x]; returns the buffer holding
-// the output (h0 or h1, ping-pong, [rows, ld_h]; x itself when there are no layers)
-// and its leading dimension in *ld_out.
+void dense_layer(const float* a, int64_t lda, int64_t rows, int64_t k_dim, const float* w, int64_t n,
+                 const float* bias, float* c, int64_t ldc, Activation act) {
+  switch (act) {
+    case Activation::kSilu: dense_layer<Act::kSilu>(a, lda, rows, k_dim, w, n, bias, c, ldc); break;
+    case Activation::kRelu: dense_layer<Act::kRelu>(a, lda, rows, k_dim, w, n, bias, c, ldc); break;
+    default: dense_layer<Act::kNone>(a, lda, rows, k_dim, w, n, bias, c, ldc); break;
+  }
+}
+
+// Runs member `member` of `mlp` on x [rows, ld_x] (its first dims[0] columns); returns the
+// buffer holding the output (h0 or h1, ping-pong, [rows, ld_h]; x itself when there are no
+// layers) and its leading dimension in *ld_out. Hidden layers apply mlp.hidden.
 const float* run_mlp(const MlpDesc& mlp, int64_t member, const float* x, int64_t ld_x, int64_t rows, float* h0,
                      float* h1, int64_t ld_h, int64_t* ld_out) {
   const float* in = x;
@@ -183,7 +256,7 @@ const float* run_mlp(const MlpDesc& mlp, int64_t member, const float* x, int64_t
     int64_t k_dim = mlp.dims[l], n = mlp.dims[l + 1];
     const float* w = mlp.w[l] + member * k_dim * n;  // [k, n]
     const float* b = mlp.b[l] + member * n;          // [n]
-    dense_layer(in, ld_in, rows, k_dim, w, n, b, out, ld_h, l + 1 != mlp.n_layers);
+    dense_layer(in, ld_in, rows, k_dim, w, n, b, out, ld_h, l + 1 != mlp.n_layers ? mlp.hidden : Activation::kNone);
     in = out;
     ld_in = ld_h;
     out = out == h0 ? h1 : h0;
@@ -200,6 +273,33 @@ inline float row_sumsq(const float* y, int64_t n) {
     acc = _mm512_fmadd_ps(v, v, acc);
   }
   return _mm512_reduce_add_ps(acc);
+}
+
+// Tanh-Gaussian head of one row (SAC, Haarnoja et al. 2018, App. C). From the actor output
+// out = [mu | log_std] ([2A]) and eps ([A]): log_std clamped to [lo, hi], u = mu + exp(log_std) eps,
+// writes a = scale tanh(u) + offset to action ([A]) and returns the log density in [-1, 1]^A
+//   log pi = sum_j [ -eps_j^2 / 2 - log_std_j - log(2 pi) / 2 - 2 (log 2 - u_j - softplus(-2 u_j)) ].
+inline float tanh_gaussian_head(const float* out, const float* eps, int64_t A, const float* scale,
+                                const float* offset, __m512 lo, __m512 hi, float* action) {
+  const __m512 half_log_2pi = _mm512_set1_ps(0.918938533204672742f);
+  const __m512 log_2 = _mm512_set1_ps(0.693147180559945309f);
+  float log_pi = 0.0f;
+  for (int64_t j = 0; j < A; j += 16) {
+    __mmask16 m = tail_mask(A - j);
+    __m512 mu = _mm512_maskz_loadu_ps(m, out + j);
+    __m512 log_std = _mm512_maskz_loadu_ps(m, out + A + j);
+    __m512 e = _mm512_maskz_loadu_ps(m, eps + j);
+    log_std = _mm512_min_ps(hi, _mm512_max_ps(lo, log_std));  // NaN (second operand) propagates
+    __m512 u = _mm512_fmadd_ps(exp512(log_std), e, mu);
+    __m512 a = _mm512_fmadd_ps(tanh512(u), _mm512_maskz_loadu_ps(m, scale + j), _mm512_maskz_loadu_ps(m, offset + j));
+    _mm512_mask_storeu_ps(action + j, m, a);
+    // neg_gauss = -log N(u; mu, std) = eps^2 / 2 + log_std + log(2 pi) / 2; squash = log 2 - u - softplus(-2 u)
+    __m512 neg_gauss = _mm512_fmadd_ps(_mm512_mul_ps(e, e), _mm512_set1_ps(0.5f), _mm512_add_ps(log_std, half_log_2pi));
+    __m512 squash = _mm512_sub_ps(_mm512_sub_ps(log_2, u), softplus512(_mm512_mul_ps(u, _mm512_set1_ps(-2.0f))));
+    __m512 term = _mm512_fnmadd_ps(_mm512_set1_ps(2.0f), squash, _mm512_sub_ps(_mm512_setzero_ps(), neg_gauss));
+    log_pi += _mm512_mask_reduce_add_ps(m, term);
+  }
+  return log_pi;
 }
 
 }  // namespace
@@ -296,6 +396,48 @@ void score_rows_avx512(const ScoreArgs& args, int64_t row_begin, int64_t row_end
   const float* out = run_mlp(args.mlp, 0, x, lay.ld_x, lay.m_pad, h0, h1, lay.ld_h, &ld_out);  // [m_pad, out]
   const int64_t n = args.mlp.dims[args.mlp.n_layers];
   for (int64_t i = 0; i < rows; ++i) args.out[row_begin + i] = row_sumsq(out + i * ld_out, n);
+}
+
+// --------------------------------------------------------------- soft value
+void soft_value_rows_avx512(const SoftValueArgs& args, int64_t row_begin, int64_t row_end, float* scratch) {
+  const int64_t rows = row_end - row_begin;
+  const int64_t S = args.obs_dim, A = args.act_dim;
+  const ChunkLayout lay = soft_value_layout(args, rows);
+  float* x = scratch;                   // [m_pad, ld_x] cat(s, a)
+  float* h0 = scratch + lay.off_h0;     // [m_pad, ld_h]
+  float* h1 = scratch + lay.off_h1;     // [m_pad, ld_h]
+  float* log_pi = scratch + lay.off_y;  // [rows]
+  float* out = args.out + row_begin;    // [rows] running min_k Q_k, then the value
+
+  // x[:, :S] = s, zero in the padded rows / columns; the head fills x[:, S:S+A] = a.
+  for (int64_t i = 0; i < lay.m_pad; ++i) {
+    float* xi = x + i * lay.ld_x;
+    for (int64_t j = 0; j < lay.ld_x; ++j) xi[j] = 0.0f;
+    if (i >= rows) continue;
+    const float* s = args.obs + (row_begin + i) * S;
+    for (int64_t j = 0; j < S; ++j) xi[j] = s[j];
+  }
+
+  // Actor on s (its first layer reads the first S columns of x) -> [m_pad, 2A], then the
+  // tanh-Gaussian sample and its log-density row by row.
+  int64_t ld_out = 0;
+  const float* head = run_mlp(args.actor, 0, x, lay.ld_x, lay.m_pad, h0, h1, lay.ld_h, &ld_out);
+  const __m512 lo = _mm512_set1_ps(args.log_std_min), hi = _mm512_set1_ps(args.log_std_max);
+  for (int64_t i = 0; i < rows; ++i)
+    log_pi[i] = tanh_gaussian_head(head + i * ld_out, args.noise + (row_begin + i) * A, A, args.action_scale,
+                                   args.action_offset, lo, hi, x + i * lay.ld_x + S);
+
+  // Critics on cat(s, a), one member at a time, with a running min over members (clipped
+  // double Q, Fujimoto et al. 2018). NaN propagates as in torch.amin.
+  for (int64_t k = 0; k < args.critics; ++k) {
+    const float* q = run_mlp(args.critic, k, x, lay.ld_x, lay.m_pad, h0, h1, lay.ld_h, &ld_out);  // [m_pad, 1]
+    for (int64_t i = 0; i < rows; ++i) {
+      const float v = q[i * ld_out];
+      if (k == 0 || v < out[i] || v != v) out[i] = v;
+    }
+  }
+  // V(s) = min_k Q_k(s, a) - alpha log pi(a|s)  (SAC Eq. 3)
+  for (int64_t i = 0; i < rows; ++i) out[i] -= args.alpha * log_pi[i];
 }
 
 }  // namespace pyscorepen::cpu

@@ -36,6 +36,12 @@ ChunkLayout score_layout(const ScoreArgs& args, int64_t rows) {
   return make_layout(rows, args.mlp.dims[0], widest_output(args.mlp), 0);
 }
 
+ChunkLayout soft_value_layout(const SoftValueArgs& args, int64_t rows) {
+  int64_t widest = widest_output(args.actor);
+  int64_t critic_widest = widest_output(args.critic);
+  return make_layout(rows, args.obs_dim + args.act_dim, widest > critic_widest ? widest : critic_widest, rows);
+}
+
 bool cpu_has_avx512() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();

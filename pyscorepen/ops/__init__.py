@@ -21,6 +21,7 @@ from pyscorepen.ops.rollout_step import (
     soft_bound_logvar,
 )
 from pyscorepen.ops.score_penalty import score_penalty, score_penalty_ref
+from pyscorepen.ops.soft_value import relu_mlp_ref, soft_value, soft_value_ref
 
 EXTENSION_LOADED = _registry.EXTENSION_LOADED
 
@@ -32,10 +33,13 @@ __all__ = [
     "available_backends",
     "ensemble_mlp_ref",
     "mlp_ref",
+    "relu_mlp_ref",
     "resolve_backend",
     "rollout_step",
     "rollout_step_ref",
     "score_penalty",
     "score_penalty_ref",
     "soft_bound_logvar",
+    "soft_value",
+    "soft_value_ref",
 ]

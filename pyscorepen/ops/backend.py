@@ -69,6 +69,9 @@ def _reason_unavailable(op: str, backend: str, tensor: Tensor) -> str | None:
     if backend == "cpp":
         if not _registry.EXTENSION_LOADED:
             return f"the C++ extension pyscorepen._C is not loaded ({_registry.EXTENSION_ERROR})"
+        if op in _registry.MISSING_FROM_EXTENSION:
+            return ("the loaded pyscorepen._C was built from an older csrc/ without this op "
+                    "(rebuild: pip install --no-build-isolation -e .)")
         if tensor.device.type != "cpu":
             return f"it runs on CPU tensors only, got {tensor.device}"
         if tensor.dtype != torch.float32:
