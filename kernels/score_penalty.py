@@ -5,9 +5,11 @@ Kernels in this module:
 
 * ``_fused_linear_kernel``: ``y[e] = act(norm(x[e]) @ W[e] + b[e])`` for every ensemble member e.
   Program grid ``(row-block, col-block, member)``; fp32 ``tl.dot`` accumulation with masks for sizes
-  that are not block multiples; bias + SiLU in the epilogue. For the first layer the input
-  normalization ``(x - mean) / std`` and the concatenation ``x = [obs | actions]`` are fused into the
-  load, so the normalized input is never written to memory. A plain MLP is the E = 1 case.
+  that are not block multiples; bias + activation in the epilogue (``ACTIVATION``: ``"silu"`` for the
+  dynamics / score MLPs, ``"relu"`` for the actor / critics of :mod:`.soft_value`, ``"none"``). For
+  the first layer the input normalization ``(x - mean) / std`` and the concatenation
+  ``x = [obs | actions]`` are fused into the load, so the normalized input is never written to memory.
+  A plain MLP is the E = 1 case.
 * ``_linear_square_sum_kernel``: the last score-MLP layer. Each program owns a block of rows, walks
   over all output-column blocks and reduces ``sum_n y[m, n]^2`` in registers, so only ``[B]`` is
   written (no ``[B, D]`` score tensor, no atomics, deterministic).
@@ -82,11 +84,15 @@ def _linear_tile(
     stride_xm, stride_xk, stride_x2m, stride_x2k,
     stride_wk, stride_wn, stride_bn,
     row_start, col_start,
-    NORMALIZE: tl.constexpr, CONCAT: tl.constexpr, APPLY_SILU: tl.constexpr,
+    NORMALIZE: tl.constexpr, CONCAT: tl.constexpr, ACTIVATION: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """One [BLOCK_M, BLOCK_N] tile of act(norm(x) @ W + b), fp32. Padded columns come out as 0."""
+    """One [BLOCK_M, BLOCK_N] tile of act(norm(x) @ W + b), fp32. Padded columns come out as 0.
+
+    ``ACTIVATION`` (constexpr, so each choice compiles to its own specialization): ``"silu"``,
+    ``"relu"`` or ``"none"``.
+    """
     offs_m = row_start + tl.arange(0, BLOCK_M)                     # [BM]
     offs_n = col_start + tl.arange(0, BLOCK_N)                     # [BN]
     row_mask = offs_m < M
@@ -114,8 +120,10 @@ def _linear_tile(
         acc = tl.dot(x, w, acc, input_precision=DOT_PRECISION)                 # padded k: w = 0
     bias = tl.load(b_ptr + offs_n * stride_bn, mask=col_mask, other=0.0)       # [BN]
     acc += bias[None, :]
-    if APPLY_SILU:
+    if ACTIVATION == "silu":
         acc = acc * tl.sigmoid(acc)                                            # SiLU / Swish
+    elif ACTIVATION == "relu":
+        acc = tl.maximum(acc, 0.0)
     return tl.where(col_mask[None, :], acc, 0.0)
 
 
@@ -127,7 +135,7 @@ def _fused_linear_kernel(
     stride_xe, stride_xm, stride_xk, stride_x2m, stride_x2k,
     stride_we, stride_wk, stride_wn, stride_be, stride_bn,
     stride_ye, stride_ym, stride_yn,
-    NORMALIZE: tl.constexpr, CONCAT: tl.constexpr, APPLY_SILU: tl.constexpr,
+    NORMALIZE: tl.constexpr, CONCAT: tl.constexpr, ACTIVATION: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -146,7 +154,7 @@ def _fused_linear_kernel(
         stride_xm, stride_xk, stride_x2m, stride_x2k,
         stride_wk, stride_wn, stride_bn,
         pid_m * BLOCK_M, pid_n * BLOCK_N,
-        NORMALIZE, CONCAT, APPLY_SILU, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+        NORMALIZE, CONCAT, ACTIVATION, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
     )                                                                          # [BM, BN]
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -179,7 +187,7 @@ def _linear_square_sum_kernel(
             stride_xm, stride_xk, stride_x2m, stride_x2k,
             stride_wk, stride_wn, stride_bn,
             pid_m * BLOCK_M, col_start,
-            NORMALIZE, CONCAT, False, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+            NORMALIZE, CONCAT, "none", DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
         )                                                                      # [BM, BN]
         total += tl.sum(tile * tile, axis=1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -199,11 +207,15 @@ def mlp_forward(
     biases: list[Tensor],       # [E, out_l]
     *,
     square_sum: bool = False,
+    activation: str = "silu",
+    activate_last: bool = False,
 ) -> Tensor:
-    """Ensemble MLP with SiLU hidden layers on ``norm([x | x2])``, shared by all E members.
+    """Ensemble MLP with ``activation`` (``"silu"``/``"relu"``) hidden layers on ``norm([x | x2])``,
+    shared by all E members.
 
-    Returns ``[E, B, out]`` (the last layer is linear), or with ``square_sum=True`` (E must be 1)
-    the row sums of squares of the output, ``[B]``.
+    Returns ``[E, B, out]`` (the last layer is linear unless ``activate_last``: then every layer is
+    activated, for callers that fuse the layers after these into a kernel of their own), or with
+    ``square_sum=True`` (E must be 1) the row sums of squares of the output, ``[B]``.
     """
     if not weights or len(weights) != len(biases):
         raise ValueError(f"need matching non-empty weights/biases, got {len(weights)} and {len(biases)}")
@@ -213,6 +225,10 @@ def mlp_forward(
     members = weights[0].shape[0]
     if square_sum and members != 1:
         raise ValueError("square_sum is for a plain (E = 1) MLP")
+    if activation not in ("silu", "relu"):
+        raise ValueError(f"activation must be 'silu' or 'relu', got {activation!r}")
+    if square_sum and activate_last:
+        raise ValueError("square_sum reduces a linear last layer; activate_last does not apply")
     x = _as_f32(x)
     k_split = x.shape[1]
     if x2 is not None:
@@ -261,7 +277,7 @@ def mlp_forward(
             stride_we=w.stride(0), stride_wk=w.stride(1), stride_wn=w.stride(2),
             stride_be=b.stride(0), stride_bn=b.stride(1),
             stride_ye=y.stride(0), stride_ym=y.stride(1), stride_yn=y.stride(2),
-            APPLY_SILU=layer != last,
+            ACTIVATION=activation if layer != last or activate_last else "none",
             **common,
         )
         h, h_stride_e, h_stride_m, h_stride_k = y, y.stride(0), y.stride(1), y.stride(2)

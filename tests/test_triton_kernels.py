@@ -32,6 +32,7 @@ if not ON_GPU:
 
 from pyscorepen.ops.rollout_step import RolloutStepOut, ensemble_mlp_ref, rollout_step_ref  # noqa: E402
 from pyscorepen.ops.score_penalty import score_penalty_ref  # noqa: E402
+from pyscorepen.ops.soft_value import relu_mlp_ref, soft_value_ref  # noqa: E402
 
 # (dot precision) -> (rtol, atol). fp32 everywhere; "ieee" differs from PyTorch only in summation order.
 TOLERANCES = {"ieee": (1e-4, 1e-4), "tf32": (2e-2, 2e-2)}
@@ -62,10 +63,12 @@ def kernels():
     package = _import_kernel_package()
     score_module = importlib.import_module(package.__name__ + ".score_penalty")
     rollout_module = importlib.import_module(package.__name__ + ".rollout_step")
+    soft_value_module = importlib.import_module(package.__name__ + ".soft_value")
     if not score_module.interpreter_consistent():
         # kernels were imported (compiled) before the variable was set: rebuild them interpreted
         score_module = importlib.reload(score_module)
         rollout_module = importlib.reload(rollout_module)
+        soft_value_module = importlib.reload(soft_value_module)   # imports from both modules above
     assert score_module.interpreter_consistent()
     if not ON_GPU and not score_module.INTERPRET:
         pytest.skip("no CUDA device and TRITON_INTERPRET is not 1: Triton kernels cannot run here")
@@ -73,6 +76,7 @@ def kernels():
     return SimpleNamespace(
         rollout_step=rollout_module.rollout_step_triton,
         score_penalty=score_module.score_penalty_triton,
+        soft_value=soft_value_module.soft_value_triton,
         device=torch.device("cpu" if score_module.INTERPRET else "cuda"),
         rtol=rtol, atol=atol,
     )
@@ -218,3 +222,79 @@ def test_package_imports_without_triton():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=_child_env(),
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def _soft_value_inputs(batch, state_dim, action_dim, actor_hidden, critic_hidden, critics, alpha, device, *,
+                       log_std_scale=1.0, transposed_weights=False, scalar_scale=False, seed=0):
+    """Arguments of soft_value_ref: a tanh-Gaussian actor [S -> ... -> 2A] and N critics [S+A -> ... -> 1]."""
+    generator = torch.Generator().manual_seed(seed)
+    actor_weights, actor_biases = _mlp_params([state_dim, *actor_hidden, 2 * action_dim], None, generator, device)
+    critic_weights, critic_biases = _mlp_params([state_dim + action_dim, *critic_hidden, 1], critics,
+                                                generator, device)
+    scale_log_std = torch.cat([torch.ones(action_dim), torch.full((action_dim,), log_std_scale)]).to(device)
+    actor_weights[-1] = actor_weights[-1] * scale_log_std        # push log_std past both clamps
+    actor_biases[-1] = actor_biases[-1] * scale_log_std
+    if transposed_weights:                                       # non-contiguous [in, out] views
+        actor_weights = [w.t().contiguous().t() for w in actor_weights]
+        critic_weights = [w.transpose(1, 2).contiguous().transpose(1, 2) for w in critic_weights]
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator).to(device)
+
+    return dict(
+        obs=2.0 * randn(batch, state_dim),                                          # [B, S]
+        noise=randn(batch, action_dim),                                             # [B, A]
+        actor_weights=actor_weights, actor_biases=actor_biases,
+        critic_weights=critic_weights, critic_biases=critic_biases,
+        action_scale=torch.tensor(1.5, device=device) if scalar_scale else (1.0 + torch.rand(
+            action_dim, generator=generator)).to(device),                           # [A] or []
+        action_offset=0.2 * randn(action_dim),                                      # [A]
+        alpha=torch.tensor(alpha, device=device),                                   # []
+        log_std_min=-5.0, log_std_max=2.0,
+    )
+
+
+SOFT_VALUE_CASES = {
+    # id: (B, S, A, actor hidden widths, critic hidden widths, N critics, alpha, extra options)
+    "B1-A1-N1-1layer": (1, 5, 1, (19,), (19,), 1, 0.3, {}),
+    "B37-A3-N2-2layers": (37, 5, 3, (19, 33), (33, 19), 2, 0.3, {}),
+    "B37-A3-N3-alpha0": (37, 7, 3, (33,), (19, 33), 3, 0.0, {}),
+    "B37-A3-N2-log-std-clamped": (37, 5, 3, (19,), (33,), 2, 0.3, {"log_std_scale": 12.0}),
+    "B5-A6-N2-mujoco-dims": (5, 17, 6, (33, 33), (33, 33), 2, 0.2, {}),
+    # A = 20 spans two action blocks; no hidden layers: linear actor head and linear critics
+    "B37-A20-N2-linear-strided": (37, 5, 20, (), (), 2, 0.3, {"transposed_weights": True, "scalar_scale": True}),
+}
+
+
+@pytest.mark.parametrize("case", SOFT_VALUE_CASES.values(), ids=SOFT_VALUE_CASES.keys())
+def test_soft_value_matches_ref(kernels, case):
+    batch, state_dim, action_dim, actor_hidden, critic_hidden, critics, alpha, options = case
+    inputs = _soft_value_inputs(batch, state_dim, action_dim, actor_hidden, critic_hidden, critics, alpha,
+                                kernels.device, **options)
+    expected = soft_value_ref(**inputs)
+    actual = kernels.soft_value(**inputs)
+    assert actual.shape == (batch,) and actual.dtype == expected.dtype
+    torch.testing.assert_close(actual, expected, rtol=kernels.rtol, atol=kernels.atol)
+
+
+def test_clamped_case_drives_log_std_past_both_clamps():
+    """Guard for the "log-std-clamped" case above: its raw log_std really crosses both clamps."""
+    inputs = _soft_value_inputs(37, 5, 3, (19,), (33,), 2, 0.3, torch.device("cpu"), log_std_scale=12.0)
+    raw_log_std = relu_mlp_ref(inputs["obs"], inputs["actor_weights"], inputs["actor_biases"])[:, 3:]
+    assert (raw_log_std > inputs["log_std_max"]).any() and (raw_log_std < inputs["log_std_min"]).any()
+
+
+def test_soft_value_empty_batch(kernels):
+    inputs = _soft_value_inputs(0, 5, 3, (19,), (19,), 2, 0.3, kernels.device)
+    assert kernels.soft_value(**inputs).shape == (0,)
+
+
+def test_soft_value_through_dispatcher(kernels, monkeypatch):
+    """``pyscorepen.ops.soft_value.soft_value(..., backend="triton")`` finds and runs the kernel."""
+    from pyscorepen.ops import backend as ops_backend
+    from pyscorepen.ops.soft_value import soft_value
+
+    monkeypatch.delitem(ops_backend._triton_cache, "soft_value", raising=False)   # resolve it afresh
+    inputs = _soft_value_inputs(37, 5, 3, (19,), (19, 33), 2, 0.3, kernels.device, seed=1)
+    actual = soft_value(**inputs, backend="triton")
+    torch.testing.assert_close(actual, soft_value_ref(**inputs), rtol=kernels.rtol, atol=kernels.atol)
