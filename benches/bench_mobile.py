@@ -2,11 +2,13 @@
 K=10 samples per elite; (256, 256) actor and twin target critics), ``provider`` x model rows.
 
 * ``test_mobile_penalty``: the penalty alone on Bm model rows, ``ref`` =
-  :func:`pyscorepen.penalties_mobile.mobile_penalty_ref` (loop over elites and samples),
-  ``fast`` = :func:`~pyscorepen.penalties_mobile.mobile_penalty` (vectorized, row chunks);
+  :func:`pyscorepen.penalties_mobile.mobile_penalty_ref` (loop over elites and samples on the
+  actor and target-critic modules), ``fast`` = :func:`~pyscorepen.penalties_mobile.mobile_penalty`
+  with :meth:`~pyscorepen.sac.SAC.soft_value` (all K*M*Bm next states through the fused
+  ``soft_value`` op, default backend);
 * ``test_mobile_update``: a whole MOBILE agent update at batch 256 (95 % model rows), ``ref`` =
   :meth:`~pyscorepen.sac.SAC.update_ref` with the loop penalty, ``fast`` = ``update`` with the
-  vectorized one.
+  fused one.
 
 extra_info: rows/s or updates/s, GFLOP/s (K*M*(actor + 2 critics) per model row, plus the
 SAC update) and % of the session's sgemm probe. One torch thread (fixture ``one_thread``).
@@ -52,11 +54,11 @@ def test_mobile_penalty(benchmark, sgemm_limit, one_thread, provider, rows):
     with torch.no_grad():
         mean, std = (t[dynamics.elites] for t in dynamics.predict(obs, actions))     # [M, B, S+1]
     noise = torch.randn(NUM_SAMPLES, *mean.shape, generator=gen)                      # [K, M, B, S+1]
-    fn = mobile.mobile_penalty if provider == "fast" else mobile.mobile_penalty_ref
-
     def step():
         with torch.no_grad():
-            return fn(obs, actions, mean, std, noise, agent.actor, agent.critic_target, 0.99)
+            if provider == "fast":
+                return mobile.mobile_penalty(obs, actions, mean, std, noise, agent.soft_value, 0.99)
+            return mobile.mobile_penalty_ref(obs, actions, mean, std, noise, agent.actor, agent.critic_target, 0.99)
 
     benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)
     record(benchmark, rows=rows, flops_per_row=penalty_flops_per_row(len(dynamics.elites)), limit=sgemm_limit)
@@ -64,11 +66,9 @@ def test_mobile_penalty(benchmark, sgemm_limit, one_thread, provider, rows):
 
 
 @pytest.mark.parametrize("provider", ["ref", "fast"])
-def test_mobile_update(benchmark, sgemm_limit, one_thread, provider, monkeypatch):
-    if provider == "ref":  # the plug-in calls the module-level function
-        monkeypatch.setattr(mobile, "mobile_penalty", mobile.mobile_penalty_ref)
+def test_mobile_update(benchmark, sgemm_limit, one_thread, provider):
     agent, dynamics = make_parts(provider)
-    agent.target_penalties = [mobile.MobilePenalty(1.0, dynamics, num_samples=NUM_SAMPLES)]
+    agent.target_penalties = [mobile.MobilePenalty(1.0, dynamics, num_samples=NUM_SAMPLES, fused=provider == "fast")]
     update = agent.update if provider == "fast" else agent.update_ref
     gen = torch.Generator().manual_seed(1)
     batches = [make_batch(0.95, gen) for _ in range(2)]

@@ -25,6 +25,7 @@ critics (the Q ensemble); there is no Python loop over members or critics.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -32,35 +33,21 @@ from torch import Tensor
 from pyscorepen.penalties import register_penalty
 
 
-CHUNK_ROWS = 512
-"""Rows of next states per actor + critic evaluation in :func:`mobile_penalty` on CPU: keeps the
-[N, rows, 256] activations cache-sized (single-thread CPU time at 64 / 256 model rows: 512 rows
-19 / 79 ms, 2048 rows 23 / 81 ms, unchunked 24 / 100 ms; benches/README.md). Other devices
-evaluate all rows at once."""
-
-
-def mobile_penalty(obs: Tensor, actions: Tensor, mean: Tensor, std: Tensor, noise: Tensor, actor, critic_target,
-                   gamma: float, include_reward: bool = True, chunk_rows: int | None = None) -> Tensor:
+def mobile_penalty(obs: Tensor, actions: Tensor, mean: Tensor, std: Tensor, noise: Tensor,
+                   next_value: Callable[[Tensor], Tensor], gamma: float, include_reward: bool = True) -> Tensor:
     """Unweighted MOBILE penalty u(s, a) [B] (MOBILE Eq. 8), all members and samples at once.
 
     obs [B, S], actions [B, A]; mean, std [M, B, S+1]: the elites' Gaussian over (delta_s, r);
-    noise [K, M, B, S+1]: standard normal draws; ``actor(obs) -> (actions, _)`` and
-    ``critic_target(obs, actions) -> [N, B']`` are the agent's policy and target Q ensemble.
-    The K*M*B next states are evaluated in row chunks of ``chunk_rows`` (default: :data:`CHUNK_ROWS`
-    on CPU, all at once elsewhere); there is no loop over members, samples or critics: each chunk
-    is one actor call and one Q-ensemble call.
+    noise [K, M, B, S+1]: standard normal draws; ``next_value(next_obs [R, S]) -> [R]`` is
+    min_k Q'_k(s', a'), a' ~ pi(.|s') (the agent's :meth:`pyscorepen.sac.SAC.soft_value` with
+    alpha = 0: one fused op over the actor and every target critic). The K*M*B next states go
+    through it in one call: no loop over members, samples or critics.
     """
     K, M, B, D = noise.shape
     S = obs.shape[-1]
     samples = torch.addcmul(mean, std, noise)                              # [K, M, B, S+1]
     next_obs = samples[..., :S].add_(obs)                                  # [K, M, B, S]
-    flat_obs = next_obs.reshape(K * M * B, S)                              # [K*M*B, S]
-    next_q = torch.empty(K * M * B, dtype=obs.dtype, device=obs.device)    # [K*M*B]
-    if chunk_rows is None:
-        chunk_rows = CHUNK_ROWS if obs.device.type == "cpu" else K * M * B
-    for rows, out in zip(flat_obs.split(chunk_rows), next_q.split(chunk_rows)):
-        next_actions = actor(rows, with_log_prob=False)[0]                 # [rows, A]
-        torch.amin(critic_target(rows, next_actions), dim=0, out=out)      # [N, rows] -> [rows]
+    next_q = next_value(next_obs.reshape(K * M * B, S))                    # [K*M*B]
     target = gamma * next_q.view(K, M, B)                                  # [K, M, B]
     if include_reward:
         target = target.add_(samples[..., S])                              # r + gamma Q'
@@ -69,21 +56,20 @@ def mobile_penalty(obs: Tensor, actions: Tensor, mean: Tensor, std: Tensor, nois
 
 def mobile_penalty_ref(obs: Tensor, actions: Tensor, mean: Tensor, std: Tensor, noise: Tensor, actor,
                        critic_target, gamma: float, include_reward: bool = True) -> Tensor:
-    """Readable loop version of :func:`mobile_penalty` (tests compare the two)."""
+    """Readable loop version of :func:`mobile_penalty` on the actor and target-critic modules
+    (tests compare the two with ``next_value = min_k critic_target(s', actor(s'))``)."""
     K, M, B, _ = noise.shape
     S = obs.shape[-1]
-    per_member = []
-    for m in range(M):
-        targets = []
-        for k in range(K):
+    targets = obs.new_empty(K, M, B)
+    for k in range(K):                  # sample-major, like the flattened [K, M, B] rows of mobile_penalty
+        for m in range(M):
             sample = mean[m] + std[m] * noise[k, m]                        # [B, S+1]
             next_obs = obs + sample[:, :S]
             next_actions = actor(next_obs, with_log_prob=False)[0]
             qs = critic_target(next_obs, next_actions)                     # [N, B]
             q_min = torch.stack([qs[i] for i in range(qs.shape[0])]).min(0).values
-            targets.append((sample[:, S] if include_reward else 0.0) + gamma * q_min)
-        per_member.append(torch.stack(targets).mean(0))                    # [B]
-    return torch.stack(per_member).std(0)                                  # [B]
+            targets[k, m] = (sample[:, S] if include_reward else 0.0) + gamma * q_min
+    return targets.mean(0).std(0)                                          # [K, M, B] -> [M, B] -> [B]
 
 
 @dataclass
@@ -97,6 +83,9 @@ class MobilePenalty:
     """Draws (r, s') per elite (OfflineRL-Kit ``num_samples`` = 10)."""
     include_reward: bool = True
     """Std of r + gamma Q' (MOBILE Eq. 8); False: std of Q' alone (OfflineRL-Kit compute_lcb)."""
+    fused: bool = True
+    """Next-state values through the fused :meth:`pyscorepen.sac.SAC.soft_value`; False: the loop
+    reference :func:`mobile_penalty_ref` on the modules (the benches' ``ref`` provider)."""
     name: str = "mobile"
 
     @torch.no_grad()
@@ -110,8 +99,12 @@ class MobilePenalty:
         elites = self.dynamics.elites
         mean, std = mean[elites], std[elites]                              # [M, Bm, S+1]
         noise = torch.randn((self.num_samples, *mean.shape), device=mean.device)  # [K, M, Bm, S+1]
-        u = mobile_penalty(obs, actions, mean, std, noise, agent.actor, agent.critic_target,
-                           agent.config.gamma, self.include_reward)        # [Bm]
+        if self.fused:
+            u = mobile_penalty(obs, actions, mean, std, noise, agent.soft_value, agent.config.gamma,
+                               self.include_reward)                        # [Bm]
+        else:
+            u = mobile_penalty_ref(obs, actions, mean, std, noise, agent.actor, agent.critic_target,
+                                   agent.config.gamma, self.include_reward)    # [Bm]
         out[model] = self.coef * u
         return out
 

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from pyscorepen.data import Batch
-from pyscorepen.nets import QEnsemble, TanhGaussianActor
+from pyscorepen.nets import QEnsemble, TanhGaussianActor, mlp_weights
+from pyscorepen.ops.soft_value import soft_value
 
 
 @dataclass
@@ -82,18 +83,43 @@ class SAC:
         """obs [B, S] -> actions [B, A] in env units."""
         return self.actor(obs.to(self.device), deterministic=deterministic, with_log_prob=False)[0]
 
+    @torch.no_grad()
+    def soft_value(self, obs: Tensor, alpha: Tensor | float = 0.0, *, target: bool = True,
+                   backend: str | None = None) -> Tensor:
+        """min_k Q_k(s, a) - alpha log pi(a|s), a ~ pi(.|s), for every row of obs [R, S] -> [R].
+
+        One fused op over the actor, the tanh-Gaussian sample and every critic
+        (:func:`pyscorepen.ops.soft_value`, SAC Eq. 3), so R can be large (MOBILE evaluates
+        K x M x B next states). ``target``: the Polyak target critics (Bellman targets) or the
+        online ones. Same distribution as ``critic(obs, actor(obs))`` and, for the same global
+        RNG state, the same draws (the noise [R, A] is drawn here, where the actor draws it).
+        """
+        critic = self.critic_target if target else self.critic
+        actor_weights, actor_biases = mlp_weights(self.actor.net)            # [in, out], [out]
+        noise = torch.randn(obs.shape[0], self.actor.action_scale.shape[0], device=obs.device)  # [R, A]
+        alpha = torch.as_tensor(alpha, dtype=obs.dtype, device=obs.device)
+        return soft_value(obs, noise, actor_weights, actor_biases,
+                          [layer.weight for layer in critic.layers], [layer.bias for layer in critic.layers],
+                          self.actor.action_scale, self.actor.action_offset, alpha,
+                          self.actor.LOG_STD_MIN, self.actor.LOG_STD_MAX, backend=backend)
+
     # ----------------------------------------------------------------------------- hooks
     @torch.no_grad()
-    def compute_target(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+    def compute_target(self, batch: Batch, fused: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
         """y = r - penalty + gamma (1 - d) [min_k Q'_k(s', a') - alpha log pi(a'|s')]  (ScorePen Eq. 20).
 
         ``batch.penalty`` holds the stored generation-time penalties (0 for real data);
         target-time plug-ins (e.g. MOBILE) add theirs here. Info values are 0-dim tensors
-        (converted to floats once, at the end of :meth:`update`).
+        (converted to floats once, at the end of :meth:`update`). ``fused``: the soft value of
+        s' through :meth:`soft_value` (one op); False: through the actor and critic modules
+        (:meth:`update_ref`).
         """
-        next_actions, next_log_prob = self.actor(batch.next_obs)            # [B, A], [B]
-        next_q = self.critic_target(batch.next_obs, next_actions).min(0).values  # [B]
-        next_v = next_q - self.alpha * next_log_prob                         # [B]
+        if fused:
+            next_v = self.soft_value(batch.next_obs, self.alpha)                 # [B]
+        else:
+            next_actions, next_log_prob = self.actor(batch.next_obs)            # [B, A], [B]
+            next_q = self.critic_target(batch.next_obs, next_actions).min(0).values  # [B]
+            next_v = next_q - self.alpha * next_log_prob                         # [B]
         reward = batch.rewards - batch.penalty                               # [B]
         info: dict[str, Tensor] = {}
         for plugin in self.target_penalties:
@@ -155,7 +181,7 @@ class SAC:
     def update_ref(self, batch: Batch) -> dict[str, float]:
         """Readable reference of :meth:`update` (the benches' ``ref`` provider): the critic gets
         weight gradients in the actor loss too, one ``.item()`` per statistic, a Python Polyak loop."""
-        target, info = self.compute_target(batch)                           # [B]
+        target, info = self.compute_target(batch, fused=False)              # [B]
         q_pred = self.critic(batch.obs, batch.actions)                       # [N, B]
         critic_loss = (q_pred - target).square().mean(1).sum()
         reg, reg_info = self.critic_regularizer(batch, q_pred)

@@ -36,19 +36,50 @@ def deterministic(actor):
     return lambda obs, with_log_prob=False: actor(obs, deterministic=True, with_log_prob=with_log_prob)
 
 
-@pytest.mark.parametrize("chunk_rows", [None, 50])
+def module_value(actor, critic):
+    """next_value for :func:`mobile_penalty` from modules: min_k Q_k(s', actor(s'))."""
+    return lambda obs: critic(obs, actor(obs)[0]).amin(0)
+
+
 @pytest.mark.parametrize("include_reward", [True, False])
-def test_vectorized_matches_loop_reference(include_reward, chunk_rows):
+def test_vectorized_matches_loop_reference(include_reward):
     agent, dynamics = make_agent(), make_dynamics()
     obs, actions = torch.randn(B, S), torch.rand(B, A) * 2 - 1
+    actor = deterministic(agent.actor)
     with torch.no_grad():
         mean, std = dynamics.predict(obs, actions)                          # [E, B, S+1]
         mean, std = mean[dynamics.elites], std[dynamics.elites]
         noise = torch.randn(7, *mean.shape)                                 # [K, M, B, S+1]
-        args = (obs, actions, mean, std, noise, deterministic(agent.actor), agent.critic_target, 0.99, include_reward)
-        fast, ref = mobile_penalty(*args, chunk_rows=chunk_rows), mobile_penalty_ref(*args)   # 50: 6 chunks
+        fast = mobile_penalty(obs, actions, mean, std, noise, module_value(actor, agent.critic_target), 0.99,
+                              include_reward)
+        ref = mobile_penalty_ref(obs, actions, mean, std, noise, actor, agent.critic_target, 0.99, include_reward)
     assert fast.shape == (B,)
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_soft_value_matches_modules():
+    """What the plug-in evaluates (SAC.soft_value: actor sample + min over the target critics in one
+    fused op) equals the module form on the same draws, on the K*M*B next states of one batch."""
+    agent, dynamics = make_agent(), make_dynamics()
+    obs, actions = torch.randn(B, S), torch.rand(B, A) * 2 - 1
+    with torch.no_grad():
+        mean, std = (t[dynamics.elites] for t in dynamics.predict(obs, actions))   # [M, B, S+1]
+        noise = torch.randn(4, *mean.shape)                                 # [K, M, B, S+1]
+        outs = []
+        for value in (agent.soft_value, module_value(agent.actor, agent.critic_target)):
+            torch.manual_seed(3)                                            # same a' draws ([K*M*B, A] at once)
+            outs.append(mobile_penalty(obs, actions, mean, std, noise, value, 0.99))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-4)
+
+
+def test_plugin_fused_and_loop_agree_in_distribution():
+    """MobilePenalty(fused=True) vs the loop reference on the modules: different a' draws, so the
+    per-row penalties agree only in distribution; with many samples their means are close."""
+    agent, dynamics = make_agent(), make_dynamics()
+    batch = make_batch([False] * 3 + [True] * 9)
+    means = [MobilePenalty(1.0, dynamics, num_samples=200, fused=fused)(agent, batch)[3:].mean()
+             for fused in (True, False)]
+    assert abs(float(means[0]) - float(means[1])) < 0.1 * float(means[1])
 
 
 def test_penalty_zero_when_elites_agree_and_grows_with_disagreement():
@@ -64,7 +95,8 @@ def test_penalty_zero_when_elites_agree_and_grows_with_disagreement():
         with torch.no_grad():
             mean, std = dyn.predict(obs, actions)
             mean, std = mean[dyn.elites], std[dyn.elites]
-            return mobile_penalty(obs, actions, mean, std, torch.zeros(3, *mean.shape), actor, agent.critic_target, 0.99)
+            return mobile_penalty(obs, actions, mean, std, torch.zeros(3, *mean.shape),
+                                  module_value(actor, agent.critic_target), 0.99)
 
     assert penalty(dynamics).abs().max() < 1e-5
     sizes = []
