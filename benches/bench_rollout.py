@@ -4,14 +4,15 @@ halfcheetah sizes: S=17, A=6, 7 members of 4x200 SiLU, 5 elites; ScorePen score 
 uncertainty) written into a replay buffer, ``provider`` = the ``rollout_step`` backend
 (``ref``/``cpp`` through ``$PYSCOREPEN_BACKEND``).
 
-Size: 8 192 start states x 5 steps = 40 960 transitions per rollout, not the 50 000 x 5 of a
-MOPO round: that takes ~10 s (ref) and ~6.5 s (cpp) per round here (1 thread, 2 shared cores), and
-``pytest benches/`` must stay within a few minutes. The per-transition cost does not depend on the
-number of start states beyond the 4 096-row chunks ``rollout`` works in.
+Sizes (``case``):
+
+* ``8k-1thread``: 8 192 start states x 5 steps = 40 960 transitions on one torch thread, the
+  regression check (cpp/ref, best rounds, this run): least disturbed when the machine is shared;
+* ``50k-2threads``: the issue's target measure, a full MOPO round of 50 000 start states x 5 steps
+  (250 000 transitions) on both cores; 2 rounds (~3 s cpp, ~8 s ref each on an idle machine).
 
 extra_info: transitions/s, GFLOP/s (ensemble + score net + policy per transition) and % of the
-session's sgemm probe. One torch thread (fixture ``one_thread``). Regression check: cpp/ref
-(best rounds) in this run.
+session's sgemm probe.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from pyscorepen.ops.backend import ENV_VAR
 from pyscorepen.penalties import ScorePenalty, UncertaintyPenalty
 
 OBS_DIM, ACT_DIM, HIDDEN, SCORE_HIDDEN, POLICY_HIDDEN = 17, 6, (200, 200, 200, 200), (256, 256, 256), (256, 256)
-START_STATES, ROLLOUT_LENGTH = 8192, 5
+ROLLOUT_LENGTH = 5
+CASES = {"8k-1thread": (8192, 1, 3), "50k-2threads": (50_000, 2, 2)}   # start states, threads, rounds
 # cpp / ref (best rounds), same run. Measured (1 thread, 2 shared cores): 1.46-1.56x (the policy,
 # the buffer writes and the penalty sums are common to both)
 SPEEDUP_FLOOR = 1.2
@@ -43,9 +45,20 @@ FLOPS_PER_TRANSITION = (7 * mlp_flops([IN_DIM, *HIDDEN, 2 * (OBS_DIM + 1)]) + ml
                         + mlp_flops([OBS_DIM, *POLICY_HIDDEN, 2 * ACT_DIM]))
 
 
+@pytest.fixture
+def case(request):
+    start_states, threads, rounds = CASES[request.param]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    yield request.param, start_states, rounds
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("case", list(CASES), indirect=True)
 @pytest.mark.parametrize("provider", ["ref", "cpp"])
-def test_rollout(benchmark, sgemm_limit, one_thread, provider, monkeypatch):
-    start_obs = torch.randn(START_STATES, OBS_DIM, generator=torch.Generator().manual_seed(1))
+def test_rollout(benchmark, sgemm_limit, provider, case, monkeypatch):
+    name, start_states, rounds = case
+    start_obs = torch.randn(start_states, OBS_DIM, generator=torch.Generator().manual_seed(1))
     if provider not in available_backends("rollout_step", start_obs):
         pytest.skip(f"backend {provider!r} unavailable here")
     monkeypatch.setenv(ENV_VAR, provider)
@@ -55,21 +68,25 @@ def test_rollout(benchmark, sgemm_limit, one_thread, provider, monkeypatch):
     actor = TanhGaussianActor(OBS_DIM, ACT_DIM, POLICY_HIDDEN, -torch.ones(ACT_DIM), torch.ones(ACT_DIM))
     policy = lambda obs: actor(obs, with_log_prob=False)[0]                    # noqa: E731
     penalties = (ScorePenalty(1.0), UncertaintyPenalty(1.0))
-    buffer = ReplayBuffer(START_STATES * ROLLOUT_LENGTH, OBS_DIM, ACT_DIM)
+    buffer = ReplayBuffer(start_states * ROLLOUT_LENGTH, OBS_DIM, ACT_DIM)
     stats = {}
 
     def run():
         stats.update(rollout(dynamics, policy, start_obs, ROLLOUT_LENGTH, buffer, penalties,
                              score_params=score_params, generator=torch.Generator().manual_seed(2)))
 
-    benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1)
     transitions = int(stats["rollout/transitions"])
-    assert transitions == START_STATES * ROLLOUT_LENGTH
+    assert transitions == start_states * ROLLOUT_LENGTH
     record(benchmark, rows=transitions, flops_per_row=FLOPS_PER_TRANSITION, limit=sgemm_limit,
            transitions_per_s=transitions / benchmark.stats.stats.median)
-    _BEST[provider] = benchmark.stats.stats.min
+    _BEST[(provider, name)] = benchmark.stats.stats.min
 
 
 def test_cpp_speedup_over_ref():
-    """Regression floor: cpp vs ref rollout time (best rounds), both measured in this run."""
-    check_speedup(_BEST, "cpp", "ref", SPEEDUP_FLOOR, "rollout cpp/ref")
+    """Regression floor: cpp vs ref rollout time (best rounds), both measured in this run, at 1 thread
+    (the 2-thread ratio is printed, not asserted: 2-thread times swing when the machine is shared)."""
+    if ("cpp", "50k-2threads") in _BEST and ("ref", "50k-2threads") in _BEST:
+        print(f"\nrollout cpp/ref, 50k x 5, 2 threads: "
+              f"{_BEST[('ref', '50k-2threads')] / _BEST[('cpp', '50k-2threads')]:.2f}x (not asserted)")
+    check_speedup(_BEST, ("cpp", "8k-1thread"), ("ref", "8k-1thread"), SPEEDUP_FLOOR, "rollout cpp/ref")
