@@ -66,14 +66,6 @@ def make_agent(algo: str, provider: str):
     return agent, (agent.update if provider == "fast" else agent.update_ref)
 
 
-@pytest.fixture
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("threads", THREADS, indirect=True)
 @pytest.mark.parametrize("algo", ["sac", "combo"])
 @pytest.mark.parametrize("provider", ["ref", "fast"])

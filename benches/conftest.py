@@ -29,6 +29,15 @@ def sgemm_limit() -> dict[str, float]:
 
 
 @pytest.fixture
+def threads(request):
+    """Torch thread count for one bench, from an indirect ``threads`` parametrization."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def one_thread():
     """Run a bench on one torch thread: on the shared 2-core machine 2-thread wall times swing by
     2-30x between rounds (benches/README.md), so the same-run ratios are taken at 1 thread."""

@@ -43,8 +43,8 @@ def soft_bound_logvar(logvar: Tensor, max_logvar: Tensor, min_logvar: Tensor) ->
     return min_logvar + F.softplus(logvar - min_logvar)
 
 
-def ensemble_mlp_ref(x: Tensor, weights: list[Tensor], biases: list[Tensor]) -> Tensor:
-    """Vectorized ensemble MLP with SiLU (Swish) hidden activations.
+def ensemble_mlp_ref(x: Tensor, weights: list[Tensor], biases: list[Tensor], activation=F.silu) -> Tensor:
+    """Vectorized ensemble MLP, SiLU (Swish) hidden activations unless ``activation`` says otherwise.
 
     x: [B, in] shared by all members, or [E, B, in].
     weights[l]: [E, in_l, out_l]; biases[l]: [E, out_l]. Returns [E, B, out].
@@ -55,18 +55,19 @@ def ensemble_mlp_ref(x: Tensor, weights: list[Tensor], biases: list[Tensor]) -> 
     for layer, (w, b) in enumerate(zip(weights, biases)):
         h = torch.baddbmm(b.unsqueeze(1), h, w)                   # [E, B, out_l]
         if layer != last:
-            h = F.silu(h)
+            h = activation(h)
     return h
 
 
-def mlp_ref(x: Tensor, weights: list[Tensor], biases: list[Tensor]) -> Tensor:
-    """Plain MLP with SiLU hidden activations. weights[l]: [in_l, out_l], biases[l]: [out_l]."""
+def mlp_ref(x: Tensor, weights: list[Tensor], biases: list[Tensor], activation=F.silu) -> Tensor:
+    """Plain MLP, SiLU hidden activations unless ``activation`` says otherwise.
+    weights[l]: [in_l, out_l], biases[l]: [out_l]."""
     h = x
     last = len(weights) - 1
     for layer, (w, b) in enumerate(zip(weights, biases)):
         h = torch.addmm(b, h, w)                                  # [B, out_l]
         if layer != last:
-            h = F.silu(h)
+            h = activation(h)
     return h
 
 

@@ -31,17 +31,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pyscorepen.ops import backend as _backend
+from pyscorepen.ops.rollout_step import ensemble_mlp_ref, mlp_ref
 
 
 def relu_mlp_ref(x: Tensor, weights: list[Tensor], biases: list[Tensor]) -> Tensor:
-    """Plain MLP with ReLU hidden activations. weights[l]: [in_l, out_l], biases[l]: [out_l]."""
-    h = x
-    last = len(weights) - 1
-    for layer, (w, b) in enumerate(zip(weights, biases)):
-        h = torch.addmm(b, h, w)                                  # [B, out_l]
-        if layer != last:
-            h = F.relu(h)
-    return h
+    """:func:`~pyscorepen.ops.rollout_step.mlp_ref` with ReLU hidden activations (SAC's actor and critics)."""
+    return mlp_ref(x, weights, biases, activation=F.relu)
 
 
 def soft_value_ref(
@@ -64,15 +59,9 @@ def soft_value_ref(
     action = torch.tanh(u) * action_scale + action_offset                       # [B, A]
     log_prob = (-0.5 * noise.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
     log_prob = log_prob - (2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)  # [B]
-    h = torch.cat([obs, action], dim=-1)                                        # [B, S+A]
-    num_critics = critic_weights[0].shape[0]
-    h = h.expand(num_critics, *h.shape)                                         # [N, B, S+A]
-    last = len(critic_weights) - 1
-    for layer, (w, b) in enumerate(zip(critic_weights, critic_biases)):
-        h = torch.baddbmm(b.unsqueeze(1), h, w)                                 # [N, B, out_l]
-        if layer != last:
-            h = F.relu(h)
-    q_min = h.squeeze(-1).amin(dim=0)                                           # [B]
+    q = ensemble_mlp_ref(torch.cat([obs, action], dim=-1), critic_weights, critic_biases,
+                         activation=F.relu)                                     # [N, B, 1]
+    q_min = q.squeeze(-1).amin(dim=0)                                           # [B]
     return q_min - alpha * log_prob
 
 
