@@ -4,7 +4,7 @@ Importing this package never imports Triton, so it is safe where Triton is missi
 kernels are loaded on first attribute access::
 
     from pyscorepen.kernels import rollout_step_triton, score_penalty_triton   # imports triton here
-    from pyscorepen.kernels import soft_value_triton
+    from pyscorepen.kernels import soft_value_triton, ensemble_mlp_triton   # ensemble_mlp: autograd
 
 Use :func:`triton_usable` to ask whether they can run in this process (a CUDA device, or
 ``TRITON_INTERPRET=1`` for slow CPU correctness runs). Triton decides interpreted vs compiled when the
@@ -16,12 +16,14 @@ import importlib
 import importlib.util
 import os
 
-__all__ = ["HAS_TRITON", "triton_usable", "rollout_step_triton", "score_penalty_triton", "soft_value_triton"]
+__all__ = ["HAS_TRITON", "triton_usable", "ensemble_mlp_triton", "rollout_step_triton", "score_penalty_triton",
+           "soft_value_triton"]
 
 HAS_TRITON: bool = importlib.util.find_spec("triton") is not None
 """Triton is installed (it may still fail to import; see :func:`triton_usable`)."""
 
 _LAZY = {
+    "ensemble_mlp_triton": ".ensemble_mlp",
     "rollout_step_triton": ".rollout_step",
     "score_penalty_triton": ".score_penalty",
     "soft_value_triton": ".soft_value",

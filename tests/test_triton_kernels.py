@@ -64,11 +64,13 @@ def kernels():
     score_module = importlib.import_module(package.__name__ + ".score_penalty")
     rollout_module = importlib.import_module(package.__name__ + ".rollout_step")
     soft_value_module = importlib.import_module(package.__name__ + ".soft_value")
+    ensemble_module = importlib.import_module(package.__name__ + ".ensemble_mlp")
     if not score_module.interpreter_consistent():
         # kernels were imported (compiled) before the variable was set: rebuild them interpreted
         score_module = importlib.reload(score_module)
         rollout_module = importlib.reload(rollout_module)
         soft_value_module = importlib.reload(soft_value_module)   # imports from both modules above
+        ensemble_module = importlib.reload(ensemble_module)       # imports from score_penalty
     assert score_module.interpreter_consistent()
     if not ON_GPU and not score_module.INTERPRET:
         pytest.skip("no CUDA device and TRITON_INTERPRET is not 1: Triton kernels cannot run here")
@@ -77,6 +79,8 @@ def kernels():
         rollout_step=rollout_module.rollout_step_triton,
         score_penalty=score_module.score_penalty_triton,
         soft_value=soft_value_module.soft_value_triton,
+        ensemble_mlp=ensemble_module.ensemble_mlp_triton,
+        ensemble_mlp_module=ensemble_module,
         device=torch.device("cpu" if score_module.INTERPRET else "cuda"),
         rtol=rtol, atol=atol,
     )
@@ -298,3 +302,139 @@ def test_soft_value_through_dispatcher(kernels, monkeypatch):
     inputs = _soft_value_inputs(37, 5, 3, (19,), (19, 33), 2, 0.3, kernels.device, seed=1)
     actual = soft_value(**inputs, backend="triton")
     torch.testing.assert_close(actual, soft_value_ref(**inputs), rtol=kernels.rtol, atol=kernels.atol)
+
+
+# --- ensemble_mlp (training op: forward + backward) ------------------------------------------------
+# Observed under the interpreter: max abs error <= 1e-6 on outputs, <= 7e-6 on gradients (the weight
+# gradients sum over the batch), against rtol = atol = 1e-4.
+
+ENSEMBLE_MLP_CASES = {
+    # id: (B, E, layer widths, activation, x shared [B, in] or per member [E, B, in], what needs a grad,
+    #      extra options)
+    "shared-B37-E2-relu-3layers-critic": (37, 2, (5, 19, 33, 1), "relu", True, "all", {}),
+    "member-B37-E3-silu-3layers": (37, 3, (19, 33, 5, 7), "silu", False, "all", {}),
+    "shared-B1-E1-silu-1layer": (1, 1, (5, 7), "silu", True, "all", {}),
+    "member-B1-E3-relu-2layers": (1, 3, (5, 19, 7), "relu", False, "all", {}),
+    "shared-B37-E3-silu-2layers": (37, 3, (19, 33, 7), "silu", True, "all", {}),
+    "member-B37-E2-relu-1layer": (37, 2, (33, 1), "relu", False, "all", {}),
+    # SAC actor loss: frozen critics, only the action (x) needs a gradient
+    "shared-B37-E2-relu-only-x": (37, 2, (5, 19, 33, 1), "relu", True, "x", {}),
+    "member-B37-E3-silu-only-params": (37, 3, (5, 33, 19, 7), "silu", False, "params", {}),
+    "shared-B37-E2-silu-only-biases": (37, 2, (5, 19, 7), "silu", True, "biases", {}),
+    # non-contiguous weights and the stride-0 gradient of out.sum()
+    "shared-B37-E3-silu-strided-sum": (37, 3, (5, 19, 7), "silu", True, "all",
+                                       {"transposed_weights": True, "sum_loss": True}),
+}
+
+
+def _ensemble_mlp_inputs(batch, members, dims, shared, needs, device, *, transposed_weights=False, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    weights, biases = _mlp_params(dims, members, generator, device)
+    if transposed_weights:                                       # non-contiguous [E, in, out] views
+        weights = [w.transpose(1, 2).contiguous().transpose(1, 2) for w in weights]
+    x = torch.randn(*(() if shared else (members,)), batch, dims[0], generator=generator).to(device)
+    grad_out = torch.randn(members, batch, dims[-1], generator=generator).to(device)
+    x.requires_grad_(needs in ("all", "x"))
+    for w in weights:
+        w.requires_grad_(needs in ("all", "params"))
+    for b in biases:
+        b.requires_grad_(needs in ("all", "params", "biases"))
+    return x, weights, biases, grad_out
+
+
+def _ensemble_mlp_check(kernels, case, seed=0):
+    """Output and every gradient of the Triton op against autograd through ensemble_mlp_ref."""
+    batch, members, dims, activation, shared, needs, options = case
+    x, weights, biases, grad_out = _ensemble_mlp_inputs(
+        batch, members, dims, shared, needs, kernels.device,
+        transposed_weights=options.get("transposed_weights", False), seed=seed)
+    inputs = [t for t in (x, *weights, *biases) if t.requires_grad]
+    act_fn = {"relu": torch.nn.functional.relu, "silu": torch.nn.functional.silu}[activation]
+    expected = ensemble_mlp_ref(x, weights, biases, act_fn)
+    actual = kernels.ensemble_mlp(x, weights, biases, activation)
+    assert actual.shape == expected.shape == (members, batch, dims[-1]) and actual.dtype == expected.dtype
+    torch.testing.assert_close(actual, expected, rtol=kernels.rtol, atol=kernels.atol)
+    if options.get("sum_loss"):
+        expected_grads = torch.autograd.grad(expected.sum(), inputs)
+        actual_grads = torch.autograd.grad(actual.sum(), inputs)
+    else:
+        expected_grads = torch.autograd.grad(expected, inputs, grad_out)
+        actual_grads = torch.autograd.grad(actual, inputs, grad_out)
+    names = [name for name, t in [("x", x), *[(f"weights[{i}]", w) for i, w in enumerate(weights)],
+                                  *[(f"biases[{i}]", b) for i, b in enumerate(biases)]] if t.requires_grad]
+    for name, got, want in zip(names, actual_grads, expected_grads):
+        assert got.shape == want.shape and got.dtype == want.dtype, name
+        torch.testing.assert_close(got, want, rtol=kernels.rtol, atol=kernels.atol, msg=lambda m: f"{name}: {m}")
+
+
+class _LaunchCounter:
+    """Stands in for a ``@triton.autotune`` kernel: counts ``kernel[grid](...)`` launches."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, 0
+
+    def __getitem__(self, grid):
+        self.launches += 1
+        return self.kernel[grid]
+
+
+@pytest.mark.parametrize("case", ENSEMBLE_MLP_CASES.values(), ids=ENSEMBLE_MLP_CASES.keys())
+def test_ensemble_mlp_matches_ref(kernels, case):
+    _ensemble_mlp_check(kernels, case)
+
+
+@pytest.mark.parametrize("needs, layers_below", [("x", None), ("last-layer", 0)])
+def test_ensemble_mlp_backward_runs_only_what_is_needed(kernels, monkeypatch, needs, layers_below):
+    """Frozen critics (only x needs a grad): no weight-gradient launch. Only the last layer's
+    parameters: no input-gradient launch (nothing below needs dz)."""
+    module = kernels.ensemble_mlp_module
+    weight_kernel = _LaunchCounter(module._ensemble_grad_weight_kernel)
+    input_kernel = _LaunchCounter(module._ensemble_grad_input_kernel)
+    monkeypatch.setattr(module, "_ensemble_grad_weight_kernel", weight_kernel)
+    monkeypatch.setattr(module, "_ensemble_grad_input_kernel", input_kernel)
+    dims = (5, 19, 33, 1)
+    x, weights, biases, grad_out = _ensemble_mlp_inputs(37, 2, dims, True, "x" if needs == "x" else "none",
+                                                        kernels.device)
+    if needs == "last-layer":
+        weights[-1].requires_grad_(True)
+        biases[-1].requires_grad_(True)
+    inputs = [t for t in (x, *weights, *biases) if t.requires_grad]
+    actual = torch.autograd.grad(kernels.ensemble_mlp(x, weights, biases, "relu"), inputs, grad_out)
+    expected = torch.autograd.grad(ensemble_mlp_ref(x, weights, biases, torch.nn.functional.relu),
+                                   inputs, grad_out)
+    for got, want in zip(actual, expected):
+        torch.testing.assert_close(got, want, rtol=kernels.rtol, atol=kernels.atol)
+    if needs == "x":
+        assert (weight_kernel.launches, input_kernel.launches) == (0, len(dims) - 1)
+    else:
+        assert (weight_kernel.launches, input_kernel.launches) == (1, layers_below)
+
+
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+def test_ensemble_mlp_without_grad(kernels, activation):
+    """Inference path (nothing needs a gradient / no_grad): plain forward, no autograd node."""
+    x, weights, biases, _ = _ensemble_mlp_inputs(37, 3, (5, 19, 7), False, "all", kernels.device)
+    act_fn = getattr(torch.nn.functional, activation)
+    with torch.no_grad():
+        actual = kernels.ensemble_mlp(x, weights, biases, activation)
+        expected = ensemble_mlp_ref(x, weights, biases, act_fn)
+    assert actual.grad_fn is None
+    torch.testing.assert_close(actual, expected, rtol=kernels.rtol, atol=kernels.atol)
+
+
+def test_ensemble_mlp_empty_batch(kernels):
+    x, weights, biases, _ = _ensemble_mlp_inputs(0, 2, (5, 19, 1), True, "all", kernels.device)
+    out = kernels.ensemble_mlp(x, weights, biases, "relu")
+    assert out.shape == (2, 0, 1)
+    grads = torch.autograd.grad(out.sum(), [x, *weights, *biases])
+    assert grads[0].shape == (0, 5) and all(torch.count_nonzero(g) == 0 for g in grads)
+
+
+def test_ensemble_mlp_rejects_bad_arguments(kernels):
+    x, weights, biases, _ = _ensemble_mlp_inputs(5, 2, (5, 19, 1), True, "none", kernels.device)
+    with pytest.raises(ValueError, match="activation"):
+        kernels.ensemble_mlp(x, weights, biases, "tanh")
+    with pytest.raises(ValueError, match="layer 1"):
+        kernels.ensemble_mlp(x, weights, [biases[0], biases[0]], "relu")
+    with pytest.raises(ValueError, match="x must be"):
+        kernels.ensemble_mlp(x.expand(3, 5, 5), weights, biases, "relu")
