@@ -36,7 +36,9 @@ FLOPS_PER_SAMPLE = 3 * mlp_flops([OBS_DIM + ACT_DIM, *HIDDEN, 2 * (OBS_DIM + 1)]
 
 
 @pytest.mark.parametrize("provider", ["ref", "fast"])
-def test_dynamics_train_epoch(benchmark, sgemm_limit, one_thread, provider):
+def test_dynamics_train_epoch(benchmark, sgemm_limit, monkeypatch, one_thread, provider):
+    if provider == "ref":  # everything on the reference backends (the nets' fused ensemble_mlp too)
+        monkeypatch.setenv("PYSCOREPEN_BACKEND", "ref")
     torch.manual_seed(0)
     dynamics = EnsembleDynamics(OBS_DIM, ACT_DIM, DynamicsConfig(ensemble_size=MEMBERS, hidden_dims=HIDDEN))
     gen = torch.Generator().manual_seed(1)

@@ -48,7 +48,9 @@ def penalty_flops_per_row(num_elites: int) -> int:
 
 @pytest.mark.parametrize("rows", MODEL_ROWS)
 @pytest.mark.parametrize("provider", ["ref", "fast"])
-def test_mobile_penalty(benchmark, sgemm_limit, one_thread, provider, rows):
+def test_mobile_penalty(benchmark, sgemm_limit, monkeypatch, one_thread, provider, rows):
+    if provider == "ref":  # everything on the reference backends (the nets' fused ensemble_mlp too)
+        monkeypatch.setenv("PYSCOREPEN_BACKEND", "ref")
     agent, dynamics = make_parts(provider)
     gen = torch.Generator().manual_seed(1)
     obs, actions = torch.randn(rows, OBS_DIM, generator=gen), torch.rand(rows, ACT_DIM, generator=gen) * 2 - 1
@@ -68,7 +70,9 @@ def test_mobile_penalty(benchmark, sgemm_limit, one_thread, provider, rows):
 
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)
 @pytest.mark.parametrize("provider", ["ref", "fast"])
-def test_mobile_update(benchmark, sgemm_limit, threads, provider):
+def test_mobile_update(benchmark, sgemm_limit, monkeypatch, threads, provider):
+    if provider == "ref":  # everything on the reference backends (the nets' fused ensemble_mlp too)
+        monkeypatch.setenv("PYSCOREPEN_BACKEND", "ref")
     agent, dynamics = make_parts(provider)
     agent.target_penalties = [mobile.MobilePenalty(1.0, dynamics, num_samples=NUM_SAMPLES, fused=provider == "fast")]
     update = agent.update if provider == "fast" else agent.update_ref

@@ -69,7 +69,9 @@ def make_agent(algo: str, provider: str):
 @pytest.mark.parametrize("threads", THREADS, indirect=True)
 @pytest.mark.parametrize("algo", ["sac", "combo"])
 @pytest.mark.parametrize("provider", ["ref", "fast"])
-def test_update(benchmark, sgemm_limit, provider, algo, threads):
+def test_update(benchmark, sgemm_limit, monkeypatch, provider, algo, threads):
+    if provider == "ref":  # everything on the reference backends (the nets' fused ensemble_mlp too)
+        monkeypatch.setenv("PYSCOREPEN_BACKEND", "ref")
     agent, update = make_agent(algo, provider)
     gen = torch.Generator().manual_seed(1)
     batches = [make_batch(MODEL_FRACTION[algo], gen) for _ in range(4)]

@@ -5,9 +5,12 @@
 //   score_penalty ||h(x)||^2 of a plain SiLU MLP,  see pyscorepen/ops/score_penalty.py
 //   soft_value    min_k Q_k(s, a) - alpha log pi(a|s), a ~ tanh-Gaussian actor (SAC Eq. 3,
 //                 MOBILE Eq. 7-8 target), see pyscorepen/ops/soft_value.py
+//   ensemble_mlp_forward / ensemble_mlp_backward / ensemble_mlp (composite)
+//                 E ReLU/SiLU MLPs for training (SAC critics, dynamics ensemble), see
+//                 pyscorepen/ops/ensemble_mlp.py
 //
-// All ops are inference-only (frozen nets under no_grad): no autograd kernel
-// is registered. Fake (meta) kernels are registered from Python.
+// rollout_step / score_penalty / soft_value are inference-only (frozen nets under no_grad).
+// Fake (meta) kernels and the autograd of ensemble_mlp_forward are registered from Python.
 //
 // CPU strategy: the batch is cut into chunks of a few hundred rows that are
 // processed independently (OpenMP threads via at::parallel_for over chunks);
@@ -24,6 +27,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -391,6 +395,312 @@ Tensor soft_value_cpu(const Tensor& obs, const Tensor& noise, at::TensorList act
   return out;
 }
 
+// --------------------------------------------------- ensemble MLP training
+// Forward saving the hidden activations and the backward of E MLPs (SAC's critics, the
+// dynamics ensemble), see pyscorepen/ops/ensemble_mlp.py. Activation buffers are
+// [E, B_pad, ld_l]: rows padded to kRowPad, columns to 16 (the "saved" outputs of the forward).
+cpu::Activation parse_activation(c10::string_view activation) {
+  if (activation == "relu") return cpu::Activation::kRelu;
+  if (activation == "silu") return cpu::Activation::kSilu;
+  TORCH_CHECK(false, "pyscorepen.ensemble_mlp: activation must be 'relu' or 'silu', got '", std::string(activation),
+              "'");
+}
+
+int64_t padded_rows(int64_t batch) { return (std::max<int64_t>(batch, 1) + cpu::kRowPad - 1) / cpu::kRowPad * cpu::kRowPad; }
+int64_t padded_cols(int64_t n) { return (n + 15) / 16 * 16; }
+
+// Runs fn(task) for task in [0, n_tasks) on the torch threads, pulling tasks from a shared
+// counter (dynamic schedule, see for_each_chunk). Each task writes its own outputs: the
+// result does not depend on the schedule.
+template <class Fn>
+void run_tasks(int64_t n_tasks, Fn fn) {
+  if (n_tasks <= 0) return;
+  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  const int64_t workers = std::min(threads, n_tasks);
+  if (workers <= 1) {
+    for (int64_t task = 0; task < n_tasks; ++task) fn(task);
+    return;
+  }
+  std::atomic<int64_t> next_task{0};
+  at::parallel_for(0, workers, 1, [&](int64_t worker_begin, int64_t worker_end) {
+    for (int64_t worker = worker_begin; worker < worker_end; ++worker)
+      for (int64_t task = next_task++; task < n_tasks; task = next_task++) fn(task);
+  });
+}
+
+// Rows of one (member, row block) task: whole batch on one thread; with several threads
+// >= 4 tasks per thread over all members when the batch allows, at most 480 rows.
+int64_t rows_per_task(int64_t batch_pad, int64_t members, bool per_member) {
+  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  const int64_t groups = per_member ? members : 1;
+  const int64_t blocks = threads > 1 ? std::max<int64_t>(1, (4 * threads + groups - 1) / groups) : 1;
+  int64_t rows = (batch_pad + blocks - 1) / blocks;
+  rows = (rows + cpu::kRowPad - 1) / cpu::kRowPad * cpu::kRowPad;
+  return std::min<int64_t>(std::max<int64_t>(rows, cpu::kRowPad), std::min<int64_t>(batch_pad, 480));
+}
+
+void check_ensemble_input(const Tensor& x, at::TensorList weights, const char* op) {
+  check_cpu_f32(x, "x");
+  TORCH_CHECK(!weights.empty() && weights[0].dim() == 3, "pyscorepen.", op,
+              ": weights must be a non-empty list of [E, in, out] tensors");
+  TORCH_CHECK(x.dim() == 2 || (x.dim() == 3 && x.size(0) == weights[0].size(0)), "pyscorepen.", op,
+              ": x must be [B, in] or [E, B, in] with E = ", weights[0].size(0), ", got ", x.sizes());
+}
+
+Tensor activate_generic(const Tensor& z, cpu::Activation act) {
+  return act == cpu::Activation::kRelu ? at::relu(z) : at::silu(z);
+}
+
+// Zero-padded [E, B_pad, ld] copy of t [E, B, n] (generic path; AVX-512 writes in place).
+Tensor saved_buffer_generic(const Tensor& t) {
+  Tensor out = at::zeros({t.size(0), padded_rows(t.size(1)), padded_cols(t.size(2))}, t.options());
+  out.narrow(1, 0, t.size(1)).narrow(2, 0, t.size(2)).copy_(t);
+  return out;
+}
+
+std::tuple<Tensor, std::vector<Tensor>> ensemble_mlp_forward_cpu(const Tensor& x, at::TensorList weights,
+                                                                 at::TensorList biases, c10::string_view activation) {
+  check_ensemble_input(x, weights, "ensemble_mlp_forward");
+  const cpu::Activation act = parse_activation(activation);
+  const int64_t E = weights[0].size(0), B = x.size(-2), D = x.size(-1), L = static_cast<int64_t>(weights.size());
+  std::vector<Tensor> keep;
+  cpu::EnsembleTrainArgs args;
+  describe_mlp(weights, biases, E, D, act, args.mlp, keep);
+  const int64_t B_pad = padded_rows(B), N = args.mlp.dims[L];
+
+  if (cpu_isa() == Isa::kGeneric || has_empty_layer(args.mlp)) {
+    Tensor h = x.dim() == 2 ? x.unsqueeze(0).expand({E, B, D}) : x;   // [E, B, in]
+    std::vector<Tensor> saved_h, saved_z;
+    for (int64_t l = 0; l + 1 < L; ++l) {
+      Tensor z = at::baddbmm(biases[l].unsqueeze(1), h, weights[l]);  // [E, B, out_l]
+      h = activate_generic(z, act);
+      saved_h.push_back(saved_buffer_generic(h));
+      if (act == cpu::Activation::kSilu) {   // silu'(z) = s (1 + z (1 - s))
+        Tensor s = at::sigmoid(z);
+        saved_z.push_back(saved_buffer_generic(s * (1 + z * (1 - s))));
+      }
+    }
+    Tensor out = at::baddbmm(biases[L - 1].unsqueeze(1), h, weights[L - 1]).contiguous();
+    saved_h.insert(saved_h.end(), saved_z.begin(), saved_z.end());
+    return {out, saved_h};
+  }
+
+  // x with B_pad rows (zeros below B), unless it already is a contiguous B_pad-row tensor
+  Tensor x_pad;
+  if (x.is_contiguous() && B == B_pad) {
+    x_pad = x;
+  } else {
+    x_pad = x.dim() == 2 ? at::zeros({B_pad, D}, x.options()) : at::zeros({E, B_pad, D}, x.options());
+    x_pad.narrow(-2, 0, B).copy_(x);
+  }
+  args.members = E;
+  args.batch_pad = B_pad;
+  args.x = x_pad.data_ptr<float>();
+  args.ld_x = D;
+  args.x_shared = x.dim() == 2;
+  std::vector<Tensor> saved_h, saved_z;
+  for (int64_t l = 0; l < L; ++l) args.ld[l] = padded_cols(args.mlp.dims[l + 1]);
+  for (int64_t l = 0; l + 1 < L; ++l) {
+    saved_h.push_back(at::empty({E, B_pad, args.ld[l]}, x.options()));
+    args.h[l] = saved_h.back().data_ptr<float>();
+    if (act == cpu::Activation::kSilu) {
+      saved_z.push_back(at::empty({E, B_pad, args.ld[l]}, x.options()));
+      args.z[l] = saved_z.back().data_ptr<float>();
+    }
+  }
+  Tensor out_pad = at::empty({E, B_pad, args.ld[L - 1]}, x.options());
+  args.out = out_pad.data_ptr<float>();
+  const int64_t rows = rows_per_task(B_pad, E, true), blocks = (B_pad + rows - 1) / rows;
+  run_tasks(E * blocks, [&](int64_t task) {
+    const int64_t member = task / blocks, r0 = (task % blocks) * rows;
+#if defined(__x86_64__)
+    cpu::ensemble_forward_rows_avx512(args, member, r0, std::min(B_pad, r0 + rows));
+#endif
+  });
+  saved_h.insert(saved_h.end(), saved_z.begin(), saved_z.end());
+  return {out_pad.narrow(1, 0, B).narrow(2, 0, N).contiguous(), saved_h};
+}
+
+std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> ensemble_mlp_backward_cpu(
+    const Tensor& grad_out, const Tensor& x, at::TensorList weights, at::TensorList saved,
+    c10::string_view activation, std::array<bool, 3> output_mask) {
+  check_ensemble_input(x, weights, "ensemble_mlp_backward");
+  check_cpu_f32(grad_out, "grad_out");
+  const cpu::Activation act = parse_activation(activation);
+  const int64_t E = weights[0].size(0), B = x.size(-2), D = x.size(-1), L = static_cast<int64_t>(weights.size());
+  const int64_t B_pad = padded_rows(B);
+  const bool need_x = output_mask[0], need_w = output_mask[1], need_b = output_mask[2];
+  TORCH_CHECK(static_cast<int64_t>(saved.size()) == (L - 1) * (act == cpu::Activation::kSilu ? 2 : 1),
+              "pyscorepen.ensemble_mlp_backward: expected the saved activations of ensemble_mlp_forward, got ",
+              saved.size(), " tensors for ", L, " layers");
+  int64_t dims[cpu::kMaxLayers + 1];
+  TORCH_CHECK(L <= cpu::kMaxLayers, "pyscorepen: at most ", cpu::kMaxLayers, " layers are supported");
+  dims[0] = D;
+  for (int64_t l = 0; l < L; ++l) {
+    check_cpu_f32(weights[l], "weight");
+    TORCH_CHECK(weights[l].dim() == 3 && weights[l].size(0) == E && weights[l].size(1) == dims[l],
+                "pyscorepen.ensemble_mlp_backward: weight ", l, " must be [E=", E, ", ", dims[l], ", out], got ",
+                weights[l].sizes());
+    dims[l + 1] = weights[l].size(2);
+  }
+  for (int64_t l = 0; l + 1 < L; ++l) {
+    for (int64_t k = 0; k < (act == cpu::Activation::kSilu ? 2 : 1); ++k) {
+      const Tensor& s = saved[k * (L - 1) + l];
+      check_cpu_f32(s, "saved");
+      TORCH_CHECK(s.dim() == 3 && s.size(0) == E && s.size(1) == B_pad && s.size(2) == padded_cols(dims[l + 1]),
+                  "pyscorepen.ensemble_mlp_backward: saved activation of layer ", l, " must be [", E, ", ", B_pad,
+                  ", ", padded_cols(dims[l + 1]), "], got ", s.sizes());
+    }
+  }
+  TORCH_CHECK(grad_out.dim() == 3 && grad_out.size(0) == E && grad_out.size(1) == B && grad_out.size(2) == dims[L],
+              "pyscorepen.ensemble_mlp_backward: grad_out must be [", E, ", ", B, ", ", dims[L], "], got ",
+              grad_out.sizes());
+
+  bool empty_layer = false;
+  for (int64_t l = 1; l <= L; ++l) empty_layer = empty_layer || dims[l] == 0;
+  if (cpu_isa() == Isa::kGeneric || empty_layer) {
+    std::vector<Tensor> hs, zs, grad_weights, grad_biases;
+    for (int64_t l = 0; l + 1 < L; ++l) {
+      hs.push_back(saved[l].narrow(1, 0, B).narrow(2, 0, dims[l + 1]));
+      if (act == cpu::Activation::kSilu) zs.push_back(saved[L - 1 + l].narrow(1, 0, B).narrow(2, 0, dims[l + 1]));
+    }
+    Tensor x_members = x.dim() == 2 ? x.unsqueeze(0).expand({E, B, D}) : x;
+    Tensor grad_x = at::empty({0}, x.options());
+    Tensor dz = grad_out;   // [E, B, out_l]
+    for (int64_t l = L - 1; l >= 0; --l) {
+      const Tensor& h_prev = l > 0 ? hs[l - 1] : x_members;
+      if (need_w) grad_weights.insert(grad_weights.begin(), at::bmm(h_prev.transpose(1, 2), dz));
+      if (need_b) grad_biases.insert(grad_biases.begin(), dz.sum(1));
+      if (l > 0) {
+        Tensor dh = at::bmm(dz, weights[l].transpose(1, 2));   // [E, B, in_l]
+        if (act == cpu::Activation::kRelu) {
+          dz = dh * hs[l - 1].gt(0);
+        } else {
+          dz = dh * zs[l - 1];   // saved silu'(z)
+        }
+      } else if (need_x) {
+        grad_x = at::bmm(dz, weights[0].transpose(1, 2));
+        if (x.dim() == 2) grad_x = grad_x.sum(0);
+        grad_x = grad_x.contiguous();
+      }
+    }
+    for (auto& g : grad_weights) g = g.contiguous();
+    return {grad_x, grad_weights, grad_biases};
+  }
+
+  std::vector<Tensor> keep;
+  cpu::EnsembleTrainArgs args;
+  args.mlp.n_layers = static_cast<int>(L);
+  args.mlp.hidden = act;
+  args.members = E;
+  args.batch_pad = B_pad;
+  args.x_shared = x.dim() == 2;
+  args.ld_x = D;
+  for (int64_t l = 0; l <= L; ++l) args.mlp.dims[l] = dims[l];
+  for (int64_t l = 0; l < L; ++l) args.ld[l] = padded_cols(dims[l + 1]);
+  for (int64_t l = 0; l + 1 < L; ++l) {
+    keep.push_back(saved[l].contiguous());
+    args.h[l] = keep.back().data_ptr<float>();
+    if (act == cpu::Activation::kSilu) {
+      keep.push_back(saved[L - 1 + l].contiguous());
+      args.z[l] = keep.back().data_ptr<float>();
+    }
+  }
+  for (int64_t l = (need_x ? 0 : 1); l < L; ++l) {   // W_l^T [E, out_l, in_l] for the dz chain / grad_x
+    keep.push_back(weights[l].transpose(1, 2).contiguous());
+    args.wt[l] = keep.back().data_ptr<float>();
+  }
+  if (need_w || need_b) {   // the weight gradient reads the layer inputs: x with B_pad rows
+    Tensor x_pad;
+    if (x.is_contiguous() && B == B_pad) {
+      x_pad = x;
+    } else {
+      x_pad = x.dim() == 2 ? at::zeros({B_pad, D}, x.options()) : at::zeros({E, B_pad, D}, x.options());
+      x_pad.narrow(-2, 0, B).copy_(x);
+    }
+    keep.push_back(x_pad);
+    args.x = x_pad.data_ptr<float>();
+  }
+  std::vector<Tensor> dz(L);
+  dz[L - 1] = at::zeros({E, B_pad, args.ld[L - 1]}, x.options());
+  dz[L - 1].narrow(1, 0, B).narrow(2, 0, dims[L]).copy_(grad_out);
+  for (int64_t l = 0; l + 1 < L; ++l) dz[l] = at::empty({E, B_pad, args.ld[l]}, x.options());
+  for (int64_t l = 0; l < L; ++l) args.dz[l] = dz[l].data_ptr<float>();
+
+  std::vector<Tensor> grad_weights, grad_biases;
+  for (int64_t l = 0; l < L; ++l) {
+    if (need_w) {
+      grad_weights.push_back(at::empty({E, dims[l], dims[l + 1]}, x.options()));
+      args.grad_w[l] = grad_weights.back().data_ptr<float>();
+    }
+    if (need_b) {
+      grad_biases.push_back(at::empty({E, dims[l + 1]}, x.options()));
+      args.grad_b[l] = grad_biases.back().data_ptr<float>();
+    }
+  }
+  Tensor grad_x_pad;
+  if (need_x) {
+    grad_x_pad = x.dim() == 2 ? at::empty({B_pad, padded_cols(D)}, x.options())
+                              : at::empty({E, B_pad, padded_cols(D)}, x.options());
+    args.grad_x = grad_x_pad.data_ptr<float>();
+    args.ld_gx = padded_cols(D);
+  }
+
+  // phase 1: dz chain, per (member, row block)
+  const int64_t rows = rows_per_task(B_pad, E, true), blocks = (B_pad + rows - 1) / rows;
+  if (L > 1 && (need_x || need_w || need_b)) {
+    run_tasks(E * blocks, [&](int64_t task) {
+      const int64_t member = task / blocks, r0 = (task % blocks) * rows;
+#if defined(__x86_64__)
+      cpu::ensemble_backward_dz_rows_avx512(args, member, r0, std::min(B_pad, r0 + rows));
+#endif
+    });
+  }
+  // phase 2 (weight / bias gradients, per (layer, member, column block), largest first) and
+  // phase 3 (input gradient, per row block) in one pool: both only read the dz buffers
+  struct Task { int layer; int64_t member, block, cost; };
+  std::vector<Task> tasks;
+  if (need_w || need_b) {
+    for (int64_t l = 0; l < L; ++l) {
+      const int64_t n_blocks = cpu::column_blocks(dims[l + 1]);
+      for (int64_t e = 0; e < E; ++e)
+        for (int64_t blk = 0; blk < n_blocks; ++blk)
+          tasks.push_back({static_cast<int>(l), e, blk, dims[l] * dims[l + 1] / n_blocks});
+    }
+  }
+  const int64_t x_groups = args.x_shared ? 1 : E;
+  const int64_t x_rows = rows_per_task(B_pad, x_groups, true), x_blocks = (B_pad + x_rows - 1) / x_rows;
+  if (need_x) {
+    for (int64_t g = 0; g < x_groups; ++g)
+      for (int64_t blk = 0; blk < x_blocks; ++blk)
+        tasks.push_back({-1, g, blk, (args.x_shared ? E : 1) * dims[0] * dims[1] * x_rows / B_pad});
+  }
+  std::stable_sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) { return a.cost > b.cost; });
+  run_tasks(static_cast<int64_t>(tasks.size()), [&](int64_t index) {
+    const Task& task = tasks[index];
+#if defined(__x86_64__)
+    if (task.layer >= 0) {
+      cpu::ensemble_backward_params_avx512(args, task.layer, task.member, task.block);
+    } else {
+      const int64_t r0 = task.block * x_rows;
+      cpu::ensemble_backward_grad_x_rows_avx512(args, task.member, r0, std::min(B_pad, r0 + x_rows));
+    }
+#endif
+  });
+  Tensor grad_x = need_x ? grad_x_pad.narrow(-2, 0, B).narrow(-1, 0, D).contiguous() : at::empty({0}, x.options());
+  return {grad_x, grad_weights, grad_biases};
+}
+
+// forward only (its first output); autograd goes through ensemble_mlp_forward's kernel
+Tensor ensemble_mlp_composite(const Tensor& x, at::TensorList weights, at::TensorList biases,
+                              c10::string_view activation) {
+  static const auto forward = c10::Dispatcher::singleton()
+                                  .findSchemaOrThrow("pyscorepen::ensemble_mlp_forward", "")
+                                  .typed<std::tuple<Tensor, std::vector<Tensor>>(
+                                      const Tensor&, at::TensorList, at::TensorList, c10::string_view)>();
+  return std::get<0>(forward.call(x, weights, biases, activation));
+}
+
 }  // namespace
 
 TORCH_LIBRARY(pyscorepen, m) {
@@ -403,12 +713,21 @@ TORCH_LIBRARY(pyscorepen, m) {
       "soft_value(Tensor obs, Tensor noise, Tensor[] actor_weights, Tensor[] actor_biases, "
       "Tensor[] critic_weights, Tensor[] critic_biases, Tensor action_scale, Tensor action_offset, "
       "Tensor alpha, float log_std_min, float log_std_max) -> Tensor");
+  m.def("ensemble_mlp_forward(Tensor x, Tensor[] weights, Tensor[] biases, str activation) -> (Tensor, Tensor[])");
+  m.def(
+      "ensemble_mlp_backward(Tensor grad_out, Tensor x, Tensor[] weights, Tensor[] saved, str activation, "
+      "bool[3] output_mask) -> (Tensor, Tensor[], Tensor[])");
+  m.def("ensemble_mlp(Tensor x, Tensor[] weights, Tensor[] biases, str activation) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pyscorepen, CPU, m) {
   m.impl("rollout_step", &rollout_step_cpu);
   m.impl("score_penalty", &score_penalty_cpu);
   m.impl("soft_value", &soft_value_cpu);
+  m.impl("ensemble_mlp_forward", &ensemble_mlp_forward_cpu);
+  m.impl("ensemble_mlp_backward", &ensemble_mlp_backward_cpu);
 }
+
+TORCH_LIBRARY_IMPL(pyscorepen, CompositeImplicitAutograd, m) { m.impl("ensemble_mlp", &ensemble_mlp_composite); }
 
 }  // namespace pyscorepen

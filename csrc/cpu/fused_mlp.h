@@ -71,6 +71,33 @@ struct SoftValueArgs {
   float* out = nullptr;                  // [B]
 };
 
+// Training of an ensemble MLP (pyscorepen/ops/ensemble_mlp.py): forward keeping the hidden
+// activations, and the backward in three phases (dz chain per row block, weight/bias gradients
+// per column block, input gradient per row block). Every row count is padded to kRowPad; every
+// activation buffer is [E, batch_pad, ld[l]] with ld[l] = dims[l + 1] rounded up to 16 (pad
+// columns are written as zeros, pad rows hold the values of zero input rows / zero gradients).
+struct EnsembleTrainArgs {
+  int64_t members = 0;                  // E
+  int64_t batch_pad = 0;                // rows, a multiple of kRowPad
+  MlpDesc mlp;                          // E members; hidden = ReLU or SiLU
+  const float* x = nullptr;             // [B_pad, ld_x] shared, or [E, B_pad, ld_x]
+  int64_t ld_x = 0;
+  bool x_shared = true;
+  int64_t ld[kMaxLayers] = {};          // leading dimension of layer l's output buffers
+  float* h[kMaxLayers] = {};            // saved h_l = act(z_l), l < L - 1
+  float* z[kMaxLayers] = {};            // saved silu'(z_l) (SiLU only), l < L - 1
+  float* out = nullptr;                 // [E, B_pad, ld[L - 1]] forward output
+  // backward
+  const float* wt[kMaxLayers] = {};     // W_l^T per member: [E, dims[l + 1], dims[l]]
+  float* dz[kMaxLayers] = {};           // dz_l [E, B_pad, ld[l]]; dz[L - 1] = padded grad_out (input)
+  float* grad_x = nullptr;              // [B_pad, ld_gx] shared, or [E, B_pad, ld_gx]; nullptr: not needed
+  int64_t ld_gx = 0;
+  float* grad_w[kMaxLayers] = {};       // [E, dims[l], dims[l + 1]]; nullptr: not needed
+  float* grad_b[kMaxLayers] = {};       // [E, dims[l + 1]]
+};
+// Column blocks of a layer with n outputs in the micro-kernels (the unit of a phase-2 task).
+int64_t column_blocks(int64_t n);
+
 // Rows of a chunk are padded to a multiple of this (lcm of the micro-kernel
 // row tiles), so micro-kernels never need a row tail.
 constexpr int64_t kRowPad = 24;
@@ -99,5 +126,16 @@ bool cpu_has_avx512();
 void rollout_rows_avx512(const RolloutArgs& args, int64_t row_begin, int64_t row_end, float* scratch);
 void score_rows_avx512(const ScoreArgs& args, int64_t row_begin, int64_t row_end, float* scratch);
 void soft_value_rows_avx512(const SoftValueArgs& args, int64_t row_begin, int64_t row_end, float* scratch);
+
+// Ensemble MLP training (rows [row_begin, row_end) are multiples of kRowPad).
+void ensemble_forward_rows_avx512(const EnsembleTrainArgs& args, int64_t member, int64_t row_begin, int64_t row_end);
+// Phase 1: dz_{L-2} .. dz_0 of `member` on the rows, from dz_{L-1}.
+void ensemble_backward_dz_rows_avx512(const EnsembleTrainArgs& args, int64_t member, int64_t row_begin,
+                                      int64_t row_end);
+// Phase 2: grad_w[layer][member] and grad_b[layer][member] for one column block (all batch rows).
+void ensemble_backward_params_avx512(const EnsembleTrainArgs& args, int layer, int64_t member, int64_t block);
+// Phase 3: grad_x on the rows (shared x: sum over members; else member `member` only).
+void ensemble_backward_grad_x_rows_avx512(const EnsembleTrainArgs& args, int64_t member, int64_t row_begin,
+                                          int64_t row_end);
 
 }  // namespace pyscorepen::cpu

@@ -440,6 +440,296 @@ void soft_value_rows_avx512(const SoftValueArgs& args, int64_t row_begin, int64_
   for (int64_t i = 0; i < rows; ++i) out[i] -= args.alpha * log_pi[i];
 }
 
+// ------------------------------------------------------ ensemble MLP training
+namespace {
+
+// 1 / (1 + exp(-x)) with rcp14 + one Newton step (as silu512).
+inline __m512 sigmoid512(__m512 x) {
+  __m512 denom = _mm512_add_ps(exp512(_mm512_sub_ps(_mm512_setzero_ps(), x)), _mm512_set1_ps(1.0f));
+  __m512 inv = _mm512_rcp14_ps(denom);
+  return _mm512_mul_ps(inv, _mm512_fnmadd_ps(denom, inv, _mm512_set1_ps(2.0f)));
+}
+
+// Epilogue of a training GEMM tile: forward activations (SiLU may also store z), or the
+// activation derivative of the backward (dz = dh * act'(.), `aux` = saved h (ReLU) or z (SiLU)).
+enum class Epi { kNone, kSilu, kRelu, kReluGrad, kSiluGrad };
+// Accumulator start: the bias (forward), zero, or the current C (sum over members).
+enum class Init { kBias, kZero, kLoad };
+
+// C[MR, 16 NV] = epi(init + A[MR, K] @ W[K, 16 NV]); A is row-major (a[r * lda + k]) or, with
+// TRANS_A, column-major (a[k * lda + r]: the weight gradient h^T dz reads h [batch, in] this
+// way). W's last vector is loaded with `load_mask`, C's last vector stored with `store_mask`
+// (full in a padded buffer: the masked-off lanes are exact zeros there). `pre` (SiLU forward:
+// receives silu'(z)) and `aux` (gradient epilogues: saved h for ReLU, silu'(z) for SiLU) are
+// laid out like C.
+template <int MR, int NV, Epi EPI, Init INIT, bool TRANS_A>
+inline void train_tile(const float* __restrict a, int64_t lda, int64_t k_dim, const float* __restrict w,
+                       int64_t ldw, const float* __restrict bias, float* __restrict c, int64_t ldc,
+                       float* __restrict pre, const float* __restrict aux, __mmask16 load_mask,
+                       __mmask16 store_mask) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) {
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      if constexpr (INIT == Init::kBias)
+        acc[r][v] = v == NV - 1 ? _mm512_maskz_loadu_ps(load_mask, bias + 16 * v) : _mm512_loadu_ps(bias + 16 * v);
+      else if constexpr (INIT == Init::kLoad)
+        acc[r][v] = v == NV - 1 ? _mm512_maskz_loadu_ps(store_mask, c + r * ldc + 16 * v)
+                                : _mm512_loadu_ps(c + r * ldc + 16 * v);
+      else
+        acc[r][v] = _mm512_setzero_ps();
+    }
+  }
+  for (int64_t k = 0; k < k_dim; ++k) {
+    const float* wk = w + k * ldw;
+    __m512 wv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v)
+      wv[v] = v == NV - 1 ? _mm512_maskz_loadu_ps(load_mask, wk + 16 * v) : _mm512_loadu_ps(wk + 16 * v);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      __m512 av = _mm512_set1_ps(TRANS_A ? a[k * lda + r] : a[r * lda + k]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(av, wv[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      const __mmask16 m = v == NV - 1 ? store_mask : static_cast<__mmask16>(0xFFFF);
+      const int64_t at = r * ldc + 16 * v;
+      __m512 out = acc[r][v];
+      if constexpr (EPI == Epi::kSilu) {
+        // h = z s and, for the backward, silu'(z) = s (1 + z (1 - s)), s = sigmoid(z)
+        __m512 s = sigmoid512(out);
+        if (pre != nullptr)
+          _mm512_mask_storeu_ps(pre + at, m, _mm512_mul_ps(s, _mm512_fmadd_ps(out, _mm512_sub_ps(_mm512_set1_ps(1.0f), s), _mm512_set1_ps(1.0f))));
+        out = _mm512_mul_ps(out, s);
+      } else if constexpr (EPI == Epi::kRelu) {
+        out = _mm512_max_ps(out, _mm512_setzero_ps());
+      } else if constexpr (EPI == Epi::kReluGrad) {
+        __m512 h = _mm512_maskz_loadu_ps(m, aux + at);
+        out = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(h, _mm512_setzero_ps(), _CMP_GT_OQ), out);
+      } else if constexpr (EPI == Epi::kSiluGrad) {
+        out = _mm512_mul_ps(out, _mm512_maskz_loadu_ps(m, aux + at));   // aux = silu'(z) saved by the forward
+      }
+      _mm512_mask_storeu_ps(c + at, m, out);
+    }
+  }
+}
+
+// Row-tail dispatch: a tile of exactly `rem` (< MR) rows.
+template <int R, int NV, Epi EPI, Init INIT, bool TRANS_A>
+inline void train_tail(int64_t rem, const float* a, int64_t lda, int64_t k_dim, const float* w, int64_t ldw,
+                       const float* bias, float* c, int64_t ldc, float* pre, const float* aux, __mmask16 load_mask,
+                       __mmask16 store_mask) {
+  if constexpr (R > 0) {
+    if (rem == R)
+      train_tile<R, NV, EPI, INIT, TRANS_A>(a, lda, k_dim, w, ldw, bias, c, ldc, pre, aux, load_mask, store_mask);
+    else
+      train_tail<R - 1, NV, EPI, INIT, TRANS_A>(rem, a, lda, k_dim, w, ldw, bias, c, ldc, pre, aux, load_mask,
+                                                store_mask);
+  }
+}
+
+template <int MR, int NV, Epi EPI, Init INIT, bool TRANS_A>
+void train_column_block(const float* a, int64_t lda, int64_t rows, int64_t k_dim, const float* w, int64_t ldw,
+                        const float* bias, float* c, int64_t ldc, float* pre, const float* aux,
+                        __mmask16 load_mask, __mmask16 store_mask) {
+  int64_t i = 0;
+  for (; i + MR <= rows; i += MR) {
+    const float* ai = TRANS_A ? a + i : a + i * lda;
+    train_tile<MR, NV, EPI, INIT, TRANS_A>(ai, lda, k_dim, w, ldw, bias, c + i * ldc, ldc,
+                                           pre ? pre + i * ldc : nullptr, aux ? aux + i * ldc : nullptr,
+                                           load_mask, store_mask);
+  }
+  if (i < rows) {
+    const float* ai = TRANS_A ? a + i : a + i * lda;
+    train_tail<MR - 1, NV, EPI, INIT, TRANS_A>(rows - i, ai, lda, k_dim, w, ldw, bias, c + i * ldc, ldc,
+                                               pre ? pre + i * ldc : nullptr, aux ? aux + i * ldc : nullptr,
+                                               load_mask, store_mask);
+  }
+}
+
+// C[rows, n] = epi(init + A @ W) for the column blocks [block_begin, block_end) (balanced blocks
+// of at most 4 vectors, as dense_layer). `padded_store`: C has room up to the next multiple of
+// 16 columns and gets zeros there.
+template <Epi EPI, Init INIT, bool TRANS_A>
+void train_layer(const float* a, int64_t lda, int64_t rows, int64_t k_dim, const float* w, int64_t ldw, int64_t n,
+                 const float* bias, float* c, int64_t ldc, float* pre, const float* aux, bool padded_store,
+                 int64_t block_begin, int64_t block_end) {
+  const int64_t n_vec = (n + 15) / 16;
+  const int64_t n_blocks = (n_vec + 3) / 4;
+  const int64_t base = n_vec / n_blocks, extra = n_vec % n_blocks;
+  int64_t col = 0;
+  for (int64_t blk = 0; blk < n_blocks && blk < block_end; ++blk) {
+    const int64_t nv = base + (blk < extra ? 1 : 0);
+    const int64_t cols = nv * 16 < n - col ? nv * 16 : n - col;
+    if (blk >= block_begin) {
+      const __mmask16 load_mask = tail_mask(cols - (nv - 1) * 16);
+      const __mmask16 store_mask = padded_store ? static_cast<__mmask16>(0xFFFF) : load_mask;
+      const float* wb = w + col;
+      const float* bb = bias ? bias + col : nullptr;
+      float* cb = c + col;
+      float* pb = pre ? pre + col : nullptr;
+      const float* xb = aux ? aux + col : nullptr;
+      switch (nv) {
+        case 4: train_column_block<6, 4, EPI, INIT, TRANS_A>(a, lda, rows, k_dim, wb, ldw, bb, cb, ldc, pb, xb, load_mask, store_mask); break;
+        case 3: train_column_block<8, 3, EPI, INIT, TRANS_A>(a, lda, rows, k_dim, wb, ldw, bb, cb, ldc, pb, xb, load_mask, store_mask); break;
+        case 2: train_column_block<12, 2, EPI, INIT, TRANS_A>(a, lda, rows, k_dim, wb, ldw, bb, cb, ldc, pb, xb, load_mask, store_mask); break;
+        default: train_column_block<12, 1, EPI, INIT, TRANS_A>(a, lda, rows, k_dim, wb, ldw, bb, cb, ldc, pb, xb, load_mask, store_mask); break;
+      }
+    }
+    col += cols;
+  }
+}
+
+const float* member_x(const EnsembleTrainArgs& args, int64_t member) {
+  return args.x_shared ? args.x : args.x + member * args.batch_pad * args.ld_x;
+}
+
+}  // namespace
+
+void ensemble_forward_rows_avx512(const EnsembleTrainArgs& args, int64_t member, int64_t row_begin, int64_t row_end) {
+  const MlpDesc& mlp = args.mlp;
+  const int64_t rows = row_end - row_begin, B = args.batch_pad;
+  const float* in = member_x(args, member) + row_begin * args.ld_x;
+  int64_t ld_in = args.ld_x;
+  for (int l = 0; l < mlp.n_layers; ++l) {
+    const int64_t k_dim = mlp.dims[l], n = mlp.dims[l + 1], ld = args.ld[l];
+    const float* w = mlp.w[l] + member * k_dim * n;   // [k, n]
+    const float* b = mlp.b[l] + member * n;           // [n]
+    const int64_t offset = (member * B + row_begin) * ld;
+    if (l + 1 == mlp.n_layers) {
+      float* c = args.out + offset;
+      if (n == 1)
+        dot_column<Act::kNone>(in, ld_in, rows, k_dim, w, b, c, ld);
+      else
+        train_layer<Epi::kNone, Init::kBias, false>(in, ld_in, rows, k_dim, w, n, n, b, c, ld, nullptr, nullptr,
+                                                    true, 0, INT64_MAX);
+      break;
+    }
+    float* c = args.h[l] + offset;
+    if (mlp.hidden == Activation::kSilu)
+      train_layer<Epi::kSilu, Init::kBias, false>(in, ld_in, rows, k_dim, w, n, n, b, c, ld, args.z[l] + offset,
+                                                  nullptr, true, 0, INT64_MAX);
+    else
+      train_layer<Epi::kRelu, Init::kBias, false>(in, ld_in, rows, k_dim, w, n, n, b, c, ld, nullptr, nullptr, true,
+                                                  0, INT64_MAX);
+    in = c;
+    ld_in = ld;
+  }
+}
+
+void ensemble_backward_dz_rows_avx512(const EnsembleTrainArgs& args, int64_t member, int64_t row_begin,
+                                      int64_t row_end) {
+  const MlpDesc& mlp = args.mlp;
+  const int64_t rows = row_end - row_begin, B = args.batch_pad;
+  for (int l = mlp.n_layers - 1; l >= 1; --l) {
+    // dz_{l-1} = (dz_l W_l^T) * act'(z_{l-1}):  [rows, n_l] x [n_l, n_{l-1}]
+    const int64_t k_dim = mlp.dims[l + 1], n = mlp.dims[l];
+    const float* a = args.dz[l] + (member * B + row_begin) * args.ld[l];
+    const float* wt = args.wt[l] + member * k_dim * n;                 // [n_l, n_{l-1}]
+    const int64_t offset = (member * B + row_begin) * args.ld[l - 1];
+    float* c = args.dz[l - 1] + offset;
+    if (mlp.hidden == Activation::kSilu)
+      train_layer<Epi::kSiluGrad, Init::kZero, false>(a, args.ld[l], rows, k_dim, wt, n, n, nullptr, c,
+                                                      args.ld[l - 1], nullptr, args.z[l - 1] + offset, true, 0,
+                                                      INT64_MAX);
+    else
+      train_layer<Epi::kReluGrad, Init::kZero, false>(a, args.ld[l], rows, k_dim, wt, n, n, nullptr, c,
+                                                      args.ld[l - 1], nullptr, args.h[l - 1] + offset, true, 0,
+                                                      INT64_MAX);
+  }
+}
+
+void ensemble_backward_params_avx512(const EnsembleTrainArgs& args, int layer, int64_t member, int64_t block) {
+  const MlpDesc& mlp = args.mlp;
+  const int64_t B = args.batch_pad, k_in = mlp.dims[layer], n = mlp.dims[layer + 1], ld = args.ld[layer];
+  const float* dz = args.dz[layer] + member * B * ld;   // [B_pad, ld]
+  const float* h;                                       // [B_pad, ld_h] input of the layer
+  int64_t ld_h;
+  if (layer == 0) {
+    h = member_x(args, member);
+    ld_h = args.ld_x;
+  } else {
+    h = args.h[layer - 1] + member * B * args.ld[layer - 1];
+    ld_h = args.ld[layer - 1];
+  }
+  float* gw = args.grad_w[layer] ? args.grad_w[layer] + member * k_in * n : nullptr;   // [k_in, n]
+  float* gb = args.grad_b[layer] ? args.grad_b[layer] + member * n : nullptr;         // [n]
+  if (n == 1) {
+    // single output (a critic's Q head): grad_w[k] = sum_b h[b, k] dz[b], vectorized over k
+    if (gw != nullptr) {
+      for (int64_t k = 0; k < k_in; k += 64) {
+        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        for (int64_t b = 0; b < B; ++b) {
+          const __m512 d = _mm512_set1_ps(dz[b * ld]);
+#pragma GCC unroll 4
+          for (int v = 0; v < 4; ++v) {
+            const int64_t kk = k + 16 * v;
+            if (kk < k_in)
+              acc[v] = _mm512_fmadd_ps(d, _mm512_maskz_loadu_ps(tail_mask(k_in - kk), h + b * ld_h + kk), acc[v]);
+          }
+        }
+        for (int v = 0; v < 4; ++v) {
+          const int64_t kk = k + 16 * v;
+          if (kk < k_in) _mm512_mask_storeu_ps(gw + kk, tail_mask(k_in - kk), acc[v]);
+        }
+      }
+    }
+    if (gb != nullptr) {
+      float sum = 0.0f;
+      for (int64_t b = 0; b < B; ++b) sum += dz[b * ld];
+      gb[0] = sum;
+    }
+    return;
+  }
+  if (gw != nullptr)  // grad_w = h^T dz: [k_in, B_pad] x [B_pad, n]
+    train_layer<Epi::kNone, Init::kZero, true>(h, ld_h, k_in, B, dz, ld, n, nullptr, gw, n, nullptr, nullptr, false,
+                                               block, block + 1);
+  if (gb != nullptr) {
+    // this block's columns of grad_b = sum over rows of dz
+    const int64_t n_vec = (n + 15) / 16, n_blocks = (n_vec + 3) / 4;
+    const int64_t base = n_vec / n_blocks, extra = n_vec % n_blocks;
+    int64_t col = 0;
+    for (int64_t blk = 0; blk < block; ++blk) col += 16 * (base + (blk < extra ? 1 : 0));
+    const int64_t block_cols = 16 * (base + (block < extra ? 1 : 0));
+    const int64_t cols = block_cols < n - col ? block_cols : n - col;
+    for (int64_t j = 0; j < cols; j += 16) {
+      const __mmask16 m = tail_mask(cols - j);
+      __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+      int64_t b = 0;
+      for (; b + 2 <= B; b += 2) {
+        acc0 = _mm512_add_ps(acc0, _mm512_maskz_loadu_ps(m, dz + b * ld + col + j));
+        acc1 = _mm512_add_ps(acc1, _mm512_maskz_loadu_ps(m, dz + (b + 1) * ld + col + j));
+      }
+      if (b < B) acc0 = _mm512_add_ps(acc0, _mm512_maskz_loadu_ps(m, dz + b * ld + col + j));
+      _mm512_mask_storeu_ps(gb + col + j, m, _mm512_add_ps(acc0, acc1));
+    }
+  }
+}
+
+void ensemble_backward_grad_x_rows_avx512(const EnsembleTrainArgs& args, int64_t member, int64_t row_begin,
+                                          int64_t row_end) {
+  const MlpDesc& mlp = args.mlp;
+  const int64_t rows = row_end - row_begin, B = args.batch_pad, k_dim = mlp.dims[1], n = mlp.dims[0];
+  const int64_t first = args.x_shared ? 0 : member, last = args.x_shared ? args.members : member + 1;
+  float* c = args.grad_x + ((args.x_shared ? 0 : member * B) + row_begin) * args.ld_gx;
+  for (int64_t e = first; e < last; ++e) {
+    const float* a = args.dz[0] + (e * B + row_begin) * args.ld[0];
+    const float* wt = args.wt[0] + e * k_dim * n;   // [n_1, in]
+    if (e == first)
+      train_layer<Epi::kNone, Init::kZero, false>(a, args.ld[0], rows, k_dim, wt, n, n, nullptr, c, args.ld_gx,
+                                                  nullptr, nullptr, true, 0, INT64_MAX);
+    else
+      train_layer<Epi::kNone, Init::kLoad, false>(a, args.ld[0], rows, k_dim, wt, n, n, nullptr, c, args.ld_gx,
+                                                  nullptr, nullptr, true, 0, INT64_MAX);
+  }
+}
+
 }  // namespace pyscorepen::cpu
 
 #pragma GCC pop_options

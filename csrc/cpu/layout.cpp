@@ -42,6 +42,12 @@ ChunkLayout soft_value_layout(const SoftValueArgs& args, int64_t rows) {
   return make_layout(rows, args.obs_dim + args.act_dim, widest > critic_widest ? widest : critic_widest, rows);
 }
 
+int64_t column_blocks(int64_t n) {
+  if (n <= 1) return 1;
+  const int64_t n_vec = (n + 15) / 16;
+  return (n_vec + 3) / 4;
+}
+
 bool cpu_has_avx512() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();

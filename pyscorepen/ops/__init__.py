@@ -12,6 +12,7 @@ from pyscorepen.ops.backend import (
     available_backends,
     resolve_backend,
 )
+from pyscorepen.ops.ensemble_mlp import ensemble_mlp
 from pyscorepen.ops.rollout_step import (
     RolloutStepOut,
     ensemble_mlp_ref,
@@ -31,6 +32,7 @@ __all__ = [
     "EXTENSION_LOADED",
     "RolloutStepOut",
     "available_backends",
+    "ensemble_mlp",
     "ensemble_mlp_ref",
     "mlp_ref",
     "relu_mlp_ref",

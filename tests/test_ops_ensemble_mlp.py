@@ -1,0 +1,342 @@
+"""``ensemble_mlp``: every available CPU backend against ``ensemble_mlp_ref``, outputs and gradients.
+
+Tolerances (fp32): outputs rtol = atol = 1e-4; gradients rtol = atol = 1e-4 on values of order 1
+(inputs scaled by 1/sqrt(fan_in)). The C++ AVX-512 kernels differ from MKL in summation order
+(the weight gradient sums over up to 10 007 rows) and in their polynomial exp (SiLU); observed
+max abs error ~1.5e-6 on outputs and ~1.5e-5 on gradients (largest on the weight gradients of
+the 7-member [23, 200, 200, 36] SiLU net at B = 256). The generic (ATen) path matches to ~1e-6.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import pyscorepen.ops as ops
+from pyscorepen.ops import BackendUnavailableError
+from pyscorepen.ops.ensemble_mlp import ensemble_mlp, ensemble_mlp_ref, resolve
+
+RTOL, ATOL = 1e-4, 1e-4            # outputs
+GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-4  # gradients
+CPU_BACKENDS = [name for name in ("ref", "cpp") if name in ops.available_backends("ensemble_mlp", torch.zeros(1))]
+HAS_CPP = "cpp" in CPU_BACKENDS
+
+
+def make_inputs(batch, dims, members, shared=True, seed=0, dtype=torch.float32, requires_grad=(True, True, True)):
+    """x [B, in] (shared) or [E, B, in], weights [E, in_l, out_l] / sqrt(in_l), biases [E, out_l]."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(*(() if shared else (members,)), batch, dims[0], generator=gen, dtype=dtype)
+    weights = [torch.randn(members, i, o, generator=gen, dtype=dtype) / i**0.5 for i, o in zip(dims, dims[1:])]
+    biases = [0.1 * torch.randn(members, o, generator=gen, dtype=dtype) for o in dims[1:]]
+    x.requires_grad_(requires_grad[0])
+    for w in weights:
+        w.requires_grad_(requires_grad[1])
+    for b in biases:
+        b.requires_grad_(requires_grad[2])
+    return x, weights, biases
+
+
+def _relu_masks(x, weights, biases):
+    """The kernel's own ReLU decisions [E, B, out_l] (> 0 in its saved h_l)."""
+    with torch.no_grad():
+        _, saved = torch.ops.pyscorepen.ensemble_mlp_forward(x.detach(), [w.detach() for w in weights],
+                                                             [b.detach() for b in biases], "relu")
+    return [s[:, :x.shape[-2], :w.shape[-1]] > 0 for s, w in zip(saved, weights)]
+
+
+def _masked_relu_ref(x, weights, biases, masks):
+    """ensemble_mlp_ref with ReLU replaced by fixed 0/1 masks (the same function away from the kinks)."""
+    h = x.expand(weights[0].shape[0], *x.shape) if x.dim() == 2 else x
+    for layer, (w, b) in enumerate(zip(weights, biases)):
+        h = torch.baddbmm(b.unsqueeze(1), h, w)
+        if layer < len(masks):
+            h = h * masks[layer]
+    return h
+
+
+def check_against_reference(x, weights, biases, activation, backend, seed=0):
+    """Output and every requested gradient of ``backend`` vs the reference.
+
+    ReLU gradients are compared with the reference evaluated on the kernel's own ReLU masks: with
+    ~10^6 pre-activations per case a few lie within rounding of 0, where the two summation orders
+    may take different sides of the kink (a legitimate, O(1) difference in that row's gradient).
+    """
+    got = ensemble_mlp(x, weights, biases, activation, backend=backend)
+    want = ensemble_mlp_ref(x, weights, biases, activation)
+    assert got.shape == want.shape == (weights[0].shape[0], x.shape[-2], weights[-1].shape[-1])
+    torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
+    leaves = [t for t in (x, *weights, *biases) if t.requires_grad]
+    if not leaves:
+        return
+    if activation == "relu" and backend not in ("ref", None) and x.dtype == torch.float32:
+        want = _masked_relu_ref(x, weights, biases, _relu_masks(x, weights, biases))
+    grad_out = torch.randn(want.shape, generator=torch.Generator().manual_seed(seed + 7), dtype=want.dtype)
+    grads_got = torch.autograd.grad(got, leaves, grad_out)
+    grads_want = torch.autograd.grad(want, leaves, grad_out)
+    for g_got, g_want in zip(grads_got, grads_want):
+        assert g_got.shape == g_want.shape
+        torch.testing.assert_close(g_got, g_want, rtol=GRAD_RTOL, atol=GRAD_ATOL)
+
+
+# (batch, dims, members)
+CASES = {
+    "B1-E1-1layer": (1, (5, 7), 1),
+    "B37-E2-critic": (37, (23, 256, 256, 1), 2),
+    "B256-E2-critic": (256, (23, 256, 256, 1), 2),
+    "B256-E7-dynamics": (256, (23, 200, 200, 200, 200, 36), 7),
+    "B333-E7-odd": (333, (37, 37, 36), 7),
+    "B333-E2-3layers-odd": (333, (23, 37, 200, 1), 2),
+    "B1-E2-critic": (1, (23, 256, 256, 1), 2),
+    "B10007-E2-many-chunks": (10_007, (6, 17, 3), 2),
+}
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+@pytest.mark.parametrize("shared", [True, False], ids=["x-shared", "x-per-member"])
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_matches_reference(backend, activation, shared, case):
+    batch, dims, members = CASES[case]
+    check_against_reference(*make_inputs(batch, dims, members, shared), activation, backend)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+@pytest.mark.parametrize("needs", [(True, False, False), (False, True, False), (False, False, True),
+                                   (False, True, True), (True, True, True)],
+                         ids=["only-x", "only-weights", "only-biases", "params", "all"])
+def test_partial_gradients(backend, activation, needs):
+    """The output mask: only x needs grad (SAC actor loss through the frozen critic), only parameters."""
+    check_against_reference(*make_inputs(61, (23, 64, 64, 1), 2, requires_grad=needs), activation, backend)
+    check_against_reference(*make_inputs(50, (11, 40, 36), 3, shared=False, requires_grad=needs), activation, backend)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_no_grad_and_batch_zero(backend):
+    x, weights, biases = make_inputs(29, (9, 33, 4), 3)
+    with torch.no_grad():
+        torch.testing.assert_close(ensemble_mlp(x, weights, biases, "silu", backend=backend),
+                                   ensemble_mlp_ref(x, weights, biases, "silu"), rtol=RTOL, atol=ATOL)
+    x0, weights, biases = make_inputs(0, (9, 33, 4), 3)
+    out = ensemble_mlp(x0, weights, biases, "relu", backend=backend)
+    assert out.shape == (3, 0, 4)
+    out.sum().backward()
+    assert x0.grad.shape == (0, 9) and all(torch.count_nonzero(w.grad) == 0 for w in weights)
+
+
+def _cpu_has_avx512() -> bool:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return " avx512f" in cpuinfo.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
+@pytest.mark.parametrize("isa", ["avx512", "generic"])
+def test_cpp_code_paths(monkeypatch, isa):
+    """Both CPU paths of the C++ ops: AVX-512 micro-kernels and the ATen fallback."""
+    if isa == "avx512" and not _cpu_has_avx512():
+        pytest.skip("CPU without AVX-512F")
+    monkeypatch.setenv("PYSCOREPEN_CPU_ISA", isa)
+    for case in ("B37-E2-critic", "B333-E7-odd", "B1-E1-1layer"):
+        batch, dims, members = CASES[case]
+        for activation in ("relu", "silu"):
+            for shared in (True, False):
+                check_against_reference(*make_inputs(batch, dims, members, shared, seed=1), activation, "cpp")
+    # the explicit op too (its autograd is the registered one)
+    x, weights, biases = make_inputs(37, (23, 64, 1), 2)
+    torch.testing.assert_close(torch.ops.pyscorepen.ensemble_mlp(x, weights, biases, "relu"),
+                               ensemble_mlp_ref(x, weights, biases, "relu"), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
+def test_registered_op_autograd_matches_eager_path():
+    """torch.ops.pyscorepen.ensemble_mlp (register_autograd) and the eager autograd.Function agree."""
+    for activation, shared in (("relu", True), ("silu", False)):
+        x, weights, biases = make_inputs(45, (13, 48, 48, 5), 3, shared)
+        leaves = [x, *weights, *biases]
+        grad_out = torch.randn(3, 45, 5)
+        via_op = torch.autograd.grad(torch.ops.pyscorepen.ensemble_mlp(x, weights, biases, activation), leaves,
+                                     grad_out)
+        eager = torch.autograd.grad(ensemble_mlp(x, weights, biases, activation, backend="cpp"), leaves, grad_out)
+        for a, b in zip(via_op, eager):
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
+def test_cpp_non_contiguous_and_threads():
+    x, weights, biases = make_inputs(333, (23, 37, 200, 1), 2)
+    x = x.detach().t().contiguous().t().requires_grad_()                         # [B, in], strided
+    weights[1] = weights[1].detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+    biases[0] = biases[0].detach().t().contiguous().t().requires_grad_()
+    x3 = torch.randn(333, 2, 23).transpose(0, 1).requires_grad_()                # [E, B, in], strided
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, max(2, threads)):
+            torch.set_num_threads(n)
+            for activation in ("relu", "silu"):
+                check_against_reference(x, weights, biases, activation, "cpp")
+                check_against_reference(x3, weights, biases, activation, "cpp")
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
+def test_cpp_dtype_and_bad_inputs(monkeypatch):
+    monkeypatch.delenv("PYSCOREPEN_BACKEND", raising=False)
+    x64, weights64, biases64 = make_inputs(20, (5, 16, 3), 2, dtype=torch.float64)
+    with pytest.raises(BackendUnavailableError, match="float32"):
+        ensemble_mlp(x64, weights64, biases64, "relu", backend="cpp")
+    assert resolve(x64, weights64, "relu") == "ref"                             # automatic: float64 -> ref
+    check_against_reference(x64, weights64, biases64, "silu", None)
+    x, weights, biases = make_inputs(20, (5, 16, 3), 2)
+    with pytest.raises(ValueError, match="activation"):
+        ensemble_mlp(x, weights, biases, "tanh")
+    with pytest.raises(RuntimeError, match="activation must be"):
+        torch.ops.pyscorepen.ensemble_mlp_forward(x, weights, biases, "tanh")
+    with pytest.raises(RuntimeError, match=r"x must be \[B, in\] or \[E, B, in\]"):
+        torch.ops.pyscorepen.ensemble_mlp_forward(torch.randn(3, 20, 5), weights, biases, "relu")
+    with pytest.raises(RuntimeError, match="ensemble weight 1"):
+        torch.ops.pyscorepen.ensemble_mlp_forward(x, [weights[0], torch.randn(2, 15, 3)], biases, "relu")
+    out, saved = torch.ops.pyscorepen.ensemble_mlp_forward(x, weights, biases, "relu")
+    with pytest.raises(RuntimeError, match="saved activations"):
+        torch.ops.pyscorepen.ensemble_mlp_backward(torch.ones_like(out), x, weights, [], "relu", [True, True, True])
+
+
+def _opcheck_args(batch, dims, members, shared, activation):
+    x, weights, biases = make_inputs(batch, dims, members, shared)
+    return x, weights, biases, activation
+
+
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+@pytest.mark.parametrize("shared", [True, False], ids=["x-shared", "x-per-member"])
+def test_opcheck(activation, shared):
+    """Schema, fake kernel, autograd registration (gradients via ensemble_mlp_backward) and AOT dispatch."""
+    for batch, dims, members in ((37, (7, 19, 3), 2), (5, (4, 1), 1), (50, (23, 40, 40, 1), 2)):
+        args = _opcheck_args(batch, dims, members, shared, activation)
+        torch.library.opcheck(torch.ops.pyscorepen.ensemble_mlp_forward.default, args)
+        torch.library.opcheck(torch.ops.pyscorepen.ensemble_mlp.default, args)
+        x, weights, biases, _ = (t.detach() if isinstance(t, torch.Tensor) else
+                                 [w.detach() for w in t] if isinstance(t, list) else t for t in args)
+        out, saved = torch.ops.pyscorepen.ensemble_mlp_forward(x, weights, biases, activation)
+        for mask in ([True, True, True], [True, False, False], [False, True, True]):
+            torch.library.opcheck(torch.ops.pyscorepen.ensemble_mlp_backward.default,
+                                  (torch.randn_like(out), x, weights, saved, activation, mask))
+
+
+def test_torch_compile_fullgraph_aot_eager():
+    """Dynamo + fake kernels + AOT autograd see the op (forward and backward)."""
+    x, weights, biases = make_inputs(37, (7, 19, 3), 2)
+
+    def loss(x, weights, biases):
+        return torch.ops.pyscorepen.ensemble_mlp(x, weights, biases, "silu").square().mean()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    got = compiled(x, weights, biases)
+    grads_got = torch.autograd.grad(got, [x, *weights])
+    want = ensemble_mlp_ref(x, weights, biases, "silu").square().mean()
+    grads_want = torch.autograd.grad(want, [x, *weights])
+    torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
+    for a, b in zip(grads_got, grads_want):
+        torch.testing.assert_close(a, b, rtol=GRAD_RTOL, atol=GRAD_ATOL)
+
+
+def test_forced_ref_backend(monkeypatch):
+    x, weights, biases = make_inputs(37, (23, 64, 1), 2)
+    expected = ensemble_mlp_ref(x, weights, biases, "relu")
+    assert torch.equal(ensemble_mlp(x, weights, biases, "relu", backend="ref"), expected)
+    monkeypatch.setenv("PYSCOREPEN_BACKEND", "ref")
+    assert resolve(x, weights, "relu") == "ref"
+    assert torch.equal(ensemble_mlp(x, weights, biases, "relu"), expected)
+
+
+def test_unavailable_backend_raises(monkeypatch):
+    x, weights, biases = make_inputs(5, (4, 8, 1), 2)
+    with pytest.raises(BackendUnavailableError, match="cuda"):
+        ensemble_mlp(x, weights, biases, "relu", backend="cuda")
+    monkeypatch.setenv("PYSCOREPEN_BACKEND", "cuda")
+    with pytest.raises(BackendUnavailableError, match="PYSCOREPEN_BACKEND"):
+        ensemble_mlp(x, weights, biases, "relu")
+
+
+def test_modules_use_the_op_and_ref_keeps_module_code(monkeypatch):
+    """QEnsemble / EnsembleMLP give the same outputs and gradients on every backend."""
+    from pyscorepen.nets import EnsembleMLP, QEnsemble
+
+    torch.manual_seed(0)
+    critic, model = QEnsemble(2, 17, 6, (64, 64)), EnsembleMLP(7, 23, (40, 40), 36)
+    obs, actions, x = torch.randn(50, 17), torch.randn(50, 6), torch.randn(50, 23)
+    results = {}
+    for backend in CPU_BACKENDS:
+        monkeypatch.setenv("PYSCOREPEN_BACKEND", backend)
+        q, y = critic(obs, actions), model(x)
+        params = [*critic.parameters(), *model.parameters()]
+        results[backend] = (q, y, torch.autograd.grad(q.square().sum() + y.square().sum(), params))
+    for backend in CPU_BACKENDS:
+        for got, want in zip(results[backend][:2], results["ref"][:2]):
+            torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
+        for got, want in zip(results[backend][2], results["ref"][2]):
+            torch.testing.assert_close(got, want, rtol=GRAD_RTOL, atol=GRAD_ATOL)
+
+
+@pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
+@pytest.mark.parametrize("algo", ["sac", "combo"])
+def test_sac_update_cpp_matches_ref_backend(monkeypatch, algo):
+    """Three SAC (or COMBO) updates with the fused critic op equal the same updates with
+    PYSCOREPEN_BACKEND=ref (every op on its reference)."""
+    from pyscorepen.algos import COMBO, ComboConfig
+    from pyscorepen.data import Batch
+    from pyscorepen.sac import SAC, SACConfig
+
+    S, A, B = 17, 6, 256
+    gen = torch.Generator().manual_seed(1)
+    batches = [Batch(torch.randn(B, S, generator=gen), torch.rand(B, A, generator=gen), torch.randn(B, generator=gen),
+                     torch.randn(B, S, generator=gen), torch.zeros(B), torch.rand(B, generator=gen),
+                     torch.arange(B) % 2 == 0) for _ in range(3)]
+    agents = {}
+    for backend in ("cpp", "ref"):
+        monkeypatch.setenv("PYSCOREPEN_BACKEND", backend)
+        torch.manual_seed(0)
+        config = SACConfig(hidden_dims=(64, 64))
+        agent = (COMBO(S, A, config, -torch.ones(A), torch.ones(A), combo=ComboConfig(num_sampled_actions=3))
+                 if algo == "combo" else SAC(S, A, config, -torch.ones(A), torch.ones(A)))
+        torch.manual_seed(2)
+        for batch in batches:
+            agent.update(batch)
+        agents[backend] = agent
+    for name in ("actor", "critic", "critic_target"):
+        for p_cpp, p_ref in zip(getattr(agents["cpp"], name).parameters(), getattr(agents["ref"], name).parameters()):
+            torch.testing.assert_close(p_cpp, p_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(agents["cpp"].log_alpha, agents["ref"].log_alpha, rtol=1e-4, atol=1e-4)
+
+
+def test_ref_environment_reaches_no_fused_kernel(monkeypatch):
+    """PYSCOREPEN_BACKEND=ref: the modules take their plain code path (no custom op in the graph)."""
+    from pyscorepen.nets import QEnsemble
+
+    monkeypatch.setenv("PYSCOREPEN_BACKEND", "ref")
+    critic = QEnsemble(2, 5, 3, (16,))
+    q = critic(torch.randn(4, 5), torch.randn(4, 3))
+    names = []
+    node = q.grad_fn
+    while node is not None:
+        names.append(type(node).__name__)
+        node = node.next_functions[0][0] if node.next_functions else None
+    assert not any("Fused" in name or "Generated" in name for name in names), names
+    assert os.environ["PYSCOREPEN_BACKEND"] == "ref"
+
+
+@pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
+def test_automatic_choice_follows_the_measured_crossover(monkeypatch):
+    """auto: cpp only from the batch size where it wins (ReLU >= 64 rows, SiLU >= 256); explicit runs it."""
+    monkeypatch.delenv("PYSCOREPEN_BACKEND", raising=False)
+    relu_weights, silu_weights = [torch.zeros(2, 23, 8)], [torch.zeros(7, 23, 8)]
+    assert resolve(torch.zeros(63, 23), relu_weights, "relu") == "ref"
+    assert resolve(torch.zeros(64, 23), relu_weights, "relu") == "cpp"
+    assert resolve(torch.zeros(7, 255, 23), silu_weights, "silu") == "ref"
+    assert resolve(torch.zeros(7, 256, 23), silu_weights, "silu") == "cpp"
+    assert resolve(torch.zeros(1, 23), relu_weights, "relu", backend="cpp") == "cpp"
+    monkeypatch.setenv("PYSCOREPEN_BACKEND", "cpp")
+    assert resolve(torch.zeros(1, 23), relu_weights, "relu") == "cpp"
