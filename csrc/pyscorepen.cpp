@@ -155,6 +155,18 @@ void for_each_chunk(int64_t batch, LayoutFn layout_of, Body body) {
   });
 }
 
+// x ([B, D] or [E, B, D]) with b_pad >= B rows, zeros below row B; x itself when it is
+// already contiguous with b_pad rows (the training kernels read whole padded row tiles).
+Tensor pad_rows(const Tensor& x, int64_t b_pad) {
+  const int64_t rows = x.size(-2);
+  if (x.is_contiguous() && rows == b_pad) return x;
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape[shape.size() - 2] = b_pad;
+  Tensor padded = at::zeros(shape, x.options());
+  padded.narrow(-2, 0, rows).copy_(x);
+  return padded;
+}
+
 // ---------------------------------------------------------------- generic path
 Tensor mlp_generic(const Tensor& x, at::TensorList weights, at::TensorList biases,
                    cpu::Activation hidden = cpu::Activation::kSilu) {
@@ -486,13 +498,7 @@ std::tuple<Tensor, std::vector<Tensor>> ensemble_mlp_forward_cpu(const Tensor& x
   }
 
   // x with B_pad rows (zeros below B), unless it already is a contiguous B_pad-row tensor
-  Tensor x_pad;
-  if (x.is_contiguous() && B == B_pad) {
-    x_pad = x;
-  } else {
-    x_pad = x.dim() == 2 ? at::zeros({B_pad, D}, x.options()) : at::zeros({E, B_pad, D}, x.options());
-    x_pad.narrow(-2, 0, B).copy_(x);
-  }
+  Tensor x_pad = pad_rows(x, B_pad);
   args.members = E;
   args.batch_pad = B_pad;
   args.x = x_pad.data_ptr<float>();
@@ -611,13 +617,7 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> ensemble_mlp_backwa
     args.wt[l] = keep.back().data_ptr<float>();
   }
   if (need_w || need_b) {   // the weight gradient reads the layer inputs: x with B_pad rows
-    Tensor x_pad;
-    if (x.is_contiguous() && B == B_pad) {
-      x_pad = x;
-    } else {
-      x_pad = x.dim() == 2 ? at::zeros({B_pad, D}, x.options()) : at::zeros({E, B_pad, D}, x.options());
-      x_pad.narrow(-2, 0, B).copy_(x);
-    }
+    Tensor x_pad = pad_rows(x, B_pad);
     keep.push_back(x_pad);
     args.x = x_pad.data_ptr<float>();
   }
