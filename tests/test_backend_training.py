@@ -2,7 +2,12 @@
 
 Slow (several minutes): opt in with ``pytest --runslow tests/test_backend_training.py``.
 Bitwise equality is not expected (different float summation order makes runs diverge), so
-the check compares the final distance to the goal of several seeds per backend.
+the check compares the final distance to the goal of several seeds per backend. How fast runs
+diverge: 400 SAC updates on fixed batches from the same seed end with parameters up to 5 %
+apart (max relative element difference) between ``ref`` and ``cpp``, and up to 13 % apart
+between ``ref`` and ``ref`` with the critic weights scaled by (1 + 1e-7) at the start (Adam
+amplifies rounding), so per-seed results differ and only their distribution can be compared.
+With 3 seeds the two means were 0.25 / 0.31 in one run (each seed std ~0.05); 5 seeds are used.
 """
 import json
 import os
@@ -14,7 +19,7 @@ import pytest
 
 from pyscorepen.ops import _registry
 
-SEEDS = (0, 1, 2)
+SEEDS = (0, 1, 2, 3, 4)
 
 
 def train(backend: str, seed: int, out) -> dict:
