@@ -47,6 +47,7 @@ def test_ensemble_mlp_train(benchmark, sgemm_limit, provider, shape, threads):
     device = "cuda" if provider == "triton" else "cpu"
     x, weights, biases, activation = make_inputs(shape, device)
     if provider not in available_backends("ensemble_mlp", x):
+        # e.g. triton without a GPU, cpp without the built extension: nothing to time
         pytest.skip(f"backend {provider!r} unavailable here")
     leaves = [x, *weights, *biases]
     synchronize = torch.cuda.synchronize if x.is_cuda else (lambda: None)

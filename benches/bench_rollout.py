@@ -60,6 +60,7 @@ def test_rollout(benchmark, sgemm_limit, provider, case, monkeypatch):
     name, start_states, rounds = case
     start_obs = torch.randn(start_states, OBS_DIM, generator=torch.Generator().manual_seed(1))
     if provider not in available_backends("rollout_step", start_obs):
+        # e.g. triton without a GPU, cpp without the built extension: nothing to time
         pytest.skip(f"backend {provider!r} unavailable here")
     monkeypatch.setenv(ENV_VAR, provider)
     torch.manual_seed(0)

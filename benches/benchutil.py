@@ -70,6 +70,7 @@ def bench_op(benchmark, op, name: str, inputs: dict, provider: str, rounds: int)
     from pyscorepen.ops import available_backends
     probe = next(v for v in inputs.values() if isinstance(v, torch.Tensor))
     if provider not in available_backends(name, probe):
+        # e.g. triton without a GPU, cpp without the built extension: nothing to time
         pytest.skip(f"backend {provider!r} unavailable here")
     synchronize = torch.cuda.synchronize if probe.is_cuda else (lambda: None)
 

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pyscorepen.ops.ensemble_mlp import ensemble_mlp as _fused_ensemble_mlp
 from pyscorepen.ops.ensemble_mlp import resolve as _ensemble_mlp_backend
+from pyscorepen.ops.ensemble_mlp import run as _run_ensemble_mlp
 
 
 class EnsembleLinear(nn.Module):
@@ -46,7 +46,7 @@ class EnsembleMLP(nn.Module):
         weights = self.weights()
         backend = _ensemble_mlp_backend(x, weights, "silu")
         if backend != "ref":  # one fused forward (+ backward) op for all layers and members
-            return _fused_ensemble_mlp(x, weights, self.biases(), "silu", backend=backend)
+            return _run_ensemble_mlp(backend, x, weights, self.biases(), "silu")
         # SiLU's backward needs its input: in place only when no graph is recorded. In place
         # matters on CPU: a fresh large activation costs page faults (17x a relu_ at 3M floats).
         inplace = not torch.is_grad_enabled()
@@ -127,8 +127,8 @@ class QEnsemble(nn.Module):
         weights = [layer.weight for layer in self.layers]
         backend = _ensemble_mlp_backend(x, weights, "relu")
         if backend != "ref":  # one fused forward (+ backward) op for all layers and critics
-            return _fused_ensemble_mlp(x, weights, [layer.bias for layer in self.layers], "relu",
-                                       backend=backend).squeeze(-1)   # [N, B]
+            return _run_ensemble_mlp(backend, x, weights, [layer.bias for layer in self.layers],
+                                     "relu").squeeze(-1)   # [N, B]
         for layer in self.layers[:-1]:
             x = F.relu(layer(x), inplace=True)                       # [N, B, H] (baddbmm's backward keeps no output)
         return self.layers[-1](x).squeeze(-1)                        # [N, B]

@@ -97,10 +97,12 @@ def available_backends(op: str, tensor: Tensor) -> list[str]:
     return [name for name in BACKENDS if _reason_unavailable(op, name, tensor) is None]
 
 
-def resolve_backend(op: str, tensor: Tensor, backend: str | None = None) -> str:
+def resolve_backend(op: str, tensor: Tensor, backend: str | None = None, *, auto_skip: tuple[str, ...] = ()) -> str:
     """Backend name that will run ``op`` for inputs like ``tensor``.
 
-    ``backend`` (per call) beats ``$PYSCOREPEN_BACKEND`` beats ``auto``.
+    ``backend`` (per call) beats ``$PYSCOREPEN_BACKEND`` beats ``auto``. ``auto_skip``: backends
+    the automatic choice passes over for this call (an op's measured speed policy, e.g. a fused
+    kernel that loses below some batch size); explicit requests ignore it.
     """
     requested = backend if backend is not None else os.environ.get(ENV_VAR, "auto") or "auto"
     if requested != "auto":
@@ -113,7 +115,7 @@ def resolve_backend(op: str, tensor: Tensor, backend: str | None = None) -> str:
         return requested
     device = "cuda" if tensor.is_cuda else "cpu"
     for name in _AUTO_ORDER[device]:
-        if _reason_unavailable(op, name, tensor) is None:
+        if name not in auto_skip and _reason_unavailable(op, name, tensor) is None:
             key = (op, device, name)
             if key not in _announced:
                 _announced.add(key)

@@ -30,8 +30,6 @@ as much as a whole 64-row critic pass. Under ``torch.compile`` the registered op
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -65,19 +63,11 @@ _backend.register_reference("ensemble_mlp", ensemble_mlp_ref)
 _MIN_FUSED_ROWS = {"relu": 64, "silu": 256}
 
 
-def _auto_prefers_reference(x: Tensor, weights: list[Tensor], activation: str) -> bool:
-    """True where the automatic choice keeps the reference although cpp is available."""
-    return x.shape[-2] < _MIN_FUSED_ROWS[activation]
-
-
 def resolve(x: Tensor, weights: list[Tensor], activation: str, backend: str | None = None) -> str:
-    """Backend that :func:`ensemble_mlp` runs for these arguments (the speed policy on top of
-    :func:`pyscorepen.ops.backend.resolve_backend`)."""
-    name = _backend.resolve_backend("ensemble_mlp", x, backend)
-    explicit = backend is not None or (os.environ.get(_backend.ENV_VAR, "auto") or "auto") != "auto"
-    if name == "cpp" and not explicit and _auto_prefers_reference(x, weights, activation):
-        return "ref"
-    return name
+    """Backend that :func:`ensemble_mlp` runs for these arguments: :func:`pyscorepen.ops.backend.
+    resolve_backend` with the speed policy above (auto skips cpp below ``_MIN_FUSED_ROWS``)."""
+    small = x.shape[-2] < _MIN_FUSED_ROWS[activation]
+    return _backend.resolve_backend("ensemble_mlp", x, backend, auto_skip=("cpp",) if small else ())
 
 
 class _FusedEnsembleMlp(torch.autograd.Function):
@@ -123,7 +113,12 @@ def ensemble_mlp(
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"pyscorepen.ensemble_mlp: activation must be 'relu' or 'silu', got {activation!r}")
-    name = resolve(x, weights, activation, backend)
+    return run(resolve(x, weights, activation, backend), x, weights, biases, activation)
+
+
+def run(name: str, x: Tensor, weights: list[Tensor], biases: list[Tensor], activation: str) -> Tensor:
+    """:func:`ensemble_mlp` on the backend ``name`` that :func:`resolve` returned (callers that
+    resolve once to choose their own code path, like :class:`pyscorepen.nets.QEnsemble`)."""
     if name == "cpp" and not torch.compiler.is_compiling():
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in (*weights, *biases))):
             return _FusedEnsembleMlp.apply(x, activation, len(weights), *weights, *biases)
