@@ -3,10 +3,10 @@ minibatch 256 per member), ``provider``:
 
 * ``ref``: plain Adam (per-parameter loop) on the full loss (Gaussian NLL + log-var bound + the
   per-layer L2 sum through autograd);
-* ``fast``: what :meth:`pyscorepen.dynamics.EnsembleDynamics.fit` runs: the loss without the L2
+* ``fast``: what :meth:`pyscorepen.models.dynamics.EnsembleDynamics.fit` runs: the loss without the L2
   sum and a fused Adam whose per-layer ``weight_decay`` adds the same L2 gradient.
 
-Both run :meth:`~pyscorepen.dynamics.EnsembleDynamics.train_epoch` on the same 4 096-transition
+Both run :meth:`~pyscorepen.models.dynamics.EnsembleDynamics.train_epoch` on the same 4 096-transition
 training set (16 steps per epoch; the per-step cost does not depend on the set size).
 
 extra_info: samples/s (member-samples, as ``fit`` reports them), GFLOP/s (forward + backward,
@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from benchutil import record, check_speedup
-from pyscorepen.dynamics import DynamicsConfig, EnsembleDynamics
+from pyscorepen.models.dynamics import DynamicsConfig, EnsembleDynamics
 
 OBS_DIM, ACT_DIM, TRAIN_SIZE = 17, 6, 4096
 HIDDEN, MEMBERS = (200, 200, 200, 200), 7

@@ -2,12 +2,12 @@
 K=10 samples per elite; (256, 256) actor and twin target critics), ``provider`` x model rows.
 
 * ``test_mobile_penalty``: the penalty alone on Bm model rows, ``ref`` =
-  :func:`pyscorepen.penalties_mobile.mobile_penalty_ref` (loop over elites and samples on the
-  actor and target-critic modules), ``fast`` = :func:`~pyscorepen.penalties_mobile.mobile_penalty`
-  with :meth:`~pyscorepen.sac.SAC.soft_value` (all K*M*Bm next states through the fused
+  :func:`pyscorepen.penalties.mobile.mobile_penalty_ref` (loop over elites and samples on the
+  actor and target-critic modules), ``fast`` = :func:`~pyscorepen.penalties.mobile.mobile_penalty`
+  with :meth:`~pyscorepen.algos.sac.SAC.soft_value` (all K*M*Bm next states through the fused
   ``soft_value`` op, default backend);
 * ``test_mobile_update``: a whole MOBILE agent update at batch 256 (95 % model rows), ``ref`` =
-  :meth:`~pyscorepen.sac.SAC.update_ref` with the loop penalty, ``fast`` = ``update`` with the
+  :meth:`~pyscorepen.algos.sac.SAC.update_ref` with the loop penalty, ``fast`` = ``update`` with the
   fused one.
 
 extra_info: rows/s or updates/s, GFLOP/s (K*M*(actor + 2 critics) per model row, plus the
@@ -20,11 +20,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import pyscorepen.penalties_mobile as mobile
+import pyscorepen.penalties.mobile as mobile
 from bench_sac_update import ACTOR_FLOPS, CRITIC_FLOPS, SAC_FLOPS_PER_ROW, make_batch
 from benchutil import record, check_speedup
-from pyscorepen.dynamics import DynamicsConfig, EnsembleDynamics
-from pyscorepen.sac import SAC, SACConfig
+from pyscorepen.models.dynamics import DynamicsConfig, EnsembleDynamics
+from pyscorepen.algos.sac import SAC, SACConfig
 
 OBS_DIM, ACT_DIM, NUM_SAMPLES, BATCH = 17, 6, 10, 256
 MODEL_ROWS = [64, 256]

@@ -1,4 +1,4 @@
-"""Bench of a complete h-step model rollout, :func:`pyscorepen.dynamics.rollout` (MOPO
+"""Bench of a complete h-step model rollout, :func:`pyscorepen.models.dynamics.rollout` (MOPO
 halfcheetah sizes: S=17, A=6, 7 members of 4x200 SiLU, 5 elites; ScorePen score net 3x256; a
 (256, 256) SAC actor as the policy), with both generation-time penalties (score and MOPO
 uncertainty) written into a replay buffer, ``provider`` = the ``rollout_step`` backend
@@ -21,8 +21,8 @@ import torch
 
 from benchutil import record, check_speedup
 from pyscorepen.data import ReplayBuffer
-from pyscorepen.dynamics import DynamicsConfig, EnsembleDynamics, rollout
-from pyscorepen.nets import TanhGaussianActor, mlp, mlp_weights
+from pyscorepen.models.dynamics import DynamicsConfig, EnsembleDynamics, rollout
+from pyscorepen.models.nets import TanhGaussianActor, mlp, mlp_weights
 from pyscorepen.ops import available_backends
 from pyscorepen.ops.backend import ENV_VAR
 from pyscorepen.penalties import ScorePenalty, UncertaintyPenalty

@@ -4,9 +4,9 @@ batch 256), ``provider`` x algorithm x torch threads.
 * ``sac``: the update SAC, MOPO and ScorePen share (5 % model rows with a stored penalty);
 * ``combo``: COMBO (half model rows, 10 sampled actions per set: 3 x 1280 extra critic rows).
 
-Providers: ``ref`` = :meth:`pyscorepen.sac.SAC.update_ref` (plain eager update: critic weight
+Providers: ``ref`` = :meth:`pyscorepen.algos.sac.SAC.update_ref` (plain eager update: critic weight
 gradients in the actor loss, per-parameter Adam loop, one ``.item()`` per statistic), ``fast`` =
-:meth:`~pyscorepen.sac.SAC.update` (fused Adam, actor loss without critic weight gradients,
+:meth:`~pyscorepen.algos.sac.SAC.update` (fused Adam, actor loss without critic weight gradients,
 one statistics conversion, foreach Polyak). COMBO's regularizer is the same in both. Both share
 the nets (in-place activations), so ``ref`` is not the pre-optimization code: benches/README.md
 lists that comparison separately.
@@ -22,7 +22,7 @@ import torch
 from benchutil import record, check_speedup
 from pyscorepen.algos import COMBO, ComboConfig
 from pyscorepen.data import Batch
-from pyscorepen.sac import SAC, SACConfig
+from pyscorepen.algos.sac import SAC, SACConfig
 
 OBS_DIM, ACT_DIM, HIDDEN, BATCH, NUM_CRITICS = 17, 6, (256, 256), 256, 2
 SAMPLED_ACTIONS = 10

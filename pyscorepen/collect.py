@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from pyscorepen.data import ReplayBuffer
 from pyscorepen.evaluation_metrics import REF_SCORES_FILE
-from pyscorepen.sac import SAC, SACConfig
+from pyscorepen.algos.sac import SAC, SACConfig
 from pyscorepen.tasks.minari_task import (COLLECT_NAMESPACE, MinariTaskError, collected_dataset_id,
                                           minari_datasets_root, resolve_dataset_location,
                                           _env_spec_from_metadata)

@@ -7,9 +7,9 @@ from typing import Annotated, Literal
 import tyro
 
 from pyscorepen.algos import ComboConfig
-from pyscorepen.dynamics import DynamicsConfig
-from pyscorepen.sac import SACConfig
-from pyscorepen.score import ScoreConfig
+from pyscorepen.models.dynamics import DynamicsConfig
+from pyscorepen.algos.sac import SACConfig
+from pyscorepen.models.score import ScoreConfig
 from pyscorepen.tasks.cliff import CliffConfig
 
 

@@ -25,11 +25,11 @@ from pyscorepen import runs
 from pyscorepen.algos import ALGORITHMS, COMBO
 from pyscorepen.config import TrainConfig
 from pyscorepen.data import Batch, ReplayBuffer
-from pyscorepen.dynamics import EnsembleDynamics, rollout
+from pyscorepen.models.dynamics import EnsembleDynamics, rollout
 from pyscorepen.evaluation import EvalResult, evaluate_policy
-from pyscorepen.nets import mlp_weights
+from pyscorepen.models.nets import mlp_weights
 from pyscorepen.penalties import PENALTIES, is_target_penalty
-from pyscorepen.score import ScoreModel
+from pyscorepen.models.score import ScoreModel
 from pyscorepen.tasks import Task
 
 log = logging.getLogger(__name__)

@@ -86,7 +86,7 @@ def test_fast_update_matches_reference_update(algo):
     same step as the plain SAC.update_ref, for SAC and for the COMBO subclass."""
     from pyscorepen.algos import COMBO, ComboConfig
     from pyscorepen.data import Batch
-    from pyscorepen.sac import SAC, SACConfig
+    from pyscorepen.algos.sac import SAC, SACConfig
 
     S, A, B = 5, 3, 32
     agents = []

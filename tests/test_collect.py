@@ -6,7 +6,7 @@ import torch
 
 from pyscorepen.collect import CollectConfig, Collector, collect, main
 from pyscorepen.evaluation_metrics import REF_SCORES_FILE
-from pyscorepen.sac import SACConfig
+from pyscorepen.algos.sac import SACConfig
 from pyscorepen.tasks.minari_task import load_minari_task
 
 TINY = ["--env-id", "Hopper-v5", "--steps", "300", "--dataset-size", "200", "--learning-starts", "100",

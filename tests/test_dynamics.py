@@ -4,7 +4,7 @@ import copy
 import torch
 
 from pyscorepen.data import ReplayBuffer, TransitionDataset
-from pyscorepen.dynamics import DynamicsConfig, EnsembleDynamics, rollout
+from pyscorepen.models.dynamics import DynamicsConfig, EnsembleDynamics, rollout
 from pyscorepen.penalties import UncertaintyPenalty
 from pyscorepen.tasks.cliff import CliffConfig, generate_dataset
 

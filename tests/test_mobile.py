@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from pyscorepen.data import Batch
-from pyscorepen.dynamics import DynamicsConfig, EnsembleDynamics
+from pyscorepen.models.dynamics import DynamicsConfig, EnsembleDynamics
 from pyscorepen.penalties import PENALTIES, is_target_penalty
-from pyscorepen.penalties_mobile import MobilePenalty, mobile_penalty, mobile_penalty_ref
-from pyscorepen.sac import SAC, SACConfig
+from pyscorepen.penalties.mobile import MobilePenalty, mobile_penalty, mobile_penalty_ref
+from pyscorepen.algos.sac import SAC, SACConfig
 
 S, A, B = 5, 2, 12
 

@@ -263,7 +263,7 @@ def test_unavailable_backend_raises(monkeypatch):
 
 def test_modules_use_the_op_and_ref_keeps_module_code(monkeypatch):
     """QEnsemble / EnsembleMLP give the same outputs and gradients on every backend."""
-    from pyscorepen.nets import EnsembleMLP, QEnsemble
+    from pyscorepen.models.nets import EnsembleMLP, QEnsemble
 
     torch.manual_seed(0)
     critic, model = QEnsemble(2, 17, 6, (64, 64)), EnsembleMLP(7, 23, (40, 40), 36)
@@ -288,7 +288,7 @@ def test_sac_update_cpp_matches_ref_backend(monkeypatch, algo):
     PYSCOREPEN_BACKEND=ref (every op on its reference)."""
     from pyscorepen.algos import COMBO, ComboConfig
     from pyscorepen.data import Batch
-    from pyscorepen.sac import SAC, SACConfig
+    from pyscorepen.algos.sac import SAC, SACConfig
 
     S, A, B = 17, 6, 256
     gen = torch.Generator().manual_seed(1)
@@ -314,7 +314,7 @@ def test_sac_update_cpp_matches_ref_backend(monkeypatch, algo):
 
 def test_ref_environment_reaches_no_fused_kernel(monkeypatch):
     """PYSCOREPEN_BACKEND=ref: the modules take their plain code path (no custom op in the graph)."""
-    from pyscorepen.nets import QEnsemble
+    from pyscorepen.models.nets import QEnsemble
 
     monkeypatch.setenv("PYSCOREPEN_BACKEND", "ref")
     critic = QEnsemble(2, 5, 3, (16,))

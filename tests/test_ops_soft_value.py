@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import pyscorepen.ops as ops
-from pyscorepen.nets import QEnsemble, TanhGaussianActor, mlp_weights
+from pyscorepen.models.nets import QEnsemble, TanhGaussianActor, mlp_weights
 from pyscorepen.ops import BackendUnavailableError, relu_mlp_ref, soft_value, soft_value_ref
 
 RTOL, ATOL = 1e-4, 1e-4

@@ -3,7 +3,7 @@ learned score is ~0 deep inside and points inward, steeply, at the boundary."""
 import torch
 
 from pyscorepen.data import TransitionDataset
-from pyscorepen.score import ScoreConfig, ScoreModel
+from pyscorepen.models.score import ScoreConfig, ScoreModel
 
 
 def box_dataset(n=4000, seed=0):

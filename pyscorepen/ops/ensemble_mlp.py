@@ -2,8 +2,8 @@
 
 Public API: :func:`ensemble_mlp` (dispatching, differentiable w.r.t. x, weights and biases) and
 :func:`ensemble_mlp_ref` (the readable pure-PyTorch specification, from
-:mod:`pyscorepen.ops.rollout_step`). Users: SAC's twin critics (:class:`pyscorepen.nets.QEnsemble`,
-ReLU) and the dynamics ensemble (:class:`pyscorepen.nets.EnsembleMLP`, SiLU) in their training
+:mod:`pyscorepen.ops.rollout_step`). Users: SAC's twin critics (:class:`pyscorepen.models.nets.QEnsemble`,
+ReLU) and the dynamics ensemble (:class:`pyscorepen.models.nets.EnsembleMLP`, SiLU) in their training
 graphs: critic loss, actor loss through a frozen critic (only grad_x), COMBO's CQL term, model fits.
 
 The math, member e, layers l = 1..L (act = ReLU or SiLU on every layer but the last)::
@@ -118,7 +118,7 @@ def ensemble_mlp(
 
 def run(name: str, x: Tensor, weights: list[Tensor], biases: list[Tensor], activation: str) -> Tensor:
     """:func:`ensemble_mlp` on the backend ``name`` that :func:`resolve` returned (callers that
-    resolve once to choose their own code path, like :class:`pyscorepen.nets.QEnsemble`)."""
+    resolve once to choose their own code path, like :class:`pyscorepen.models.nets.QEnsemble`)."""
     if name == "cpp" and not torch.compiler.is_compiling():
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in (*weights, *biases))):
             return _FusedEnsembleMlp.apply(x, activation, len(weights), *weights, *biases)

@@ -14,9 +14,9 @@ The math (SAC, Haarnoja et al. 2018, Eq. 3 with clipped double Q, Fujimoto et al
     V(s)        = min_k Q_k(s, a) - alpha * log pi(a|s)
 
 ``log pi`` is the density of the action in the normalized box [-1, 1]^A, exactly as
-:class:`pyscorepen.nets.TanhGaussianActor` computes it (the constant log(action_scale) is left
+:class:`pyscorepen.models.nets.TanhGaussianActor` computes it (the constant log(action_scale) is left
 out). Each critic Q_k is a ReLU MLP on cat(s, a) with stacked weights ``[N, in, out]``, as in
-:class:`pyscorepen.nets.QEnsemble`.
+:class:`pyscorepen.models.nets.QEnsemble`.
 
 Users: SAC's Bellman target (``alpha`` = the entropy temperature, one sample of a' ~ pi(.|s'))
 and the MOBILE penalty (``alpha`` = 0: min_k Q'(s', a') on K x M x B sampled next states,

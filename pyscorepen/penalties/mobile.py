@@ -10,7 +10,7 @@ about its Bellman target:
 estimated with ``num_samples`` draws (r, s') from each elite's Gaussian (MOBILE §4, Eq. 7-8),
 and the critic target becomes ``r - beta * u(s, a) + gamma * (1 - d) V(s')``. Because u needs
 the *current* actor and target critics, it is a :class:`pyscorepen.penalties.TargetPenalty`
-evaluated inside :meth:`pyscorepen.sac.SAC.compute_target`, not a stored rollout penalty.
+evaluated inside :meth:`pyscorepen.algos.sac.SAC.compute_target`, not a stored rollout penalty.
 
 Note: OfflineRL-Kit's ``MOBILEPolicy.compute_lcb`` takes the std of ``min_k Q'(s', a')``
 alone (no r, no gamma); ``include_reward=False`` reproduces that form.
@@ -30,7 +30,6 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from pyscorepen.penalties import register_penalty
 
 
 def mobile_penalty(obs: Tensor, actions: Tensor, mean: Tensor, std: Tensor, noise: Tensor,
@@ -39,7 +38,7 @@ def mobile_penalty(obs: Tensor, actions: Tensor, mean: Tensor, std: Tensor, nois
 
     obs [B, S], actions [B, A]; mean, std [M, B, S+1]: the elites' Gaussian over (delta_s, r);
     noise [K, M, B, S+1]: standard normal draws; ``next_value(next_obs [R, S]) -> [R]`` is
-    min_k Q'_k(s', a'), a' ~ pi(.|s') (the agent's :meth:`pyscorepen.sac.SAC.soft_value` with
+    min_k Q'_k(s', a'), a' ~ pi(.|s') (the agent's :meth:`pyscorepen.algos.sac.SAC.soft_value` with
     alpha = 0: one fused op over the actor and every target critic). The K*M*B next states go
     through it in one call: no loop over members, samples or critics.
     """
@@ -78,13 +77,13 @@ class MobilePenalty:
 
     coef: float
     dynamics: object
-    """The trained :class:`pyscorepen.dynamics.EnsembleDynamics` (its ``elites`` are used)."""
+    """The trained :class:`pyscorepen.models.dynamics.EnsembleDynamics` (its ``elites`` are used)."""
     num_samples: int = 10
     """Draws (r, s') per elite (OfflineRL-Kit ``num_samples`` = 10)."""
     include_reward: bool = True
     """Std of r + gamma Q' (MOBILE Eq. 8); False: std of Q' alone (OfflineRL-Kit compute_lcb)."""
     fused: bool = True
-    """Next-state values through the fused :meth:`pyscorepen.sac.SAC.soft_value`; False: the loop
+    """Next-state values through the fused :meth:`pyscorepen.algos.sac.SAC.soft_value`; False: the loop
     reference :func:`mobile_penalty_ref` on the modules (the benches' ``ref`` provider)."""
     name: str = "mobile"
 
@@ -109,9 +108,8 @@ class MobilePenalty:
         return out
 
 
-def _factory(coef: float, **context) -> MobilePenalty:
+def factory(coef: float, **context) -> MobilePenalty:
+    """Registry factory (:data:`pyscorepen.penalties.PENALTIES`)."""
     config = context.get("config")
     return MobilePenalty(coef, context["dynamics"], num_samples=getattr(config, "mobile_num_samples", 10))
 
-
-register_penalty("mobile", _factory)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from pyscorepen.data import Batch
-from pyscorepen.nets import QEnsemble, TanhGaussianActor, mlp_weights
+from pyscorepen.models.nets import QEnsemble, TanhGaussianActor, mlp_weights
 from pyscorepen.ops.soft_value import soft_value
 
 

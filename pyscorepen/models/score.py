@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pyscorepen.data import Normalizer, TransitionDataset
-from pyscorepen.nets import mlp, mlp_weights
+from pyscorepen.models.nets import mlp, mlp_weights
 from pyscorepen.ops.score_penalty import score_penalty
 
 

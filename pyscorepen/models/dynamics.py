@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pyscorepen.data import Normalizer, ReplayBuffer, TransitionDataset
-from pyscorepen.nets import EnsembleMLP
+from pyscorepen.models.nets import EnsembleMLP
 from pyscorepen.ops.rollout_step import RolloutStepOut, soft_bound_logvar
 
 try:  # dispatching op (cpp / triton / ref); the reference is always there
@@ -88,7 +88,7 @@ class EnsembleDynamics(nn.Module):
         """One model step from one random elite per sample, with both penalties (fused op).
 
         ``score_params``: (weights [in, out], biases [out]) of the frozen score MLP, see
-        :func:`pyscorepen.nets.mlp_weights`; None computes no score penalty.
+        :func:`pyscorepen.models.nets.mlp_weights`; None computes no score penalty.
         """
         B = obs.shape[0]
         member = self.elites[torch.randint(len(self.elites), (B,), generator=generator, device=obs.device)]

@@ -1,16 +1,5 @@
-"""The algorithms as small compositions of the shared parts.
-
-========  ===========  ===================  ==================================  ==========
-name      model data   stored penalties     critic loss                         real ratio
-========  ===========  ===================  ==================================  ==========
-sac       no           -                    SAC                                 1.0
-mopo      yes          uncertainty          SAC  (MOPO Algorithm 2)             0.05
-scorepen  yes          score                SAC  (ScorePen Eq. 20, Alg. 1)      0.05
-combo     yes          -                    SAC + CQL term (COMBO Eq. 2)        0.5
-========  ===========  ===================  ==================================  ==========
-
-Penalties of any algorithm can be replaced or combined (``--penalties score uncertainty``).
-"""
+"""COMBO (Yu et al. 2021, "COMBO: Conservative Offline Model-Based Policy Optimization"):
+SAC plus a CQL regulariser on model rollouts (COMBO Eq. 2)."""
 from __future__ import annotations
 
 import math
@@ -19,8 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from pyscorepen.algos.sac import SAC
 from pyscorepen.data import Batch
-from pyscorepen.sac import SAC
 
 
 @dataclass
@@ -72,23 +61,3 @@ class COMBO(SAC):
         push_up = q_pred[:, real].mean(1)                                           # [N]
         gap = push_down - push_up
         return cfg.cql_weight * gap.sum(), {"combo/q_gap": gap.detach().mean()}
-
-
-@dataclass(frozen=True)
-class Algorithm:
-    name: str
-    uses_model: bool
-    """Train a dynamics ensemble and learn from model rollouts."""
-    penalties: tuple[str, ...]
-    """Default penalty plug-ins (names in :data:`pyscorepen.penalties.PENALTIES`)."""
-    agent_cls: type[SAC]
-    real_ratio: float
-    """Default fraction of real transitions per batch."""
-
-
-ALGORITHMS: dict[str, Algorithm] = {
-    "sac": Algorithm("sac", False, (), SAC, 1.0),
-    "mopo": Algorithm("mopo", True, ("uncertainty",), SAC, 0.05),
-    "scorepen": Algorithm("scorepen", True, ("score",), SAC, 0.05),
-    "combo": Algorithm("combo", True, (), COMBO, 0.5),
-}

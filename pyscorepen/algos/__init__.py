@@ -1,0 +1,41 @@
+"""The algorithms as small compositions of the shared parts.
+
+========  ===========  ===================  ==================================  ==========
+name      model data   stored penalties     critic loss                         real ratio
+========  ===========  ===================  ==================================  ==========
+sac       no           -                    SAC                                 1.0
+mopo      yes          uncertainty          SAC  (MOPO Algorithm 2)             0.05
+scorepen  yes          score                SAC  (ScorePen Eq. 20, Alg. 1)      0.05
+combo     yes          -                    SAC + CQL term (COMBO Eq. 2)        0.5
+========  ===========  ===================  ==================================  ==========
+
+Penalties of any algorithm can be replaced or combined (``--penalties score uncertainty``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyscorepen.algos.combo import COMBO, ComboConfig
+from pyscorepen.algos.sac import SAC, SACConfig
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str
+    uses_model: bool
+    """Train a dynamics ensemble and learn from model rollouts."""
+    penalties: tuple[str, ...]
+    """Default penalty plug-ins (names in :data:`pyscorepen.penalties.PENALTIES`)."""
+    agent_cls: type[SAC]
+    real_ratio: float
+    """Default fraction of real transitions per batch."""
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    "sac": Algorithm("sac", False, (), SAC, 1.0),
+    "mopo": Algorithm("mopo", True, ("uncertainty",), SAC, 0.05),
+    "scorepen": Algorithm("scorepen", True, ("score",), SAC, 0.05),
+    "combo": Algorithm("combo", True, (), COMBO, 0.5),
+}
+
+__all__ = ["ALGORITHMS", "Algorithm", "COMBO", "ComboConfig", "SAC", "SACConfig"]
