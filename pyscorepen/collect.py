@@ -13,6 +13,11 @@ Recipes (Fu et al. 2020, D4RL §5 "Gym-MuJoCo"):
   ``--steps`` first and then picks the earliest saved policy that reached the threshold.
   With a known expert return and no expert level requested, training stops at the threshold.
 * ``medium-replay``: every env transition SAC saw up to the medium policy (its replay buffer).
+  Our SAC reaches the medium threshold much sooner than D4RL's did (Hopper-v5: 65k steps,
+  HalfCheetah-v5: 75k, vs D4RL's medium-replay sizes of about 400k and 200k), so
+  ``--medium-replay-size N`` keeps training past the medium policy until the buffer holds N
+  transitions and takes its first N: the replay buffer of the continued training. The
+  ``medium`` policy is still the first one to reach the threshold.
 * ``expert``: the policy after ``--steps`` SAC steps.
 * ``medium-expert``: the union of the medium and expert episodes.
 
@@ -80,7 +85,11 @@ class CollectConfig:
     expert_run_dir: str | None = None
     """A finished collect run whose expert return (summary.json) sets the threshold and ref_max_score."""
     medium_fraction: float = 1.0 / 3.0
-    """Medium threshold: ref_min + fraction * (expert_return - ref_min)."""
+    """Medium threshold: ref_min + fraction * (expert_return - ref_min); in (0, 1]."""
+    medium_replay_size: int = 0
+    """medium-replay holds the first max(medium step, N) SAC replay transitions; N > medium step keeps
+    training past the medium policy (D4RL-like sizes: Hopper 400k, HalfCheetah 200k, Walker2d 300k).
+    0 = the D4RL recipe as written (the buffer up to the medium policy)."""
     run_dir: str | None = None
     """Run folder (state, policy snapshots, logs); default runs/collect/<env-id>-seed<seed>."""
     datasets_path: str | None = None
@@ -352,10 +361,16 @@ class Collector:
         return record
 
     # ---- loop
-    def train(self, stop_return: float | None = None) -> None:
-        """Train until ``config.steps`` or until an evaluation reaches ``stop_return``."""
+    def train(self, stop_return: float | None = None, min_steps: int = 0) -> None:
+        """Train until ``config.steps``, or until an evaluation has reached ``stop_return`` and
+        at least ``min_steps`` env steps are in the buffer."""
         cfg = self.config
-        if stop_return is not None and self.evals and self.evals[-1]["return_mean"] >= stop_return:
+
+        def done() -> bool:
+            return (stop_return is not None and self.step >= min_steps
+                    and any(e["return_mean"] >= stop_return for e in self.evals))
+
+        if done():
             return
         if self.step >= cfg.steps:
             return
@@ -392,7 +407,7 @@ class Collector:
                     last_eval = self.evaluate()["return_mean"]
                     self.checkpoint()
                     t0 = time.perf_counter()
-                    if stop_return is not None and last_eval >= stop_return:
+                    if done():
                         break
                 bar.update(1)
                 if self.step % 100 == 0:
@@ -501,7 +516,8 @@ def collect(config: CollectConfig) -> dict:
     if needs_policy:
         collector = Collector(config, run_dir)
         stop = None if (needs_expert or expert_return is None) else threshold(expert_return)
-        collector.train(stop_return=stop)
+        replay_size = config.medium_replay_size if "medium-replay" in todo else 0
+        collector.train(stop_return=stop, min_steps=replay_size)
         summary["timings_s"]["sac_training"] = round(collector.train_seconds, 2)
         summary["sac_steps"] = collector.step
         summary["sac_steps_per_s"] = round(collector.step / max(collector.train_seconds, 1e-9), 2)
@@ -556,8 +572,11 @@ def collect(config: CollectConfig) -> dict:
             extra = (f"SAC policy early-stopped at step {medium_step} (eval return "
                      f"{summary['medium_eval_return']:.1f}, threshold {summary['medium_threshold']:.1f}), {mode}")
         elif level == "medium-replay":
-            episodes = episodes_from_buffer(collector.buffer, collector.timeouts, medium_step)
-            extra = f"all {medium_step} SAC replay-buffer transitions up to the medium policy"
+            end = min(max(medium_step, config.medium_replay_size), collector.buffer.size)
+            episodes = episodes_from_buffer(collector.buffer, collector.timeouts, end)
+            extra = (f"all {medium_step} SAC replay-buffer transitions up to the medium policy" if end == medium_step else
+                     f"the first {end} SAC replay-buffer transitions (the medium policy came at step {medium_step}; "
+                     f"training continued to reach --medium-replay-size)")
         elif level == "expert":
             episodes = rollout_episodes(env, collector.policy(), config.dataset_size, seed, desc=level,
                                         progress=config.progress)

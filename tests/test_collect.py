@@ -96,3 +96,20 @@ def test_ref_scores_only(tmp_path, minari_root):
     stored = json.loads((minari_root / "ext/hopper/norefs-v0" / REF_SCORES_FILE).read_text())
     task = load_minari_task("ext/hopper/norefs-v0")
     assert task.ref_min_score == pytest.approx(stored["ref_min_score"]) and task.ref_max_score == 3000.0
+
+
+def test_medium_replay_size_continues_training_past_medium(tmp_path, minari_root):
+    """--medium-replay-size N: with a known expert return (stop at the medium threshold), SAC
+    keeps training until the buffer holds N transitions, and medium-replay is its first N."""
+    run_dir = tmp_path / "run"
+    args = ["--env-id", "Hopper-v5", "--levels", "medium", "medium-replay", "--expert-return", "-1000",
+            "--steps", "600", "--dataset-size", "100", "--learning-starts", "50", "--eval-every", "100",
+            "--eval-episodes", "1", "--ref-episodes", "2", "--batch-size", "16", "--sac.hidden-dims", "16", "16",
+            "--no-progress", "--run-dir", str(run_dir)]
+    assert main(args + ["--medium-replay-size", "400"]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["medium_step"] == 100          # threshold below any return: the first evaluation
+    assert summary["sac_steps"] == 400            # trained on to the requested buffer size, not to --steps
+    assert summary["datasets"]["medium-replay"]["transitions"] == 400
+    task = load_minari_task("pyscorepen/hopper/medium-replay-v0")
+    assert len(task.dataset) == 400
