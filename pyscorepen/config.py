@@ -62,6 +62,8 @@ class TrainConfig:
     """Torch device."""
     progress: bool = True
     """Show progress bars."""
+    tensorboard: bool = False
+    """Also write every metrics.jsonl row as TensorBoard scalars to <run>/tb/ (pip install -e .[tensorboard])."""
     ref_min: float | None = None
     """Override of the random-policy reference return (normalized score)."""
     ref_max: float | None = None

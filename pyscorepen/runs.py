@@ -4,13 +4,18 @@
       config.json       resolved TrainConfig
       metrics.jsonl     one JSON object per evaluation: step, return_mean, return_std,
                         normalized_score_mean, losses, penalty and rollout statistics
+                        (every key, its unit and meaning: docs/metrics.md)
       summary.json      algo, task, seed, steps, return_mean, return_std, normalized_score_*,
                         (cliff) final_distance_to_goal_mean
       checkpoint.pt     latest training state (agent, model buffer, RNG) for resuming
       dynamics.pt       trained dynamics ensemble      score.pt   trained score model
       pretrain.json     their training statistics (epochs, holdout MSE, DSM loss, samples/s)
       policy.pt         final agent state
+      eval_returns.json final evaluation's per-episode returns (VaR curve of the report)
+      penalty_sample.json  penalties on sampled model and real transitions (pyscorepen.diagnostics)
       learning_curve.png, penalty_heatmap.png (cliff)
+      tb/               TensorBoard event files (only with --tensorboard)
+      report.html       written by `python -m pyscorepen.report <run>`
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
 CHECKPOINT, DYNAMICS, SCORE, POLICY = "checkpoint.pt", "dynamics.pt", "score.pt", "policy.pt"
 PRETRAIN = "pretrain.json"
 HEATMAP, CURVE = "penalty_heatmap.png", "learning_curve.png"
+EVAL_RETURNS, PENALTY_SAMPLE = "eval_returns.json", "penalty_sample.json"
 
 
 def default_run_dir(algo: str, task: str, seed: int) -> Path:

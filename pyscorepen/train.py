@@ -28,7 +28,7 @@ def prepare_run_dir(config: TrainConfig) -> Path:
     new["out"] = str(run_dir)
     if cfg_path.exists():
         old = json.loads(cfg_path.read_text())
-        ignore = {"steps", "progress", "eval_interval", "eval_episodes", "device", "out"}
+        ignore = {"steps", "progress", "eval_interval", "eval_episodes", "device", "out", "tensorboard"}
         diff = {k for k in new if k not in ignore and json.dumps(old.get(k)) != json.dumps(new[k])}
         if diff:
             raise PyScorePenError(
@@ -41,6 +41,9 @@ def prepare_run_dir(config: TrainConfig) -> Path:
 def run(config: TrainConfig) -> dict:
     """Train according to ``config``; returns the summary (also written to summary.json)."""
     from pyscorepen.trainer import Trainer
+    if config.tensorboard:   # a missing optional package fails before the run folder is touched
+        from pyscorepen.tensorboard_log import require
+        require()
     # the task first: a missing or corrupt dataset must not leave a half-made run folder behind
     task = make_task(config.task, cliff=config.cliff, ref_min=config.ref_min, ref_max=config.ref_max,
                      drop_invalid_episodes=config.drop_invalid_episodes)

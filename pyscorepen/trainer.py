@@ -165,6 +165,10 @@ class Trainer:
         cfg = self.config
         resumed = self.load_checkpoint()
         pre = self.pretrain()
+        tb = None
+        if cfg.tensorboard:   # optional scalars sink (pyscorepen.tensorboard_log)
+            from pyscorepen.tensorboard_log import TensorBoardLog
+            tb = TensorBoardLog(self.run_dir, resume_step=self.step if resumed else None)
         if resumed:
             log.info("resuming %s from step %d", self.run_dir, self.step)
         t_start, t_updates, updates = time.perf_counter(), 0.0, 0
@@ -189,19 +193,30 @@ class Trainer:
                        **({} if self.step > cfg.eval_interval else pre),
                        "updates_per_s": updates / max(t_updates, 1e-9)}
                 runs.append_metrics(self.run_dir, row)
+                if tb is not None:
+                    tb.write(row)
                 self.save_checkpoint()
                 bar.set_postfix(ret=f"{row['return_mean']:.2f}", q=f"{running.get('q_mean', 0):.1f}")
         bar.close()
+        if tb is not None:
+            tb.close()
         final = self.evaluate(cfg.eval_episodes, keep_trajectories=True)
         summary = {"algo": cfg.algo, "task": cfg.task, "seed": cfg.seed, "steps": self.step,
                    **self.return_stats(final), "train_seconds": time.perf_counter() - t_start}
         runs.write_summary(self.run_dir, summary)
         torch.save(self.agent.state_dict(), self.run_dir / runs.POLICY)
+        self.write_diagnostics(final)
         self.make_plots(final)
         return summary
 
     def return_stats(self, result: EvalResult) -> dict[str, float]:
         return runs.summarize(result, self.task)
+
+    def write_diagnostics(self, final: EvalResult) -> None:
+        """Final-evaluation returns and a penalty sample for ``python -m pyscorepen.report``."""
+        from pyscorepen import diagnostics
+        diagnostics.write_json(self.run_dir / diagnostics.EVAL_RETURNS, diagnostics.eval_returns(final))
+        diagnostics.write_json(self.run_dir / diagnostics.PENALTY_SAMPLE, diagnostics.penalty_sample(self))
 
     def make_plots(self, final: EvalResult) -> None:
         from pyscorepen import plots
