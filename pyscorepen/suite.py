@@ -14,7 +14,8 @@ so they override them. Outputs in ``<out>``:
 * ``results.csv``: the same numbers plus raw returns and seed counts;
 * ``curves/<dataset>.png``: learning curves per dataset (each algorithm's mean over seeds
   and a ±1 std band, from every run's ``metrics.jsonl``);
-* ``suite_log.jsonl``: one line per launched run (command, exit status, wall time).
+* ``suite_log.jsonl``: one line per launched run (command, exit status, wall time);
+* ``suite.json``: this suite's config (algorithms, datasets, seeds), read by ``pyscorepen.report``.
 """
 from __future__ import annotations
 
@@ -26,14 +27,14 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pyscorepen.configs import dataset_defaults, dataset_key, load_defaults, preset_args, to_cli_args
 
-SUMMARY, METRICS = "summary.json", "metrics.jsonl"
+SUMMARY, METRICS, SUITE_CONFIG = "summary.json", "metrics.jsonl", "suite.json"
 
 _SHORT_ENV = {"halfcheetah": "ha", "hopper": "ho", "walker2d": "wa", "ant": "an"}
 _SHORT_LEVEL = {"random": "r", "medium": "m", "medium-replay": "mr", "medium-expert": "me", "expert": "e"}
@@ -132,6 +133,7 @@ def run_suite(config: SuiteConfig) -> dict:
                 failed.append({**record, "stderr_tail": tail})
         if config.dry_run:
             return {"table": "", "rows": [], "failed": []}
+    (out / SUITE_CONFIG).write_text(json.dumps(asdict(config), indent=2) + "\n")
     rows = aggregate(config)
     table = markdown_table(rows, config.algos, config.tasks)
     (out / "results.md").write_text(table + "\n")
