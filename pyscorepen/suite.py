@@ -69,6 +69,16 @@ class SuiteConfig:
     """Print the commands of the runs still to do, and exit."""
     progress: bool = False
     """Show the train CLI's progress bars."""
+    ray: str | None = None
+    """Run each (algorithm, dataset, seed) as a Ray task (pyscorepen.suite_ray): a cluster address
+    (auto, host:6379, ray://host:10001), or a bare --ray (= local) to start Ray on this machine.
+    Needs `pip install -e .[ray]`; every node must see --out at the same path."""
+    threads_per_run: int = 1
+    """Threads per run: the Ray CPU request and OMP/MKL_NUM_THREADS of its train process
+    (a --threads N in --extra-args wins)."""
+    ray_max_retries: int = 3
+    """Ray: relaunches of a run whose worker died or whose train process was killed by a signal;
+    each relaunch resumes from the run's last checkpoint."""
 
 
 def slug(task: str) -> str:
@@ -101,12 +111,24 @@ def train_command(config: SuiteConfig, algo: str, task: str, seed: int, defaults
             cmd += [flag, str(value)]
     if not config.progress:
         cmd.append("--no-progress")
-    return cmd + shlex.split(config.extra_args)
+    extra = shlex.split(config.extra_args)
+    if config.threads_per_run != 1 and not any(a.split("=")[0] == "--threads" for a in extra) and _train_has_threads():
+        cmd += ["--threads", str(config.threads_per_run)]
+    return cmd + extra
+
+
+def _train_has_threads() -> bool:
+    """Whether the train CLI has a --threads flag (otherwise OMP_NUM_THREADS sets the threads)."""
+    from pyscorepen.config import TrainConfig
+    return "threads" in TrainConfig.__dataclass_fields__
 
 
 def run_suite(config: SuiteConfig) -> dict:
     """Launch the missing runs, then aggregate. Returns {'table': markdown, 'rows': [...], 'failed': [...]}."""
     defaults = load_defaults(config.defaults_file)
+    if config.ray is not None and not (config.dry_run or config.aggregate_only):
+        from pyscorepen.suite_ray import import_ray
+        import_ray()   # a missing optional package fails before anything is written
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     failed: list[dict] = []
@@ -115,6 +137,9 @@ def run_suite(config: SuiteConfig) -> dict:
                 if not (run_dir(config, a, t, s) / SUMMARY).is_file()]
         skipped = len(config.algos) * len(config.tasks) * len(config.seeds) - len(todo)
         print(f"[suite] {len(todo)} run(s) to do, {skipped} finished run(s) skipped", file=sys.stderr)
+        if config.ray is not None and not config.dry_run:
+            failed += launch_on_ray(config, todo, defaults, out)
+            todo = []   # all ran as Ray tasks
         for i, (algo, task, seed) in enumerate(todo):
             cmd = train_command(config, algo, task, seed, defaults)
             if config.dry_run:
@@ -123,14 +148,8 @@ def run_suite(config: SuiteConfig) -> dict:
             print(f"[suite] ({i + 1}/{len(todo)}) {algo} {task} seed {seed}", file=sys.stderr)
             t0 = time.perf_counter()
             result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            record = {"algo": algo, "task": task, "seed": seed, "cmd": cmd, "returncode": result.returncode,
-                      "wall_s": round(time.perf_counter() - t0, 2)}
-            with open(out / "suite_log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if result.returncode != 0:
-                tail = "\n".join(result.stderr.strip().splitlines()[-5:])
-                print(f"[suite] FAILED (exit {result.returncode}): {' '.join(cmd)}\n{tail}", file=sys.stderr)
-                failed.append({**record, "stderr_tail": tail})
+            failed += log_run(out, algo, task, seed, cmd, result.returncode, time.perf_counter() - t0,
+                              "\n".join(result.stderr.strip().splitlines()[-5:]))
         if config.dry_run:
             return {"table": "", "rows": [], "failed": []}
     (out / SUITE_CONFIG).write_text(json.dumps(asdict(config), indent=2) + "\n")
@@ -141,6 +160,39 @@ def run_suite(config: SuiteConfig) -> dict:
     plot_learning_curves(config, out / "curves")
     print(table)
     return {"table": table, "rows": rows, "failed": failed}
+
+
+def log_run(out: Path, algo: str, task: str, seed: int, cmd: list[str], returncode: int | None, wall_s: float,
+            stderr_tail: str, **extra) -> list[dict]:
+    """Append the run's line to suite_log.jsonl; returns [failure record] or []."""
+    record = {"algo": algo, "task": task, "seed": seed, "cmd": cmd, "returncode": returncode,
+              "wall_s": round(wall_s, 2), **extra}
+    with open(out / "suite_log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if returncode == 0:
+        return []
+    print(f"[suite] FAILED (exit {returncode}): {' '.join(cmd)}\n{stderr_tail}", file=sys.stderr)
+    return [{**record, "stderr_tail": stderr_tail}]
+
+
+def launch_on_ray(config: SuiteConfig, todo: list[tuple[str, str, int]], defaults: dict, out: Path) -> list[dict]:
+    """Every run of ``todo`` as a Ray task (see :mod:`pyscorepen.suite_ray`); returns the failures."""
+    from dataclasses import replace
+
+    from pyscorepen.suite_ray import run_on_ray, threads_of
+    absolute = replace(config, out=str(Path(config.out).resolve()))   # workers may run elsewhere
+    jobs = []
+    for algo, task, seed in todo:
+        cmd = train_command(absolute, algo, task, seed, defaults)
+        jobs.append(((algo, task, seed), cmd, threads_of(cmd, config.threads_per_run)))
+    commands = {key: cmd for key, cmd, _ in jobs}
+    failed = []
+    print(f"[suite] {len(jobs)} run(s) as Ray tasks on {config.ray}", file=sys.stderr)
+    for (algo, task, seed), result in run_on_ray(config.ray, jobs, config.ray_max_retries):
+        print(f"[suite] done: {algo} {task} seed {seed} (exit {result['returncode']})", file=sys.stderr)
+        failed += log_run(out, algo, task, seed, commands[(algo, task, seed)], result["returncode"],
+                          result["wall_s"], result["stderr_tail"], backend="ray")
+    return failed
 
 
 # ------------------------------------------------------------------------------------ aggregation
@@ -286,8 +338,19 @@ CLI_DESCRIPTION = (
 
 def main(argv: list[str] | None = None) -> int:
     import tyro
+
+    from pyscorepen.errors import PyScorePenError
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(argv):   # a bare --ray (no address, or another flag next) = a local Ray instance
+        if arg == "--ray" and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+            argv.insert(i + 1, "local")
+            break
     config = tyro.cli(SuiteConfig, args=argv, description=CLI_DESCRIPTION)
-    result = run_suite(config)
+    try:
+        result = run_suite(config)
+    except PyScorePenError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if result["failed"]:
         print(f"[suite] {len(result['failed'])} run(s) failed; see {Path(config.out) / 'suite_log.jsonl'}",
               file=sys.stderr)
