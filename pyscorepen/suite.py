@@ -336,16 +336,20 @@ CLI_DESCRIPTION = (
 )
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str]) -> SuiteConfig:
+    """The CLI; a bare ``--ray`` (last, or followed by another flag) means ``--ray local``."""
     import tyro
-
-    from pyscorepen.errors import PyScorePenError
-    argv = list(sys.argv[1:] if argv is None else argv)
-    for i, arg in enumerate(argv):   # a bare --ray (no address, or another flag next) = a local Ray instance
+    argv = list(argv)
+    for i, arg in enumerate(argv):
         if arg == "--ray" and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
             argv.insert(i + 1, "local")
             break
-    config = tyro.cli(SuiteConfig, args=argv, description=CLI_DESCRIPTION)
+    return tyro.cli(SuiteConfig, args=argv, description=CLI_DESCRIPTION)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pyscorepen.errors import PyScorePenError
+    config = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         result = run_suite(config)
     except PyScorePenError as err:

@@ -203,9 +203,9 @@ class Trainer:
         final = self.evaluate(cfg.eval_episodes, keep_trajectories=True)
         summary = {"algo": cfg.algo, "task": cfg.task, "seed": cfg.seed, "steps": self.step,
                    **self.return_stats(final), "train_seconds": time.perf_counter() - t_start}
+        self.write_diagnostics(final)   # before summary.json, which marks the run finished
         runs.write_summary(self.run_dir, summary)
         torch.save(self.agent.state_dict(), self.run_dir / runs.POLICY)
-        self.write_diagnostics(final)
         self.make_plots(final)
         return summary
 

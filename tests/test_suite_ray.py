@@ -148,3 +148,17 @@ def test_ray_flag_without_ray_installed_is_a_clean_error(tmp_path):
     assert proc.stderr.startswith("error: --ray needs the 'ray' package") and "pip install -e .[ray]" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ray_flag_parsing_and_cpu_request():
+    from pyscorepen.suite import parse_args, train_command
+    from pyscorepen.suite_ray import threads_of
+    assert parse_args(["--ray"]).ray == "local"
+    assert parse_args(["--ray", "--seeds", "1"]).ray == "local" and parse_args(["--ray", "--seeds", "1"]).seeds == (1,)
+    assert parse_args(["--ray", "head:6379"]).ray == "head:6379"
+    assert parse_args([]).ray is None
+    config = parse_args(["--threads-per-run", "3", "--extra-args=--steps 5"])
+    cmd = train_command(config, "sac", "cliff", 0, {})
+    assert threads_of(cmd, config.threads_per_run) == 3
+    assert threads_of([*cmd, "--threads", "4"], config.threads_per_run) == 4     # the run's own --threads wins
+    assert threads_of([*cmd, "--threads=2"], 1) == 2
