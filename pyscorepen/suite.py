@@ -16,6 +16,9 @@ so they override them. Outputs in ``<out>``:
   and a ±1 std band, from every run's ``metrics.jsonl``);
 * ``suite_log.jsonl``: one line per launched run (command, exit status, wall time);
 * ``suite.json``: this suite's config (algorithms, datasets, seeds), read by ``pyscorepen.report``.
+
+With ``--ray [ADDRESS]`` the runs are Ray tasks instead of local subprocesses, retried and
+resumed when a worker is lost (:mod:`pyscorepen.suite_ray`); the outputs are the same.
 """
 from __future__ import annotations
 
@@ -125,6 +128,10 @@ def _train_has_threads() -> bool:
 
 def run_suite(config: SuiteConfig) -> dict:
     """Launch the missing runs, then aggregate. Returns {'table': markdown, 'rows': [...], 'failed': [...]}."""
+    from pyscorepen.errors import PyScorePenError
+    if config.threads_per_run < 1 or config.ray_max_retries < 0:
+        raise PyScorePenError(f"--threads-per-run must be >= 1 (got {config.threads_per_run}) and "
+                              f"--ray-max-retries >= 0 (got {config.ray_max_retries}).")
     defaults = load_defaults(config.defaults_file)
     if config.ray is not None and not (config.dry_run or config.aggregate_only):
         from pyscorepen.suite_ray import import_ray

@@ -162,3 +162,24 @@ def test_ray_flag_parsing_and_cpu_request():
     assert threads_of(cmd, config.threads_per_run) == 3
     assert threads_of([*cmd, "--threads", "4"], config.threads_per_run) == 4     # the run's own --threads wins
     assert threads_of([*cmd, "--threads=2"], 1) == 2
+
+
+def test_train_task_retries_only_runs_killed_from_outside():
+    """The Ray task body: killed by a signal (or 137/143) -> RunKilled (Ray retries); an error of
+    the run itself (exit 2: bad config) is returned, not retried. No Ray needed."""
+    from pyscorepen.suite_ray import RunKilled, train_task
+    py = [sys.executable, "-c"]
+    with pytest.raises(RunKilled):
+        train_task([*py, "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], 1)
+    with pytest.raises(RunKilled):
+        train_task([*py, "raise SystemExit(143)"], 1)
+    result = train_task([*py, "import os, sys; print('bad config', file=sys.stderr); "
+                               "sys.exit(2 if os.environ['OMP_NUM_THREADS'] == '3' else 1)"], 3)
+    assert result["returncode"] == 2 and result["stderr_tail"] == "bad config"
+    assert train_task([*py, "pass"], 1)["returncode"] == 0
+
+
+def test_bad_suite_numbers_are_a_clean_error(tmp_path, capsys):
+    from pyscorepen.suite import main
+    assert main(["--out", str(tmp_path / "s"), "--threads-per-run", "0"]) == 2
+    assert "--threads-per-run must be >= 1" in capsys.readouterr().err and not (tmp_path / "s").exists()
