@@ -15,11 +15,13 @@
 // CPU strategy: the batch is cut into chunks of a few hundred rows that are
 // processed independently (OpenMP threads via at::parallel_for over chunks);
 // inside a chunk every layer of every member runs on L2-resident activations
-// with the AVX-512 micro-kernels of csrc/cpu/fused_mlp_avx512.cpp. On CPUs
-// without AVX-512 (or with PYSCOREPEN_CPU_ISA=generic) a chunked ATen path
-// (MKL GEMMs) with the same math is used instead.
+// with the register-blocked micro-kernels of csrc/cpu/fused_mlp_impl.h, compiled
+// for AVX-512 (fused_mlp_avx512.cpp) and for AVX2 + FMA (fused_mlp_avx2.cpp) and
+// chosen at run time. On other CPUs (or with PYSCOREPEN_CPU_ISA=generic) a chunked
+// ATen path (MKL / oneDNN GEMMs) with the same math is used instead.
 //
-// Environment: PYSCOREPEN_CPU_ISA = auto | avx512 | generic (read per call),
+// Environment: PYSCOREPEN_CPU_ISA = auto | avx512 | avx2 | generic (read once, at the first
+//              op call; pyscorepen._C.set_cpu_isa switches it at run time, for tests/benches),
 //              PYSCOREPEN_CHUNK_ROWS = rows per chunk (read once, default 960).
 #include <Python.h>
 #include <ATen/ATen.h>
@@ -36,13 +38,6 @@
 #include <vector>
 
 #include "cpu/fused_mlp.h"
-
-// `import pyscorepen._C` loads this library, which runs the static
-// TORCH_LIBRARY initialisers below; the module itself is empty.
-PyMODINIT_FUNC PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
-}
 
 namespace pyscorepen {
 namespace {
@@ -62,20 +57,54 @@ int64_t chunk_rows() {
   return rows;
 }
 
-enum class Isa { kAvx512, kGeneric };
+// ------------------------------------------------------------------ ISA choice
+// The kernels the CPU ops run: AVX-512, AVX2 + FMA, or none (the generic ATen path).
+// Chosen once: PYSCOREPEN_CPU_ISA = auto (default: the best this CPU supports) | avx512 |
+// avx2 | generic, read at the first op call; set_isa (pyscorepen._C.set_cpu_isa) switches.
+// Asking for an ISA this CPU (or build) lacks is an error, never a silent fallback.
+enum class Isa : int { kAvx512 = 0, kAvx2 = 1, kGeneric = 2 };
+constexpr const char* kIsaNames[] = {"avx512", "avx2", "generic"};
 
-// PYSCOREPEN_CPU_ISA = auto (default) | avx512 | generic; read on every call so tests can switch it.
-Isa cpu_isa() {
-  static const bool has_avx512 = cpu::cpu_has_avx512();
-  const char* env = std::getenv("PYSCOREPEN_CPU_ISA");
-  std::string want = env ? env : "auto";
-  if (want == "generic") return Isa::kGeneric;
-  if (want == "avx512") {
-    TORCH_CHECK(has_avx512, "PYSCOREPEN_CPU_ISA=avx512 but this CPU has no AVX-512F");
-    return Isa::kAvx512;
+bool isa_supported(Isa isa) {
+  static const bool avx512 = cpu::cpu_has_avx512() && cpu::avx512_kernels() != nullptr;
+  static const bool avx2 = cpu::cpu_has_avx2() && cpu::avx2_kernels() != nullptr;
+  return isa == Isa::kGeneric || (isa == Isa::kAvx512 && avx512) || (isa == Isa::kAvx2 && avx2);
+}
+
+Isa parse_isa(const std::string& want, const char* source) {
+  if (want.empty() || want == "auto")
+    return isa_supported(Isa::kAvx512) ? Isa::kAvx512 : isa_supported(Isa::kAvx2) ? Isa::kAvx2 : Isa::kGeneric;
+  for (int i = 0; i < 3; ++i) {
+    if (want != kIsaNames[i]) continue;
+    TORCH_CHECK(isa_supported(static_cast<Isa>(i)), source, want, " but this ",
+                cpu::avx512_kernels() ? "CPU lacks it" : "build has no x86-64 kernels",
+                " (supported here: ", isa_supported(Isa::kAvx512) ? "avx512, " : "",
+                isa_supported(Isa::kAvx2) ? "avx2, " : "", "generic)");
+    return static_cast<Isa>(i);
   }
-  TORCH_CHECK(want == "auto" || want.empty(), "PYSCOREPEN_CPU_ISA must be auto, avx512 or generic, got ", want);
-  return has_avx512 ? Isa::kAvx512 : Isa::kGeneric;
+  TORCH_CHECK(false, source, want, " is not one of auto, avx512, avx2, generic");
+  return Isa::kGeneric;  // unreachable
+}
+
+std::atomic<int> g_isa{-1};  // -1: not chosen yet
+
+Isa cpu_isa() {
+  int isa = g_isa.load(std::memory_order_relaxed);
+  if (isa < 0) {
+    const char* env = std::getenv("PYSCOREPEN_CPU_ISA");
+    isa = static_cast<int>(parse_isa(env ? env : "", "PYSCOREPEN_CPU_ISA="));
+    g_isa.store(isa, std::memory_order_relaxed);
+  }
+  return static_cast<Isa>(isa);
+}
+
+// Kernel table of the chosen ISA; nullptr: the generic path.
+const cpu::Kernels* simd_kernels() {
+  switch (cpu_isa()) {
+    case Isa::kAvx512: return cpu::avx512_kernels();
+    case Isa::kAvx2: return cpu::avx2_kernels();
+    default: return nullptr;
+  }
 }
 
 void check_cpu_f32(const Tensor& t, const char* name) {
@@ -269,7 +298,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rollout_step_cpu(
   TORCH_CHECK(score_weights.empty() || args.score.dims[args.score.n_layers] > 0,
               "pyscorepen.rollout_step: empty score output");
 
-  if (cpu_isa() == Isa::kGeneric) {
+  const cpu::Kernels* kernels = simd_kernels();
+  if (kernels == nullptr) {
     Tensor x = (at::cat({obs, actions}, -1) - input_mean) / input_std;  // [B, D]
     const int64_t rows = 1024;
     for (int64_t r0 = 0; r0 < B; r0 += rows) {
@@ -303,11 +333,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rollout_step_cpu(
   args.score_penalty = score.data_ptr<float>();
   for_each_chunk(
       B, [&](int64_t rows) { return cpu::rollout_layout(args, rows); },
-      [&](int64_t r0, int64_t r1, float* scratch) {
-#if defined(__x86_64__)
-        cpu::rollout_rows_avx512(args, r0, r1, scratch);
-#endif
-      });
+      [&](int64_t r0, int64_t r1, float* scratch) { kernels->rollout_rows(args, r0, r1, scratch); });
   return {next_obs, rewards, mopo, score};
 }
 
@@ -319,7 +345,8 @@ Tensor score_penalty_cpu(const Tensor& x, at::TensorList weights, at::TensorList
   std::vector<Tensor> keep;
   cpu::ScoreArgs args;
   describe_mlp(weights, biases, 0, x.size(1), cpu::Activation::kSilu, args.mlp, keep);
-  if (cpu_isa() == Isa::kGeneric || args.mlp.dims[args.mlp.n_layers] == 0) {
+  const cpu::Kernels* kernels = simd_kernels();
+  if (kernels == nullptr || args.mlp.dims[args.mlp.n_layers] == 0) {
     const int64_t rows = 1024;
     for (int64_t r0 = 0; r0 < B; r0 += rows) {
       const int64_t n = std::min(rows, B - r0);
@@ -333,11 +360,7 @@ Tensor score_penalty_cpu(const Tensor& x, at::TensorList weights, at::TensorList
   args.out = out.data_ptr<float>();
   for_each_chunk(
       B, [&](int64_t rows) { return cpu::score_layout(args, rows); },
-      [&](int64_t r0, int64_t r1, float* scratch) {
-#if defined(__x86_64__)
-        cpu::score_rows_avx512(args, r0, r1, scratch);
-#endif
-      });
+      [&](int64_t r0, int64_t r1, float* scratch) { kernels->score_rows(args, r0, r1, scratch); });
   return out;
 }
 
@@ -371,7 +394,8 @@ Tensor soft_value_cpu(const Tensor& obs, const Tensor& noise, at::TensorList act
   describe_mlp(critic_weights, critic_biases, N, S + A, cpu::Activation::kRelu, args.critic, keep);
   const float alpha_value = alpha.item<float>();
 
-  if (cpu_isa() == Isa::kGeneric || has_empty_layer(args.actor) || has_empty_layer(args.critic)) {
+  const cpu::Kernels* kernels = simd_kernels();
+  if (kernels == nullptr || has_empty_layer(args.actor) || has_empty_layer(args.critic)) {
     const int64_t rows = 1024;
     for (int64_t r0 = 0; r0 < B; r0 += rows) {
       const int64_t n = std::min(rows, B - r0);
@@ -399,11 +423,7 @@ Tensor soft_value_cpu(const Tensor& obs, const Tensor& noise, at::TensorList act
   args.out = out.data_ptr<float>();
   for_each_chunk(
       B, [&](int64_t rows) { return cpu::soft_value_layout(args, rows); },
-      [&](int64_t r0, int64_t r1, float* scratch) {
-#if defined(__x86_64__)
-        cpu::soft_value_rows_avx512(args, r0, r1, scratch);
-#endif
-      });
+      [&](int64_t r0, int64_t r1, float* scratch) { kernels->soft_value_rows(args, r0, r1, scratch); });
   return out;
 }
 
@@ -463,7 +483,7 @@ Tensor activate_generic(const Tensor& z, cpu::Activation act) {
   return act == cpu::Activation::kRelu ? at::relu(z) : at::silu(z);
 }
 
-// Zero-padded [E, B_pad, ld] copy of t [E, B, n] (generic path; AVX-512 writes in place).
+// Zero-padded [E, B_pad, ld] copy of t [E, B, n] (generic path; the SIMD kernels write in place).
 Tensor saved_buffer_generic(const Tensor& t) {
   Tensor out = at::zeros({t.size(0), padded_rows(t.size(1)), padded_cols(t.size(2))}, t.options());
   out.narrow(1, 0, t.size(1)).narrow(2, 0, t.size(2)).copy_(t);
@@ -480,7 +500,8 @@ std::tuple<Tensor, std::vector<Tensor>> ensemble_mlp_forward_cpu(const Tensor& x
   describe_mlp(weights, biases, E, D, act, args.mlp, keep);
   const int64_t B_pad = padded_rows(B), N = args.mlp.dims[L];
 
-  if (cpu_isa() == Isa::kGeneric || has_empty_layer(args.mlp)) {
+  const cpu::Kernels* kernels = simd_kernels();
+  if (kernels == nullptr || has_empty_layer(args.mlp)) {
     Tensor h = x.dim() == 2 ? x.unsqueeze(0).expand({E, B, D}) : x;   // [E, B, in]
     std::vector<Tensor> saved_h, saved_z;
     for (int64_t l = 0; l + 1 < L; ++l) {
@@ -519,9 +540,7 @@ std::tuple<Tensor, std::vector<Tensor>> ensemble_mlp_forward_cpu(const Tensor& x
   const int64_t rows = rows_per_task(B_pad, E, true), blocks = (B_pad + rows - 1) / rows;
   run_tasks(E * blocks, [&](int64_t task) {
     const int64_t member = task / blocks, r0 = (task % blocks) * rows;
-#if defined(__x86_64__)
-    cpu::ensemble_forward_rows_avx512(args, member, r0, std::min(B_pad, r0 + rows));
-#endif
+    kernels->ensemble_forward_rows(args, member, r0, std::min(B_pad, r0 + rows));
   });
   saved_h.insert(saved_h.end(), saved_z.begin(), saved_z.end());
   return {out_pad.narrow(1, 0, B).narrow(2, 0, N).contiguous(), saved_h};
@@ -564,7 +583,8 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> ensemble_mlp_backwa
 
   bool empty_layer = false;
   for (int64_t l = 1; l <= L; ++l) empty_layer = empty_layer || dims[l] == 0;
-  if (cpu_isa() == Isa::kGeneric || empty_layer) {
+  const cpu::Kernels* kernels = simd_kernels();
+  if (kernels == nullptr || empty_layer) {
     std::vector<Tensor> hs, zs, grad_weights, grad_biases;
     for (int64_t l = 0; l + 1 < L; ++l) {
       hs.push_back(saved[l].narrow(1, 0, B).narrow(2, 0, dims[l + 1]));
@@ -651,9 +671,7 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> ensemble_mlp_backwa
   if (L > 1 && (need_x || need_w || need_b)) {
     run_tasks(E * blocks, [&](int64_t task) {
       const int64_t member = task / blocks, r0 = (task % blocks) * rows;
-#if defined(__x86_64__)
-      cpu::ensemble_backward_dz_rows_avx512(args, member, r0, std::min(B_pad, r0 + rows));
-#endif
+      kernels->ensemble_backward_dz_rows(args, member, r0, std::min(B_pad, r0 + rows));
     });
   }
   // phase 2 (weight / bias gradients, per (layer, member, column block), largest first) and
@@ -662,7 +680,7 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> ensemble_mlp_backwa
   std::vector<Task> tasks;
   if (need_w || need_b) {
     for (int64_t l = 0; l < L; ++l) {
-      const int64_t n_blocks = cpu::column_blocks(dims[l + 1]);
+      const int64_t n_blocks = kernels->column_blocks(dims[l + 1]);
       for (int64_t e = 0; e < E; ++e)
         for (int64_t blk = 0; blk < n_blocks; ++blk)
           tasks.push_back({static_cast<int>(l), e, blk, dims[l] * dims[l + 1] / n_blocks});
@@ -678,14 +696,12 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> ensemble_mlp_backwa
   std::stable_sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) { return a.cost > b.cost; });
   run_tasks(static_cast<int64_t>(tasks.size()), [&](int64_t index) {
     const Task& task = tasks[index];
-#if defined(__x86_64__)
     if (task.layer >= 0) {
-      cpu::ensemble_backward_params_avx512(args, task.layer, task.member, task.block);
+      kernels->ensemble_backward_params(args, task.layer, task.member, task.block);
     } else {
       const int64_t r0 = task.block * x_rows;
-      cpu::ensemble_backward_grad_x_rows_avx512(args, task.member, r0, std::min(B_pad, r0 + x_rows));
+      kernels->ensemble_backward_grad_x_rows(args, task.member, r0, std::min(B_pad, r0 + x_rows));
     }
-#endif
   });
   Tensor grad_x = need_x ? grad_x_pad.narrow(-2, 0, B).narrow(-1, 0, D).contiguous() : at::empty({0}, x.options());
   return {grad_x, grad_weights, grad_biases};
@@ -731,3 +747,71 @@ TORCH_LIBRARY_IMPL(pyscorepen, CPU, m) {
 TORCH_LIBRARY_IMPL(pyscorepen, CompositeImplicitAutograd, m) { m.impl("ensemble_mlp", &ensemble_mlp_composite); }
 
 }  // namespace pyscorepen
+
+// ------------------------------------------------------------------ Python module
+// `import pyscorepen._C` loads this library, which runs the static TORCH_LIBRARY initialisers
+// above. The module itself only exposes the ISA choice (pyscorepen.ops.backend wraps it):
+//   cpu_isa() -> str            the ISA the CPU ops run now ("avx512" | "avx2" | "generic")
+//   cpu_isas() -> tuple[str]    the ISAs this CPU and build support, best first
+//   set_cpu_isa(name) -> str    switch ("auto" = best); returns the previous one; ValueError
+//                               when unsupported
+namespace {
+
+PyObject* raise_value_error(const c10::Error& error) {
+  PyErr_SetString(PyExc_ValueError, error.what_without_backtrace());
+  return nullptr;
+}
+
+PyObject* py_cpu_isa(PyObject*, PyObject*) {
+  try {
+    return PyUnicode_FromString(pyscorepen::kIsaNames[static_cast<int>(pyscorepen::cpu_isa())]);
+  } catch (const c10::Error& error) {
+    return raise_value_error(error);
+  }
+}
+
+PyObject* py_cpu_isas(PyObject*, PyObject*) {
+  PyObject* names = PyList_New(0);
+  for (int i = 0; i < 3; ++i) {
+    if (!pyscorepen::isa_supported(static_cast<pyscorepen::Isa>(i))) continue;
+    PyObject* name = PyUnicode_FromString(pyscorepen::kIsaNames[i]);
+    PyList_Append(names, name);
+    Py_DECREF(name);
+  }
+  PyObject* result = PyList_AsTuple(names);
+  Py_DECREF(names);
+  return result;
+}
+
+PyObject* py_set_cpu_isa(PyObject*, PyObject* arg) {
+  const char* want = PyUnicode_AsUTF8(arg);
+  if (want == nullptr) return nullptr;  // not a str: TypeError already set
+  try {
+    const int isa = static_cast<int>(pyscorepen::parse_isa(want, "pyscorepen: CPU ISA "));
+    int previous = pyscorepen::g_isa.load();
+    if (previous < 0) {  // not chosen yet: what the environment chooses (auto if that is invalid)
+      try {
+        previous = static_cast<int>(pyscorepen::cpu_isa());
+      } catch (const c10::Error&) {
+        previous = static_cast<int>(pyscorepen::parse_isa("", ""));
+      }
+    }
+    pyscorepen::g_isa.store(isa);
+    return PyUnicode_FromString(pyscorepen::kIsaNames[previous]);
+  } catch (const c10::Error& error) {
+    return raise_value_error(error);
+  }
+}
+
+PyMethodDef kMethods[] = {
+    {"cpu_isa", py_cpu_isa, METH_NOARGS, "ISA the CPU ops run now: 'avx512', 'avx2' or 'generic'."},
+    {"cpu_isas", py_cpu_isas, METH_NOARGS, "ISAs this CPU and build support, best first."},
+    {"set_cpu_isa", py_set_cpu_isa, METH_O, "Switch the CPU ops' ISA ('auto' = best); returns the previous one."},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, kMethods};
+  return PyModule_Create(&module_def);
+}

@@ -1,11 +1,21 @@
 // Plain-data interface between the ATen-facing op wrappers (csrc/pyscorepen.cpp)
-// and the ISA-specific compute kernels (csrc/cpu/fused_mlp_avx512.cpp).
+// and the ISA-specific compute kernels (csrc/cpu/fused_mlp_impl.h, instantiated by
+// csrc/cpu/fused_mlp_avx512.cpp and csrc/cpu/fused_mlp_avx2.cpp).
 //
-// Everything here is raw pointers + sizes so that the AVX-512 translation unit
-// never includes ATen/std headers under its `#pragma GCC target` (no ODR mixing
-// of AVX-512 and baseline code in COMDAT sections).
+// Everything here is raw pointers + sizes so that the ISA translation units
+// never include ATen/std headers under their `#pragma GCC target` (no ODR mixing
+// of AVX-512 / AVX2 and baseline code in COMDAT sections).
 #pragma once
 #include <cstdint>
+
+// 1 where the x86-64 SIMD kernels are compiled (GCC / clang on x86-64: `#pragma GCC target`,
+// <immintrin.h>, __builtin_cpu_supports); 0 elsewhere (e.g. aarch64), where only the
+// generic ATen path of each op exists.
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#define PYSCOREPEN_X86_KERNELS 1
+#else
+#define PYSCOREPEN_X86_KERNELS 0
+#endif
 
 namespace pyscorepen::cpu {
 
@@ -95,9 +105,6 @@ struct EnsembleTrainArgs {
   float* grad_w[kMaxLayers] = {};       // [E, dims[l], dims[l + 1]]; nullptr: not needed
   float* grad_b[kMaxLayers] = {};       // [E, dims[l + 1]]
 };
-// Column blocks of a layer with n outputs in the micro-kernels (the unit of a phase-2 task).
-int64_t column_blocks(int64_t n);
-
 // Rows of a chunk are padded to a multiple of this (lcm of the micro-kernel
 // row tiles), so micro-kernels never need a row tail.
 constexpr int64_t kRowPad = 24;
@@ -117,25 +124,34 @@ ChunkLayout score_layout(const ScoreArgs& args, int64_t rows);
 // h0/h1 are as wide as the widest actor or critic layer.
 ChunkLayout soft_value_layout(const SoftValueArgs& args, int64_t rows);
 
-// True when the CPU (and OS) support the AVX-512F kernels (always false off x86-64, where
-// the *_avx512 functions below are not compiled and must not be called).
-bool cpu_has_avx512();
+// The compute kernels of one ISA. Row ranges [row_begin, row_end) of the inference ops take
+// scratch holding <op>_layout(args, row_end - row_begin).total floats, 64-byte aligned; the
+// ensemble-training ranges are multiples of kRowPad.
+struct Kernels {
+  const char* name;  // "avx512" | "avx2"
+  void (*rollout_rows)(const RolloutArgs& args, int64_t row_begin, int64_t row_end, float* scratch);
+  void (*score_rows)(const ScoreArgs& args, int64_t row_begin, int64_t row_end, float* scratch);
+  void (*soft_value_rows)(const SoftValueArgs& args, int64_t row_begin, int64_t row_end, float* scratch);
+  // Ensemble MLP training: forward of `member` on the rows.
+  void (*ensemble_forward_rows)(const EnsembleTrainArgs& args, int64_t member, int64_t row_begin, int64_t row_end);
+  // Phase 1: dz_{L-2} .. dz_0 of `member` on the rows, from dz_{L-1}.
+  void (*ensemble_backward_dz_rows)(const EnsembleTrainArgs& args, int64_t member, int64_t row_begin,
+                                    int64_t row_end);
+  // Phase 2: grad_w[layer][member] and grad_b[layer][member] for one column block (all batch rows).
+  void (*ensemble_backward_params)(const EnsembleTrainArgs& args, int layer, int64_t member, int64_t block);
+  // Phase 3: grad_x on the rows (shared x: sum over members; else member `member` only).
+  void (*ensemble_backward_grad_x_rows)(const EnsembleTrainArgs& args, int64_t member, int64_t row_begin,
+                                        int64_t row_end);
+  // Column blocks of a layer with n outputs in this ISA's micro-kernels (the phase-2 task unit).
+  int64_t (*column_blocks)(int64_t n);
+};
 
-// Process rows [row_begin, row_end) of the batch; scratch holds
-// <op>_layout(args, row_end - row_begin).total floats, 64-byte aligned.
-void rollout_rows_avx512(const RolloutArgs& args, int64_t row_begin, int64_t row_end, float* scratch);
-void score_rows_avx512(const ScoreArgs& args, int64_t row_begin, int64_t row_end, float* scratch);
-void soft_value_rows_avx512(const SoftValueArgs& args, int64_t row_begin, int64_t row_end, float* scratch);
+// True when the CPU (and OS) support the kernels (always false off x86-64).
+bool cpu_has_avx512();  // AVX-512F
+bool cpu_has_avx2();    // AVX2 and FMA
 
-// Ensemble MLP training (rows [row_begin, row_end) are multiples of kRowPad).
-void ensemble_forward_rows_avx512(const EnsembleTrainArgs& args, int64_t member, int64_t row_begin, int64_t row_end);
-// Phase 1: dz_{L-2} .. dz_0 of `member` on the rows, from dz_{L-1}.
-void ensemble_backward_dz_rows_avx512(const EnsembleTrainArgs& args, int64_t member, int64_t row_begin,
-                                      int64_t row_end);
-// Phase 2: grad_w[layer][member] and grad_b[layer][member] for one column block (all batch rows).
-void ensemble_backward_params_avx512(const EnsembleTrainArgs& args, int layer, int64_t member, int64_t block);
-// Phase 3: grad_x on the rows (shared x: sum over members; else member `member` only).
-void ensemble_backward_grad_x_rows_avx512(const EnsembleTrainArgs& args, int64_t member, int64_t row_begin,
-                                          int64_t row_end);
+// The kernel tables; nullptr where not compiled (off x86-64). Call only when cpu_has_<isa>().
+const Kernels* avx512_kernels();
+const Kernels* avx2_kernels();
 
 }  // namespace pyscorepen::cpu

@@ -1,4 +1,4 @@
-// Baseline-ISA helpers shared by the op wrappers and the AVX-512 kernels.
+// Baseline-ISA helpers shared by the op wrappers and the SIMD kernels.
 #include "fused_mlp.h"
 
 namespace pyscorepen::cpu {
@@ -42,16 +42,19 @@ ChunkLayout soft_value_layout(const SoftValueArgs& args, int64_t rows) {
   return make_layout(rows, args.obs_dim + args.act_dim, widest > critic_widest ? widest : critic_widest, rows);
 }
 
-int64_t column_blocks(int64_t n) {
-  if (n <= 1) return 1;
-  const int64_t n_vec = (n + 15) / 16;
-  return (n_vec + 3) / 4;
-}
-
 bool cpu_has_avx512() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if PYSCOREPEN_X86_KERNELS
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f");
+#else
+  return false;
+#endif
+}
+
+bool cpu_has_avx2() {
+#if PYSCOREPEN_X86_KERNELS
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
   return false;
 #endif

@@ -8,9 +8,14 @@ Each op has a readable reference (``<op>_ref``) next to its dispatching public f
 from pyscorepen.ops import _registry  # noqa: F401  (loads pyscorepen._C, registers the ops)
 from pyscorepen.ops.backend import (
     BACKENDS,
+    CPU_ISAS,
     BackendUnavailableError,
     available_backends,
+    available_cpu_isas,
+    cpu_isa,
+    forced_cpu_isa,
     resolve_backend,
+    set_cpu_isa,
 )
 from pyscorepen.ops.ensemble_mlp import ensemble_mlp
 from pyscorepen.ops.rollout_step import (
@@ -29,11 +34,15 @@ EXTENSION_LOADED = _registry.EXTENSION_LOADED
 __all__ = [
     "BACKENDS",
     "BackendUnavailableError",
+    "CPU_ISAS",
     "EXTENSION_LOADED",
     "RolloutStepOut",
     "available_backends",
+    "available_cpu_isas",
+    "cpu_isa",
     "ensemble_mlp",
     "ensemble_mlp_ref",
+    "forced_cpu_isa",
     "mlp_ref",
     "relu_mlp_ref",
     "resolve_backend",
@@ -41,6 +50,7 @@ __all__ = [
     "rollout_step_ref",
     "score_penalty",
     "score_penalty_ref",
+    "set_cpu_isa",
     "soft_bound_logvar",
     "soft_value",
     "soft_value_ref",

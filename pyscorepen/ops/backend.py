@@ -12,13 +12,19 @@ Choice, per call: the ``backend=`` argument, else the ``PYSCOREPEN_BACKEND`` env
 variable, else ``auto``. An explicit request for an unavailable backend raises
 :class:`BackendUnavailableError`; ``auto`` falls back along ``triton -> cuda -> ref`` for CUDA
 tensors and ``cpp -> ref`` for CPU tensors, and logs (INFO, once per op/device) what it picked.
+
+On CPU, ``auto`` also follows a measured speed policy (:data:`CPP_MIN_ROWS`): the ``cpp`` kernel
+is chosen only from the batch size where it beat the reference for that op's shape class on the
+ISA the C++ ops run (:func:`cpu_isa`: ``avx512``, ``avx2`` or ``generic``, the ATen fallback).
+``$PYSCOREPEN_CPU_ISA`` (read once by the extension) or :func:`set_cpu_isa` picks the ISA.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -36,7 +42,88 @@ _announced: set[tuple[str, str, str]] = set()
 
 
 class BackendUnavailableError(RuntimeError):
-    """An explicitly requested backend cannot run this op on these tensors."""
+    """An explicitly requested backend (or CPU ISA) cannot run this op on these tensors."""
+
+
+# ------------------------------------------------------------------ CPU ISA of the C++ ops
+CPU_ISAS = ("avx512", "avx2", "generic")
+CPU_ISA_ENV_VAR = "PYSCOREPEN_CPU_ISA"
+
+
+def _extension():
+    from pyscorepen.ops import _registry
+    if not _registry.EXTENSION_LOADED:
+        return None
+    import pyscorepen._C as extension
+    return extension if hasattr(extension, "cpu_isa") else None   # None: a build older than the ISA choice
+
+
+def cpu_isa() -> str | None:
+    """ISA the C++ CPU ops run: ``"avx512"``, ``"avx2"`` or ``"generic"`` (ATen fallback); None
+    without the extension. Raises BackendUnavailableError when ``$PYSCOREPEN_CPU_ISA`` names an ISA
+    this CPU lacks (or no ISA at all)."""
+    extension = _extension()
+    if extension is None:
+        return None
+    try:
+        return extension.cpu_isa()
+    except ValueError as error:
+        raise BackendUnavailableError(str(error)) from None
+
+
+def available_cpu_isas() -> tuple[str, ...]:
+    """ISAs this CPU and build support, best first (empty without the extension)."""
+    extension = _extension()
+    return tuple(extension.cpu_isas()) if extension is not None else ()
+
+
+def set_cpu_isa(name: str) -> str:
+    """Switch the C++ CPU ops to ``name`` (one of :data:`CPU_ISAS` or ``"auto"``, the best one);
+    returns the previous ISA. An ISA this CPU or build lacks raises BackendUnavailableError."""
+    extension = _extension()
+    if extension is None:
+        raise BackendUnavailableError(f"cannot select the CPU ISA {name!r}: the C++ extension is not loaded")
+    try:
+        return extension.set_cpu_isa(name)
+    except ValueError as error:
+        raise BackendUnavailableError(str(error)) from None
+
+
+@contextlib.contextmanager
+def forced_cpu_isa(name: str) -> Iterator[str]:
+    """``with forced_cpu_isa("avx2"):`` run the C++ CPU ops on ``name``, then restore the previous ISA."""
+    previous = set_cpu_isa(name)
+    try:
+        yield name
+    finally:
+        set_cpu_isa(previous)
+
+
+# Automatic CPU policy: the smallest batch (rows) from which auto picks ``cpp`` over ``ref``, per
+# op shape class and ISA; below it auto runs the reference. backend= / $PYSCOREPEN_BACKEND run
+# whatever they name. Each threshold is the smallest measured batch where cpp was >= 1.0x ref
+# (time ratio ref/cpp, forward (+ all gradients for ensemble_mlp), 1 torch thread, same run):
+#
+# avx512 (Zen 4, idle, and Intel Xeon, loaded; benches/README.md):
+#   rollout_step  (7 x 4x200 SiLU + 3x256 score net)  B=256 1.33, 4096 1.6, 50k 2.6: every size.
+#   score_penalty (3x256)                             every measured size >= 1.2.
+#   soft_value    (actor 2x256, twin critics 2x256)   B=256 1.4, 12150 1.6.
+#   ensemble_mlp relu (E=2 [23, 256, 256, 1])          B=32 0.80, 64 0.99|1.02 (1|2 threads), 128 1.02, 256 1.17.
+#   ensemble_mlp silu (E=7 [23, 4x200, 36])            B=128 0.86, 256 0.95|1.06, train epoch at 256 1.03.
+# avx2 and generic: see the table under "CPU ISAs" in benches/README.md (filled in by the avx2 work).
+CPP_MIN_ROWS: dict[str, dict[str, int]] = {
+    "rollout_step": {"avx512": 0, "avx2": 0, "generic": 0},
+    "score_penalty": {"avx512": 0, "avx2": 0, "generic": 0},
+    "soft_value": {"avx512": 0, "avx2": 0, "generic": 0},
+    "ensemble_mlp/relu": {"avx512": 64, "avx2": 64, "generic": 64},
+    "ensemble_mlp/silu": {"avx512": 256, "avx2": 256, "generic": 256},
+}
+
+
+def cpp_min_rows(shape_class: str) -> int:
+    """Threshold of :data:`CPP_MIN_ROWS` for ``shape_class`` on the current ISA (0 without the extension)."""
+    isa = cpu_isa()
+    return CPP_MIN_ROWS[shape_class][isa] if isa is not None else 0
 
 
 def register_reference(op: str, reference: Callable) -> None:
@@ -97,12 +184,14 @@ def available_backends(op: str, tensor: Tensor) -> list[str]:
     return [name for name in BACKENDS if _reason_unavailable(op, name, tensor) is None]
 
 
-def resolve_backend(op: str, tensor: Tensor, backend: str | None = None, *, auto_skip: tuple[str, ...] = ()) -> str:
+def resolve_backend(op: str, tensor: Tensor, backend: str | None = None, *, auto_skip: tuple[str, ...] = (),
+                    rows: int | None = None, shape_class: str | None = None) -> str:
     """Backend name that will run ``op`` for inputs like ``tensor``.
 
     ``backend`` (per call) beats ``$PYSCOREPEN_BACKEND`` beats ``auto``. ``auto_skip``: backends
-    the automatic choice passes over for this call (an op's measured speed policy, e.g. a fused
-    kernel that loses below some batch size); explicit requests ignore it.
+    the automatic choice passes over for this call; explicit requests ignore it. ``rows`` (the
+    batch size) applies the speed policy :data:`CPP_MIN_ROWS` of ``shape_class`` (default: ``op``)
+    to ``cpp`` on CPU tensors.
     """
     requested = backend if backend is not None else os.environ.get(ENV_VAR, "auto") or "auto"
     if requested != "auto":
@@ -114,6 +203,8 @@ def resolve_backend(op: str, tensor: Tensor, backend: str | None = None, *, auto
             raise BackendUnavailableError(f"pyscorepen.{op}: {source}{requested!r} is unavailable: {reason}")
         return requested
     device = "cuda" if tensor.is_cuda else "cpu"
+    if rows is not None and device == "cpu" and rows < cpp_min_rows(shape_class or op):
+        auto_skip = (*auto_skip, "cpp")
     for name in _AUTO_ORDER[device]:
         if name not in auto_skip and _reason_unavailable(op, name, tensor) is None:
             key = (op, device, name)

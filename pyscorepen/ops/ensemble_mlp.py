@@ -52,22 +52,12 @@ def ensemble_mlp_ref(x: Tensor, weights: list[Tensor], biases: list[Tensor], act
 
 _backend.register_reference("ensemble_mlp", ensemble_mlp_ref)
 
-# Automatic choice on CPU (the PYSCOREPEN_BACKEND override and backend= still run whatever they
-# name): the fused cpp op is picked only from the batch size where it beat the reference.
-# Measured forward + all gradients, idle 2-core Zen 4, ref/cpp time ratio at 1 | 2 threads:
-#   ReLU critics E=2 [23, 256, 256, 1]:  B=1 0.41|0.53, 8 0.62|0.73, 32 0.80|0.87, 64 0.99|1.02,
-#                                        128 1.02|1.04, 256 1.17|1.23, 3840 1.24|1.29
-#   SiLU dynamics E=7 [23, 4x200, 36]:   B=32 0.82|0.90, 64 0.82|0.93, 128 0.86|0.95, 256 0.95|1.06
-#                                        (whole dynamics epoch at B=256: 1.03x | 1.02x)
-# Below ~64 rows the fixed costs (W^T copies, row padding to 24, buffers) dominate.
-_MIN_FUSED_ROWS = {"relu": 64, "silu": 256}
-
-
 def resolve(x: Tensor, weights: list[Tensor], activation: str, backend: str | None = None) -> str:
     """Backend that :func:`ensemble_mlp` runs for these arguments: :func:`pyscorepen.ops.backend.
-    resolve_backend` with the speed policy above (auto skips cpp below ``_MIN_FUSED_ROWS``)."""
-    small = x.shape[-2] < _MIN_FUSED_ROWS[activation]
-    return _backend.resolve_backend("ensemble_mlp", x, backend, auto_skip=("cpp",) if small else ())
+    resolve_backend` with the measured per-ISA speed policy of ``ensemble_mlp/<activation>``
+    (:data:`pyscorepen.ops.backend.CPP_MIN_ROWS`: auto skips cpp below the batch size where it won)."""
+    return _backend.resolve_backend("ensemble_mlp", x, backend, rows=x.shape[-2],
+                                    shape_class=f"ensemble_mlp/{activation}")
 
 
 class _FusedEnsembleMlp(torch.autograd.Function):

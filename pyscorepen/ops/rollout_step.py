@@ -130,7 +130,7 @@ def rollout_step(
     (``ref``/``cpp``/``triton``/``cuda``, default: ``$PYSCOREPEN_BACKEND`` or automatic, see
     :mod:`pyscorepen.ops.backend`). Inference only: no gradients flow through it.
     """
-    name = _backend.resolve_backend("rollout_step", obs, backend)
+    name = _backend.resolve_backend("rollout_step", obs, backend, rows=obs.shape[0])
     out = _backend.get_kernel("rollout_step", name)(
         obs, actions, input_mean, input_std, list(weights), list(biases), max_logvar, min_logvar,
         member_index, noise, list(score_weights), list(score_biases))

@@ -27,5 +27,5 @@ def score_penalty(x: Tensor, weights: list[Tensor], biases: list[Tensor], *, bac
     ``backend`` picks the kernel (``ref``/``cpp``/``triton``/``cuda``, default:
     ``$PYSCOREPEN_BACKEND`` or automatic, see :mod:`pyscorepen.ops.backend`). Inference only.
     """
-    name = _backend.resolve_backend("score_penalty", x, backend)
+    name = _backend.resolve_backend("score_penalty", x, backend, rows=x.shape[0])
     return _backend.get_kernel("score_penalty", name)(x, list(weights), list(biases))

@@ -90,7 +90,7 @@ def soft_value(
     (``ref``/``cpp``/``triton``/``cuda``, default: ``$PYSCOREPEN_BACKEND`` or automatic, see
     :mod:`pyscorepen.ops.backend`). Inference only: no gradients flow through it.
     """
-    name = _backend.resolve_backend("soft_value", obs, backend)
+    name = _backend.resolve_backend("soft_value", obs, backend, rows=obs.shape[0])
     return _backend.get_kernel("soft_value", name)(
         obs, noise, list(actor_weights), list(actor_biases), list(critic_weights), list(critic_biases),
         action_scale, action_offset, alpha, float(log_std_min), float(log_std_max))
