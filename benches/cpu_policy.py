@@ -100,7 +100,7 @@ def measure(ops, isa, threads, rounds) -> None:
     clock = time.thread_time if threads == 1 else time.perf_counter
     m, k, n = PROBE_SHAPE   # MKL sgemm, the same probe as the benches (there: the better of MKL and oneDNN)
     a, w = torch.randn(m, k), torch.randn(k, n)
-    probe_gflops = 2 * m * k * n / best_seconds(lambda _: torch.mm(a, w), None, rounds, clock) / 1e9
+    probe_gflops = 2 * m * k * n / best_seconds(lambda _: torch.mm(a, w), None, 4 * rounds, clock) / 1e9
     with forced_cpu_isa(isa):
         for shape_class in ops:
             batches, factory = SWEEPS[shape_class]
