@@ -24,3 +24,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip_slow)
+
+
+@pytest.fixture
+def cpu_isa(request):
+    """Run the test's C++ CPU ops on the ISA of an indirect parametrization (``"avx512"``,
+    ``"avx2"``, ``"generic"``; None leaves the current one), restoring the previous ISA after.
+    An ISA this CPU (or build) lacks skips the test: avx512 runs only where present."""
+    isa = getattr(request, "param", None)
+    if isa is None:
+        yield None
+        return
+    from pyscorepen.ops import available_cpu_isas, cpu_isa, forced_cpu_isa
+    if isa not in available_cpu_isas():
+        pytest.skip(f"this CPU or build has no {isa} kernels (supported: {available_cpu_isas()})")
+    with forced_cpu_isa(isa):
+        assert cpu_isa() == isa
+        yield isa

@@ -101,3 +101,58 @@ def test_fallback_without_extension():
     assert "FALLBACK-OK" in result.stdout
     warning_lines = [line for line in result.stderr.splitlines() if "pyscorepen" in line]
     assert len(warning_lines) == 1 and "C++ extension not loaded" in warning_lines[0], result.stderr
+
+
+# ------------------------------------------------------------------ CPU ISA of the C++ ops
+@pytest.mark.skipif(not ops.EXTENSION_LOADED, reason="C++ extension not built")
+def test_cpu_isa_switch_and_unavailable_isa_is_an_error():
+    supported = ops.available_cpu_isas()
+    assert supported[-1] == "generic" and set(supported) <= set(ops.CPU_ISAS)
+    before = ops.cpu_isa()
+    for isa in ops.CPU_ISAS:
+        if isa in supported:
+            with ops.forced_cpu_isa(isa):
+                assert ops.cpu_isa() == isa
+        else:
+            with pytest.raises(ops.BackendUnavailableError, match=f"{isa} but this"):
+                ops.set_cpu_isa(isa)
+    assert ops.cpu_isa() == before
+    with pytest.raises(ops.BackendUnavailableError, match="not one of auto, avx512, avx2, generic"):
+        ops.set_cpu_isa("neon")
+    assert ops.cpu_isa() == before
+
+
+@pytest.mark.skipif(not ops.EXTENSION_LOADED, reason="C++ extension not built")
+def test_cpu_isa_environment_variable_read_once():
+    """PYSCOREPEN_CPU_ISA picks the ISA at the first op call; a bad value is a clear error."""
+    script = textwrap.dedent("""
+        import os, torch, pyscorepen.ops as ops
+        print(ops.cpu_isa())
+        os.environ["PYSCOREPEN_CPU_ISA"] = "bogus"      # read once: changing it later does nothing
+        print(ops.cpu_isa(), float(ops.score_penalty(torch.ones(3, 2), [torch.ones(2, 2)], [torch.zeros(2)]).sum()))
+    """)
+    for isa in ops.available_cpu_isas():
+        env = {**os.environ, "PYSCOREPEN_CPU_ISA": isa}
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == [isa, isa, "24.0"]
+    env = {**os.environ, "PYSCOREPEN_CPU_ISA": "avx1024"}
+    script = "import torch, pyscorepen.ops as ops; ops.score_penalty(torch.ones(3, 2), [torch.ones(2, 2)], [torch.zeros(2)])"
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "BackendUnavailableError: PYSCOREPEN_CPU_ISA=avx1024 is not one of auto, avx512, avx2, generic" in out.stderr
+
+
+@pytest.mark.skipif(not ops.EXTENSION_LOADED, reason="C++ extension not built")
+@pytest.mark.parametrize("cpu_isa", ops.CPU_ISAS, indirect=True)
+@pytest.mark.parametrize("op", ["rollout_step", "score_penalty", "soft_value"])
+def test_auto_follows_the_per_isa_policy(monkeypatch, cpu_isa, op):
+    """auto picks cpp exactly from CPP_MIN_ROWS[op][ISA] rows on; explicit requests ignore the policy."""
+    monkeypatch.delenv("PYSCOREPEN_BACKEND", raising=False)
+    threshold = backend.CPP_MIN_ROWS[op][cpu_isa]
+    for rows in sorted({1, threshold - 1, threshold, 4096} - {0, -1}):
+        x = torch.zeros(rows, 2)
+        assert ops.resolve_backend(op, x, rows=rows) == ("cpp" if rows >= threshold else "ref"), rows
+        assert ops.resolve_backend(op, x, backend="cpp", rows=rows) == "cpp"
+    # the policy covers every ISA
+    assert all(set(table) == set(ops.CPU_ISAS) for table in backend.CPP_MIN_ROWS.values())

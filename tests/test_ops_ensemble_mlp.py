@@ -14,8 +14,10 @@ import pytest
 import torch
 
 import pyscorepen.ops as ops
+from pyscorepen.ops import backend
 from pyscorepen.ops import BackendUnavailableError
 from pyscorepen.ops.ensemble_mlp import ensemble_mlp, ensemble_mlp_ref, resolve
+from tests.isa_params import backend_isa_params, cpp_isa_params
 
 RTOL, ATOL = 1e-4, 1e-4            # outputs
 GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-4  # gradients
@@ -92,28 +94,28 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize(("backend", "cpu_isa"), backend_isa_params("ensemble_mlp"), indirect=["cpu_isa"])
 @pytest.mark.parametrize("activation", ["relu", "silu"])
 @pytest.mark.parametrize("shared", [True, False], ids=["x-shared", "x-per-member"])
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-def test_matches_reference(backend, activation, shared, case):
+def test_matches_reference(cpu_isa, backend, activation, shared, case):
     batch, dims, members = CASES[case]
     check_against_reference(*make_inputs(batch, dims, members, shared), activation, backend)
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize(("backend", "cpu_isa"), backend_isa_params("ensemble_mlp"), indirect=["cpu_isa"])
 @pytest.mark.parametrize("activation", ["relu", "silu"])
 @pytest.mark.parametrize("needs", [(True, False, False), (False, True, False), (False, False, True),
                                    (False, True, True), (True, True, True)],
                          ids=["only-x", "only-weights", "only-biases", "params", "all"])
-def test_partial_gradients(backend, activation, needs):
+def test_partial_gradients(cpu_isa, backend, activation, needs):
     """The output mask: only x needs grad (SAC actor loss through the frozen critic), only parameters."""
     check_against_reference(*make_inputs(61, (23, 64, 64, 1), 2, requires_grad=needs), activation, backend)
     check_against_reference(*make_inputs(50, (11, 40, 36), 3, shared=False, requires_grad=needs), activation, backend)
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_no_grad_and_batch_zero(backend):
+@pytest.mark.parametrize(("backend", "cpu_isa"), backend_isa_params("ensemble_mlp"), indirect=["cpu_isa"])
+def test_no_grad_and_batch_zero(cpu_isa, backend):
     x, weights, biases = make_inputs(29, (9, 33, 4), 3)
     with torch.no_grad():
         torch.testing.assert_close(ensemble_mlp(x, weights, biases, "silu", backend=backend),
@@ -125,21 +127,10 @@ def test_no_grad_and_batch_zero(backend):
     assert x0.grad.shape == (0, 9) and all(torch.count_nonzero(w.grad) == 0 for w in weights)
 
 
-def _cpu_has_avx512() -> bool:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return " avx512f" in cpuinfo.read()
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
-@pytest.mark.parametrize("isa", ["avx512", "generic"])
-def test_cpp_code_paths(monkeypatch, isa):
-    """Both CPU paths of the C++ ops: AVX-512 micro-kernels and the ATen fallback."""
-    if isa == "avx512" and not _cpu_has_avx512():
-        pytest.skip("CPU without AVX-512F")
-    monkeypatch.setenv("PYSCOREPEN_CPU_ISA", isa)
+@pytest.mark.parametrize("cpu_isa", cpp_isa_params("ensemble_mlp"), indirect=True)
+def test_cpp_code_paths(cpu_isa):
+    """Every CPU path of the C++ ops: AVX-512 and AVX2 micro-kernels and the ATen fallback."""
     for case in ("B37-E2-critic", "B333-E7-odd", "B1-E1-1layer"):
         batch, dims, members = CASES[case]
         for activation in ("relu", "silu"):
@@ -329,14 +320,16 @@ def test_ref_environment_reaches_no_fused_kernel(monkeypatch):
 
 
 @pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
-def test_automatic_choice_follows_the_measured_crossover(monkeypatch):
-    """auto: cpp only from the batch size where it wins (ReLU >= 64 rows, SiLU >= 256); explicit runs it."""
+@pytest.mark.parametrize("cpu_isa", cpp_isa_params("ensemble_mlp"), indirect=True)
+def test_automatic_choice_follows_the_measured_crossover(monkeypatch, cpu_isa):
+    """auto: cpp only from the batch size where it won on this ISA (backend.CPP_MIN_ROWS); explicit runs it."""
     monkeypatch.delenv("PYSCOREPEN_BACKEND", raising=False)
     relu_weights, silu_weights = [torch.zeros(2, 23, 8)], [torch.zeros(7, 23, 8)]
-    assert resolve(torch.zeros(63, 23), relu_weights, "relu") == "ref"
-    assert resolve(torch.zeros(64, 23), relu_weights, "relu") == "cpp"
-    assert resolve(torch.zeros(7, 255, 23), silu_weights, "silu") == "ref"
-    assert resolve(torch.zeros(7, 256, 23), silu_weights, "silu") == "cpp"
+    for activation, weights in (("relu", relu_weights), ("silu", silu_weights)):
+        threshold = backend.CPP_MIN_ROWS[f"ensemble_mlp/{activation}"][cpu_isa]
+        for rows in {1, 63, 64, 255, 256, 1023, 1024, 4096}:
+            x = torch.zeros(rows, 23) if activation == "relu" else torch.zeros(7, rows, 23)
+            assert resolve(x, weights, activation) == ("cpp" if rows >= threshold else "ref"), (activation, rows)
     assert resolve(torch.zeros(1, 23), relu_weights, "relu", backend="cpp") == "cpp"
     monkeypatch.setenv("PYSCOREPEN_BACKEND", "cpp")
     assert resolve(torch.zeros(1, 23), relu_weights, "relu") == "cpp"

@@ -15,6 +15,7 @@ import torch
 
 import pyscorepen.ops as ops
 from pyscorepen.ops import BackendUnavailableError, RolloutStepOut, rollout_step, rollout_step_ref
+from tests.isa_params import backend_isa_params, cpp_isa_params
 
 RTOL, ATOL = 1e-4, 1e-4
 CPU_BACKENDS = [name for name in ("ref", "cpp") if name in ops.available_backends("rollout_step", torch.zeros(1))]
@@ -67,32 +68,21 @@ def assert_matches_reference(out: RolloutStepOut, inputs: dict) -> None:
         torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL, msg=lambda m, name=name: f"{name}: {m}")
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize(("backend", "cpu_isa"), backend_isa_params("rollout_step"), indirect=["cpu_isa"])
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-def test_matches_reference(backend, case):
+def test_matches_reference(cpu_isa, backend, case):
     inputs = make_inputs(*CASES[case])
     with torch.no_grad():
         assert_matches_reference(rollout_step(**inputs, backend=backend), inputs)
 
 
 @pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="C++ extension not built")
-@pytest.mark.parametrize("isa", ["avx512", "generic"])
-def test_cpp_code_paths(monkeypatch, isa):
-    """Both CPU paths of the C++ op: AVX-512 micro-kernels and the chunked ATen fallback."""
-    if isa == "avx512" and not _cpu_has_avx512():
-        pytest.skip("CPU without AVX-512F")
-    monkeypatch.setenv("PYSCOREPEN_CPU_ISA", isa)
+@pytest.mark.parametrize("cpu_isa", cpp_isa_params("rollout_step"), indirect=True)
+def test_cpp_code_paths(cpu_isa):
+    """Every CPU path of the C++ op: AVX-512 and AVX2 micro-kernels and the chunked ATen fallback."""
     for case in ("B333-E7-2hidden-odd", "B1-E1-1hidden-noscore", "B1000-E5-wide-deep"):
         inputs = make_inputs(*CASES[case], seed=1)
         assert_matches_reference(rollout_step(**inputs, backend="cpp"), inputs)
-
-
-def _cpu_has_avx512() -> bool:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return " avx512f" in cpuinfo.read()
-    except OSError:
-        return False
 
 
 @pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="C++ extension not built")

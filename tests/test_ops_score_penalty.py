@@ -14,6 +14,7 @@ import torch
 
 import pyscorepen.ops as ops
 from pyscorepen.ops import BackendUnavailableError, score_penalty, score_penalty_ref
+from tests.isa_params import backend_isa_params, cpp_isa_params
 
 RTOL, ATOL = 1e-4, 1e-4
 CPU_BACKENDS = [name for name in ("ref", "cpp") if name in ops.available_backends("score_penalty", torch.zeros(1))]
@@ -41,9 +42,9 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize(("backend", "cpu_isa"), backend_isa_params("score_penalty"), indirect=["cpu_isa"])
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-def test_matches_reference(backend, case):
+def test_matches_reference(cpu_isa, backend, case):
     inputs = make_inputs(*CASES[case])
     with torch.no_grad():
         got = score_penalty(**inputs, backend=backend)
@@ -53,13 +54,9 @@ def test_matches_reference(backend, case):
 
 
 @pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="C++ extension not built")
-@pytest.mark.parametrize("isa", ["avx512", "generic"])
-def test_cpp_code_paths(monkeypatch, isa):
-    if isa == "avx512":
-        with open("/proc/cpuinfo") as cpuinfo:
-            if " avx512f" not in cpuinfo.read():
-                pytest.skip("CPU without AVX-512F")
-    monkeypatch.setenv("PYSCOREPEN_CPU_ISA", isa)
+@pytest.mark.parametrize("cpu_isa", cpp_isa_params("score_penalty"), indirect=True)
+def test_cpp_code_paths(cpu_isa):
+    """Every CPU path of the C++ op: AVX-512 and AVX2 micro-kernels and the chunked ATen fallback."""
     for case in ("B333-2hidden-odd", "B1-1hidden", "B40-linear-only"):
         inputs = make_inputs(*CASES[case], seed=3)
         torch.testing.assert_close(score_penalty(**inputs, backend="cpp"), score_penalty_ref(**inputs),

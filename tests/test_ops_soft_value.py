@@ -19,6 +19,7 @@ import torch
 import pyscorepen.ops as ops
 from pyscorepen.models.nets import QEnsemble, TanhGaussianActor, mlp_weights
 from pyscorepen.ops import BackendUnavailableError, relu_mlp_ref, soft_value, soft_value_ref
+from tests.isa_params import backend_isa_params, cpp_isa_params
 
 RTOL, ATOL = 1e-4, 1e-4
 CPU_BACKENDS = [name for name in ("ref", "cpp") if name in ops.available_backends("soft_value", torch.zeros(1))]
@@ -67,9 +68,9 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize(("backend", "cpu_isa"), backend_isa_params("soft_value"), indirect=["cpu_isa"])
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-def test_matches_reference(backend, case):
+def test_matches_reference(cpu_isa, backend, case):
     inputs = make_inputs(*CASES[case])
     with torch.no_grad():
         got = soft_value(**inputs, backend=backend)
@@ -88,21 +89,10 @@ def test_clamp_cases_hit_both_bounds():
         assert clamped.float().mean() > 0.9, case
 
 
-def _cpu_has_avx512() -> bool:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return " avx512f" in cpuinfo.read()
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="C++ extension not built")
-@pytest.mark.parametrize("isa", ["avx512", "generic"])
-def test_cpp_code_paths(monkeypatch, isa):
-    """Both CPU paths of the C++ op: AVX-512 micro-kernels and the chunked ATen fallback."""
-    if isa == "avx512" and not _cpu_has_avx512():
-        pytest.skip("CPU without AVX-512F")
-    monkeypatch.setenv("PYSCOREPEN_CPU_ISA", isa)
+@pytest.mark.parametrize("cpu_isa", cpp_isa_params("soft_value"), indirect=True)
+def test_cpp_code_paths(cpu_isa):
+    """Every CPU path of the C++ op: AVX-512 and AVX2 micro-kernels and the chunked ATen fallback."""
     for case in ("B333-N2-2hidden-odd", "B1-N2-sac-sizes", "B333-N5-A1-alpha0", "B50-N2-log-std-upper-clamp",
                  "B50-N2-log-std-lower-clamp", "B40-N3-1hidden-A17"):
         inputs = make_inputs(*CASES[case], seed=1)

@@ -10,11 +10,13 @@
 
 // 1 where the x86-64 SIMD kernels are compiled (GCC / clang on x86-64: `#pragma GCC target`,
 // <immintrin.h>, __builtin_cpu_supports); 0 elsewhere (e.g. aarch64), where only the
-// generic ATen path of each op exists.
+// generic ATen path of each op exists. -DPYSCOREPEN_X86_KERNELS=0 builds that way on x86-64 too.
+#ifndef PYSCOREPEN_X86_KERNELS
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
 #define PYSCOREPEN_X86_KERNELS 1
 #else
 #define PYSCOREPEN_X86_KERNELS 0
+#endif
 #endif
 
 namespace pyscorepen::cpu {

@@ -100,23 +100,43 @@ def forced_cpu_isa(name: str) -> Iterator[str]:
 
 
 # Automatic CPU policy: the smallest batch (rows) from which auto picks ``cpp`` over ``ref``, per
-# op shape class and ISA; below it auto runs the reference. backend= / $PYSCOREPEN_BACKEND run
-# whatever they name. Each threshold is the smallest measured batch where cpp was >= 1.0x ref
-# (time ratio ref/cpp, forward (+ all gradients for ensemble_mlp), 1 torch thread, same run):
+# op shape class and ISA (NEVER: auto always runs the reference there); below it auto runs the
+# reference. backend= / $PYSCOREPEN_BACKEND run whatever they name. A threshold is the smallest
+# batch from which every measured batch had cpp >= 1.0x ref, on every machine measured.
 #
-# avx512 (Zen 4, idle, and Intel Xeon, loaded; benches/README.md):
-#   rollout_step  (7 x 4x200 SiLU + 3x256 score net)  B=256 1.33, 4096 1.6, 50k 2.6: every size.
-#   score_penalty (3x256)                             every measured size >= 1.2.
-#   soft_value    (actor 2x256, twin critics 2x256)   B=256 1.4, 12150 1.6.
-#   ensemble_mlp relu (E=2 [23, 256, 256, 1])          B=32 0.80, 64 0.99|1.02 (1|2 threads), 128 1.02, 256 1.17.
-#   ensemble_mlp silu (E=7 [23, 4x200, 36])            B=128 0.86, 256 0.95|1.06, train epoch at 256 1.03.
-# avx2 and generic: see the table under "CPU ISAs" in benches/README.md (filled in by the avx2 work).
+# Measured (python benches/cpu_policy.py, 2026-12-02): ref/cpp time ratio, thread CPU time, one
+# torch thread, Intel Xeon (AVX-512, 2 vCPUs shared with ~8 other jobs, load 5-9); "avx2" ran
+# with MKL / oneDNN / ATen capped to AVX2 too (what an AVX2-only CPU sees); batch: ratio.
+#   rollout_step   (7 x 4x200 SiLU, score net 3x256)
+#       avx512   1: 0.73  16: 1.15  64: 1.17  256: 1.28  4096: 2.03 (Zen 4, idle: 256: 1.33, 50k: 2.6)
+#       avx2     1: 0.49  16: 0.97  64: 1.11  256: 1.20  4096: 2.09
+#       generic  1: 1.09  16: 1.03  64: 1.05  256: 1.15  4096: 1.35
+#   score_penalty  (3x256 SiLU)
+#       avx512   1: 0.48  16: 1.03  64: 1.04  256: 1.16  4096: 1.24  50k: 2.66
+#       avx2     1: 0.29  16: 0.91  64: 1.01  256: 1.11  4096: 1.24  50k: 2.30
+#       generic  1: 0.95  16: 0.98  64: 0.95  256: 0.95  4096: 1.13  50k: 2.47
+#   soft_value     (actor 2x256 ReLU, twin critics 2x256)
+#       avx512   1: 1.43  16: 2.19  64: 1.73  256: 1.66  12150: 2.75
+#       avx2     1: 0.79  16: 1.49  64: 1.43  256: 1.34  12150: 1.71
+#       generic  1: 1.25  16: 1.15  64: 1.06  256: 1.15  12150: 1.39
+#   ensemble_mlp/relu  (forward + all gradients, critics E=2 [23, 256, 256, 1], x shared)
+#       avx512   1: 0.36  8: 0.47  32: 0.65  64: 0.80  128: 0.90  256: 1.07  3840: 1.13
+#                (Zen 4, idle: 64: 0.99  128: 1.02  256: 1.17  3840: 1.24)
+#       avx2     1: 0.26  8: 0.44  32: 0.62  64: 0.79  128: 0.89  256: 0.99  3840: 0.86
+#       generic  every size 0.68-0.76
+#   ensemble_mlp/silu  (dynamics E=7 [23, 4x200, 36], x per member)
+#       avx512   32: 0.57  64: 0.73  128: 0.78  256: 0.94  1024: 1.06   (Zen 4: 256: 0.95)
+#       avx2     32: 0.67  64: 0.83  128: 0.85  256: 0.96  1024: 1.04
+#       generic  every size 0.66-0.74
+# "generic" was measured on x86-64 (ISA forced, MKL AVX-512 underneath); on other CPUs (aarch64)
+# it is the only path and has not been measured: rerun benches/cpu_policy.py there.
+NEVER = 1 << 62
 CPP_MIN_ROWS: dict[str, dict[str, int]] = {
-    "rollout_step": {"avx512": 0, "avx2": 0, "generic": 0},
-    "score_penalty": {"avx512": 0, "avx2": 0, "generic": 0},
-    "soft_value": {"avx512": 0, "avx2": 0, "generic": 0},
-    "ensemble_mlp/relu": {"avx512": 64, "avx2": 64, "generic": 64},
-    "ensemble_mlp/silu": {"avx512": 256, "avx2": 256, "generic": 256},
+    "rollout_step": {"avx512": 16, "avx2": 64, "generic": 1},
+    "score_penalty": {"avx512": 16, "avx2": 64, "generic": 4096},
+    "soft_value": {"avx512": 1, "avx2": 16, "generic": 1},
+    "ensemble_mlp/relu": {"avx512": 256, "avx2": NEVER, "generic": NEVER},
+    "ensemble_mlp/silu": {"avx512": 1024, "avx2": 1024, "generic": NEVER},
 }
 
 
