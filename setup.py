@@ -3,9 +3,10 @@
 Install (see pyproject.toml):  pip install torch==2.13.0 && pip install --no-build-isolation -e ".[test]"
 
 * The extension is built from csrc/ with torch.utils.cpp_extension (ninja, -O3, OpenMP).
-  No -march=native: the AVX-512 kernels are enabled per function with
+  No -march=native: the AVX-512 and AVX2+FMA kernels are enabled per translation unit with
   ``#pragma GCC target`` and chosen at run time, so the binary runs on any x86-64 CPU
-  (non-AVX-512 CPUs use the chunked ATen path).
+  (CPUs with neither use the chunked ATen path). Off x86-64 (aarch64) the kernel files compile
+  to stubs and every op runs its ATen path (tests/test_build_guard.py).
 * CUDA sources (csrc/cuda/*.cu, if any) are compiled only when torch is a CUDA build
   and CUDA_HOME is set; a CPU torch never tries nvcc.
 * If torch is not importable at build time (isolated build env) or the compile fails,

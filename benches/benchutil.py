@@ -9,13 +9,22 @@ PROBE_SHAPE = (8192, 256, 256)  # M, K, N: same regime as the 200/256-wide MLP l
 
 
 def _best_seconds(fn, repeats=7):
+    # one thread: CPU time of the process (what `--benchmark-timer time.process_time` measures on
+    # a shared machine, see benches/README.md); several threads: wall time
+    clock = time.process_time if torch.get_num_threads() == 1 else time.perf_counter
     fn()
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return best
+
+
+def cpu_isa() -> str:
+    """ISA the C++ CPU ops run in this process (``$PYSCOREPEN_CPU_ISA``), or why there is none."""
+    from pyscorepen.ops import cpu_isa as current
+    return current() or "none (extension not loaded)"
 
 
 def probe_sgemm_gflops() -> dict[str, float]:
@@ -41,6 +50,7 @@ def record(benchmark, *, rows: int, flops_per_row: float, limit: dict[str, float
         pct_of_sgemm_limit=100 * gflops / limit["limit_gflops"],
         **{f"probe_{key}": value for key, value in limit.items()},
         threads=torch.get_num_threads(),
+        cpu_isa=cpu_isa(),
         **extra,
     )
     return median

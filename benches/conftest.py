@@ -3,14 +3,20 @@
 * collects ``bench_*.py`` (``pytest`` alone only runs ``tests/``, see pyproject testpaths);
 * ``sgemm_limit``: a quick fp32 GEMM probe run once per session (MKL via ``torch.mm`` and
   oneDNN via ``torch.ops.mkldnn._linear_pointwise``, the better one is the limit), so every bench
-  can report its GFLOP/s as a % of what this machine reaches right now (the machine may be shared).
+  can report its GFLOP/s as a % of what this machine reaches right now (the machine may be shared);
+* the header line and every benchmark's ``extra_info["cpu_isa"]`` name the ISA the C++ ops ran
+  (``PYSCOREPEN_CPU_ISA=avx2`` forces the AVX2 kernels on an AVX-512 machine).
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
-from benchutil import probe_sgemm_gflops
+from benchutil import cpu_isa, probe_sgemm_gflops
+
+
+def pytest_report_header(config):
+    return f"pyscorepen C++ CPU ops: ISA {cpu_isa()} (PYSCOREPEN_CPU_ISA to force avx512 / avx2 / generic)"
 
 
 def pytest_collect_file(file_path, parent):

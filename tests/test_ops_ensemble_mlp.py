@@ -1,7 +1,7 @@
 """``ensemble_mlp``: every available CPU backend against ``ensemble_mlp_ref``, outputs and gradients.
 
 Tolerances (fp32): outputs rtol = atol = 1e-4; gradients rtol = atol = 1e-4 on values of order 1
-(inputs scaled by 1/sqrt(fan_in)). The C++ AVX-512 kernels differ from MKL in summation order
+(inputs scaled by 1/sqrt(fan_in)). The C++ AVX-512 / AVX2 kernels differ from MKL in summation order
 (the weight gradient sums over up to 10 007 rows) and in their polynomial exp (SiLU); observed
 max abs error ~1.5e-6 on outputs and ~1.5e-5 on gradients (largest on the weight gradients of
 the 7-member [23, 200, 200, 36] SiLU net at B = 256). The generic (ATen) path matches to ~1e-6.

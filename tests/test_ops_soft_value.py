@@ -1,6 +1,6 @@
 """``soft_value``: every available backend against ``soft_value_ref`` (SAC Eq. 3 target value).
 
-Tolerances (fp32): rtol = atol = 1e-4. The C++ AVX-512 kernel differs from the reference in
+Tolerances (fp32): rtol = atol = 1e-4. The C++ AVX-512 / AVX2 kernel differs from the reference in
 summation order and in its polynomial exp/log/tanh (~1e-7 relative); observed max abs error
 ~2e-5 on values of magnitude ~70 (3 hidden layers, log_std at the upper clamp), ~1e-6 elsewhere.
 The generic (ATen) path runs the reference's ops and matches it exactly.
