@@ -131,11 +131,11 @@ def test_cpu_isa_environment_variable_read_once():
         os.environ["PYSCOREPEN_CPU_ISA"] = "bogus"      # read once: changing it later does nothing
         print(ops.cpu_isa(), float(ops.score_penalty(torch.ones(3, 2), [torch.ones(2, 2)], [torch.zeros(2)]).sum()))
     """)
-    for isa in ops.available_cpu_isas():
-        env = {**os.environ, "PYSCOREPEN_CPU_ISA": isa}
-        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr
-        assert out.stdout.split() == [isa, isa, "24.0"]
+    isa = "avx2" if "avx2" in ops.available_cpu_isas() else "generic"   # not the automatic choice here
+    env = {**os.environ, "PYSCOREPEN_CPU_ISA": isa}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [isa, isa, "24.0"]
     env = {**os.environ, "PYSCOREPEN_CPU_ISA": "avx1024"}
     script = "import torch, pyscorepen.ops as ops; ops.score_penalty(torch.ones(3, 2), [torch.ones(2, 2)], [torch.zeros(2)])"
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
