@@ -217,6 +217,26 @@ def test_opcheck(activation, shared):
                                   (torch.randn_like(out), x, weights, saved, activation, mask))
 
 
+@pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
+@pytest.mark.parametrize("cpu_isa", cpp_isa_params("ensemble_mlp"), indirect=True)
+def test_opcheck_every_isa_and_padded_saved_buffers(cpu_isa):
+    """opcheck of the forward / backward on each ISA, and the layout of ``saved``: hidden activations
+    up to the output width and zeros in the padded columns (padded rows: zeros on the generic path, the
+    activations of zero input rows on the SIMD paths; the backward sees zero gradients there either way)."""
+    args = _opcheck_args(37, (7, 19, 3), 2, False, "silu")
+    torch.library.opcheck(torch.ops.pyscorepen.ensemble_mlp_forward.default, args)
+    x, weights, biases, _ = (t.detach() if isinstance(t, torch.Tensor) else
+                             [w.detach() for w in t] if isinstance(t, list) else t for t in args)
+    out, saved = torch.ops.pyscorepen.ensemble_mlp_forward(x, weights, biases, "silu")
+    torch.library.opcheck(torch.ops.pyscorepen.ensemble_mlp_backward.default,
+                          (torch.randn_like(out), x, weights, saved, "silu", [True, True, True]))
+    h = saved[0]                                                   # [E, B_pad, 32]
+    assert h.shape == (2, 48, 32)
+    torch.testing.assert_close(h[:, :37, :19], torch.nn.functional.silu(torch.baddbmm(biases[0].unsqueeze(1), x,
+                                                                                          weights[0])))
+    assert torch.count_nonzero(h[:, :, 19:]) == 0
+
+
 def test_torch_compile_fullgraph_aot_eager():
     """Dynamo + fake kernels + AOT autograd see the op (forward and backward)."""
     x, weights, biases = make_inputs(37, (7, 19, 3), 2)
