@@ -141,9 +141,10 @@ CPP_MIN_ROWS: dict[str, dict[str, int]] = {
 
 
 def cpp_min_rows(shape_class: str) -> int:
-    """Threshold of :data:`CPP_MIN_ROWS` for ``shape_class`` on the current ISA (0 without the extension)."""
+    """Threshold of :data:`CPP_MIN_ROWS` for ``shape_class`` on the current ISA (0 without the
+    extension, or for a shape class the table does not measure yet: no policy)."""
     isa = cpu_isa()
-    return CPP_MIN_ROWS[shape_class][isa] if isa is not None else 0
+    return CPP_MIN_ROWS.get(shape_class, {}).get(isa, 0) if isa is not None else 0
 
 
 def register_reference(op: str, reference: Callable) -> None:
