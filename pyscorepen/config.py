@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 import tyro
 
-from pyscorepen.algos import ComboConfig
+from pyscorepen.algos import BCConfig, ComboConfig, IQLConfig
 from pyscorepen.models.dynamics import DynamicsConfig
 from pyscorepen.algos.sac import SACConfig
 from pyscorepen.models.score import ScoreConfig
@@ -29,7 +29,7 @@ class RolloutConfig:
 
 @dataclass
 class TrainConfig:
-    algo: Literal["scorepen", "mopo", "combo", "sac"] = "scorepen"
+    algo: Literal["scorepen", "mopo", "combo", "sac", "iql", "bc"] = "scorepen"
     """Algorithm (see pyscorepen.algos)."""
     task: str = "cliff"
     """'cliff', a Minari dataset id (mujoco/hopper/medium-v0) or a path to a Minari dataset."""
@@ -77,6 +77,8 @@ class TrainConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     sac: SACConfig = field(default_factory=SACConfig)
     combo: ComboConfig = field(default_factory=ComboConfig)
+    iql: IQLConfig = field(default_factory=IQLConfig)
+    bc: BCConfig = field(default_factory=BCConfig)
 
     def penalty_coefs(self) -> dict[str, float]:
         return {"score": self.beta, "uncertainty": self.mopo_lambda, "mobile": self.mobile_beta}
@@ -103,7 +105,7 @@ class TrainConfig:
 
 
 _NESTED = {"cliff": CliffConfig, "rollout": RolloutConfig, "dynamics": DynamicsConfig,
-           "score": ScoreConfig, "sac": SACConfig, "combo": ComboConfig}
+           "score": ScoreConfig, "sac": SACConfig, "combo": ComboConfig, "iql": IQLConfig, "bc": BCConfig}
 
 
 def apply_overrides(config: TrainConfig, overrides: dict) -> TrainConfig:

@@ -70,8 +70,11 @@ class Trainer:
         self.score = (ScoreModel(data.obs_dim + data.action_dim, config.score).to(self.device)
                       if needs_score else None)
         agent_kwargs = {"combo": config.combo} if issubclass(self.algorithm.agent_cls, COMBO) else {}
-        self.agent = self.algorithm.agent_cls(data.obs_dim, data.action_dim, config.sac, low, high, self.device,
+        agent_config = getattr(config, self.algorithm.config_field)
+        self.agent = self.algorithm.agent_cls(data.obs_dim, data.action_dim, agent_config, low, high, self.device,
                                               target_penalties=target_penalties, **agent_kwargs)
+        if hasattr(self.agent, "prepare"):   # one look at the offline data (IQL's reward scale)
+            self.agent.prepare(data)
         r = config.rollout
         self.model_buffer = ReplayBuffer(r.batch_size * r.length * r.retain_rounds, data.obs_dim,
                                          data.action_dim, self.device)
