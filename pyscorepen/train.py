@@ -46,7 +46,7 @@ def run(config: TrainConfig) -> dict:
         require()
     # the task first: a missing or corrupt dataset must not leave a half-made run folder behind
     task = make_task(config.task, cliff=config.cliff, ref_min=config.ref_min, ref_max=config.ref_max,
-                     drop_invalid_episodes=config.drop_invalid_episodes)
+                     drop_invalid_episodes=config.drop_invalid_episodes, risky=config.risky)
     run_dir = prepare_run_dir(config)
     log.info("run folder %s | task %s | %d transitions", run_dir, task.name, len(task.dataset))
     return Trainer(config, task, run_dir).train()

@@ -9,6 +9,7 @@ scorepen  yes          score                SAC  (ScorePen Eq. 20, Alg. 1)      
 combo     yes          -                    SAC + CQL term (COMBO Eq. 2)        0.5
 iql       no           -                    IQL (expectile V, AWR policy)       1.0
 bc        no           -                    - (max. likelihood policy)          1.0
+cdsa      no           -                    - (g, h, I of CDSA Alg. 1; no policy) 1.0
 ========  ===========  ===================  ==================================  ==========
 
 Every agent follows one protocol: ``update(batch) -> dict[str, float]``, ``act(obs, deterministic)``,
@@ -22,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pyscorepen.algos.bc import BC, BCConfig
+from pyscorepen.algos.cdsa import CDSA, CDSAConfig, CorrectedPolicy
 from pyscorepen.algos.combo import COMBO, ComboConfig
 from pyscorepen.algos.iql import IQL, IQLConfig
 from pyscorepen.algos.sac import SAC, SACConfig
@@ -39,6 +41,8 @@ class Algorithm:
     """Default fraction of real transitions per batch."""
     config_field: str = "sac"
     """The TrainConfig field holding the agent's config (``sac``, ``iql``, ``bc``, ...)."""
+    has_policy: bool = True
+    """False for CDSA: it learns correction networks for other policies, nothing to evaluate alone."""
 
 
 ALGORITHMS: dict[str, Algorithm] = {
@@ -48,6 +52,7 @@ ALGORITHMS: dict[str, Algorithm] = {
     "combo": Algorithm("combo", True, (), COMBO, 0.5),
     "iql": Algorithm("iql", False, (), IQL, 1.0, config_field="iql"),
     "bc": Algorithm("bc", False, (), BC, 1.0, config_field="bc"),
+    "cdsa": Algorithm("cdsa", False, (), CDSA, 1.0, config_field="cdsa", has_policy=False),
 }
 
-__all__ = ["ALGORITHMS", "Algorithm", "BC", "BCConfig", "COMBO", "ComboConfig", "IQL", "IQLConfig", "SAC", "SACConfig"]
+__all__ = ["ALGORITHMS", "Algorithm", "BC", "BCConfig", "CDSA", "CDSAConfig", "COMBO", "ComboConfig", "CorrectedPolicy", "IQL", "IQLConfig", "SAC", "SACConfig"]
