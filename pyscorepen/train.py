@@ -29,7 +29,8 @@ def prepare_run_dir(config: TrainConfig) -> Path:
     if cfg_path.exists():
         old = json.loads(cfg_path.read_text())
         ignore = {"steps", "progress", "eval_interval", "eval_episodes", "device", "out", "tensorboard"}
-        diff = {k for k in new if k not in ignore and json.dumps(old.get(k)) != json.dumps(new[k])}
+        # a field the old run's config lacks did not exist when it was made (e.g. a later algorithm's group)
+        diff = {k for k in new if k not in ignore and k in old and json.dumps(old[k]) != json.dumps(new[k])}
         if diff:
             raise PyScorePenError(
                 f"{run_dir} holds a run with a different config ({', '.join(sorted(diff))}). "
