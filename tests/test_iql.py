@@ -82,3 +82,16 @@ def test_iql_state_dict_roundtrip():
     obs = torch.randn(4, 3)
     assert torch.equal(a.act(obs, deterministic=True), b.act(obs, deterministic=True))
     assert b.reward_scale == 2.5 and b.num_updates == 7
+
+
+def test_iql_actor_lr_cosine_decay():
+    low, high = -torch.ones(1), torch.ones(1)
+    agent = IQL(1, 1, IQLConfig(hidden_dims=(8,), actor_lr_decay_steps=4, normalize_rewards=False), low, high)
+    data = bandit(64)
+    lrs = []
+    for _ in range(6):
+        agent.update(data.sample(16))
+        lrs.append(agent.actor_optim.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(3e-4 * (1 + math.cos(math.pi / 4)) / 2) and lrs[3] == pytest.approx(0.0)
+    assert lrs[5] == pytest.approx(0.0)                # stays at 0 after the decay
+    assert agent.critic_optim.param_groups[0]["lr"] == 3e-4

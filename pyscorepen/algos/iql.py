@@ -15,9 +15,9 @@ One update (the order of the official code, ``learner.py``):
 Defaults are the paper's MuJoCo (D4RL locomotion) settings, IQL Appendix B / Table 5 and the
 official ``configs/mujoco_config.py``: expectile tau = 0.7, inverse temperature beta = 3.0,
 2x256 MLPs, Adam lr 3e-4 for all three networks, batch 256, gamma 0.99, Polyak 0.005, and rewards
-scaled by 1000 / (max episode return - min episode return) of the dataset. Not reproduced: the
-official cosine decay of the actor's learning rate over the run (the agent does not know the
-run length; a constant rate is used).
+scaled by 1000 / (max episode return - min episode return) of the dataset. The official cosine
+decay of the actor's learning rate over the run is ``actor_lr_decay_steps`` (set it to the run's
+``--steps``, e.g. 1M as in the paper; the default None keeps the rate constant).
 """
 from __future__ import annotations
 
@@ -55,6 +55,9 @@ class IQLConfig:
     """Critics in the Q ensemble (min over them in the value and policy targets)."""
     normalize_rewards: bool = True
     """Scale rewards by 1000 / (max - min episode return) of the dataset (official MuJoCo setting)."""
+    actor_lr_decay_steps: int | None = None
+    """Cosine decay of the actor's learning rate to 0 over this many updates (official code: the run
+    length, 1M); None: constant."""
 
 
 def expectile_loss(diff: Tensor, expectile: float) -> Tensor:
@@ -99,6 +102,8 @@ class IQL:
         self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
         self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
         self.value_optim = torch.optim.Adam(self.value.parameters(), lr=config.value_lr)
+        self.actor_schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(self.actor_optim, config.actor_lr_decay_steps)
+                               if config.actor_lr_decay_steps else None)
         self.reward_scale = 1.0
         self.num_updates = 0
 
@@ -133,6 +138,8 @@ class IQL:
         self.actor_optim.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.actor_optim.step()
+        if self.actor_schedule is not None and self.actor_schedule.last_epoch < self.config.actor_lr_decay_steps:
+            self.actor_schedule.step()
         # critics: TD regression on r + gamma V(s') (Eq. 6)
         q = self.critic(batch.obs, batch.actions)                                   # [N, B]
         critic_loss = (q - target).square().mean(1).sum()
@@ -152,9 +159,12 @@ class IQL:
                 "critic_target": self.critic_target.state_dict(), "value": self.value.state_dict(),
                 "actor_optim": self.actor_optim.state_dict(), "critic_optim": self.critic_optim.state_dict(),
                 "value_optim": self.value_optim.state_dict(), "reward_scale": self.reward_scale,
+                "actor_schedule": None if self.actor_schedule is None else self.actor_schedule.state_dict(),
                 "num_updates": self.num_updates}
 
     def load_state_dict(self, state: dict) -> None:
         for name in ("actor", "critic", "critic_target", "value", "actor_optim", "critic_optim", "value_optim"):
             getattr(self, name).load_state_dict(state[name])
         self.reward_scale, self.num_updates = state["reward_scale"], state["num_updates"]
+        if self.actor_schedule is not None and state.get("actor_schedule") is not None:
+            self.actor_schedule.load_state_dict(state["actor_schedule"])
