@@ -6,11 +6,12 @@ from typing import Annotated, Literal
 
 import tyro
 
-from pyscorepen.algos import ComboConfig
+from pyscorepen.algos import BCConfig, CDSAConfig, ComboConfig, IQLConfig
 from pyscorepen.models.dynamics import DynamicsConfig
 from pyscorepen.algos.sac import SACConfig
 from pyscorepen.models.score import ScoreConfig
 from pyscorepen.tasks.cliff import CliffConfig
+from pyscorepen.tasks.risky import RiskyConfig
 
 
 @dataclass
@@ -29,10 +30,10 @@ class RolloutConfig:
 
 @dataclass
 class TrainConfig:
-    algo: Literal["scorepen", "mopo", "combo", "sac"] = "scorepen"
+    algo: Literal["scorepen", "mopo", "combo", "sac", "iql", "bc", "cdsa"] = "scorepen"
     """Algorithm (see pyscorepen.algos)."""
     task: str = "cliff"
-    """'cliff', a Minari dataset id (mujoco/hopper/medium-v0) or a path to a Minari dataset."""
+    """'cliff', 'risky' (2-D navigation with hazards, CDSA §5.1), a Minari dataset id (mujoco/hopper/medium-v0) or a path to a Minari dataset."""
     seed: int = 0
     """Training seed (network init, sampling, rollouts, evaluation)."""
     steps: int = 20_000
@@ -72,11 +73,16 @@ class TrainConfig:
     """Minari datasets: skip (and list) episodes with NaN/inf or inconsistent fields instead of failing."""
     cliff: Annotated[CliffConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=CliffConfig)
     """Options of the cliff task generator (--goal, --boxes, --dataset-size, ...)."""
+    risky: RiskyConfig = field(default_factory=RiskyConfig)
+    """Options of the risky navigation task (--risky.hazards, --risky.hazard-prob, ...)."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     sac: SACConfig = field(default_factory=SACConfig)
     combo: ComboConfig = field(default_factory=ComboConfig)
+    iql: IQLConfig = field(default_factory=IQLConfig)
+    bc: BCConfig = field(default_factory=BCConfig)
+    cdsa: CDSAConfig = field(default_factory=CDSAConfig)
 
     def penalty_coefs(self) -> dict[str, float]:
         return {"score": self.beta, "uncertainty": self.mopo_lambda, "mobile": self.mobile_beta}
@@ -102,8 +108,9 @@ class TrainConfig:
         return build(TrainConfig, d)
 
 
-_NESTED = {"cliff": CliffConfig, "rollout": RolloutConfig, "dynamics": DynamicsConfig,
-           "score": ScoreConfig, "sac": SACConfig, "combo": ComboConfig}
+_NESTED = {"cliff": CliffConfig, "risky": RiskyConfig, "rollout": RolloutConfig, "dynamics": DynamicsConfig,
+           "score": ScoreConfig, "sac": SACConfig, "combo": ComboConfig, "iql": IQLConfig, "bc": BCConfig,
+           "cdsa": CDSAConfig}
 
 
 def apply_overrides(config: TrainConfig, overrides: dict) -> TrainConfig:
@@ -127,6 +134,7 @@ def defaults_for(algo: str, task: str) -> TrainConfig:
     """TrainConfig with the per-task / per-dataset defaults of ``configs/defaults.toml`` applied."""
     from pyscorepen.configs import dataset_defaults, load_defaults
     table = load_defaults()
-    overrides = dict(table.get("all", {}).get(task, {}))
+    overrides = dict(table.get("algorithm", {}).get(algo, {}))   # per-algorithm defaults (e.g. CDSA's 10k steps)
+    overrides.update(table.get("all", {}).get(task, {}))
     overrides.update(dataset_defaults(algo, task, table))
     return apply_overrides(TrainConfig(algo=algo, task=task), overrides)

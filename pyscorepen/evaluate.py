@@ -2,6 +2,12 @@
 
 Rebuilds the task and agent from ``RUN_DIR/config.json``, loads ``policy.pt`` (or the
 latest ``checkpoint.pt`` of an unfinished run) and prints the same summary as training.
+
+With ``--cdsa CDSA_RUN [--k1 K1 --k2 K2 --iterations n]`` the run's policy is evaluated with and
+without CDSA's test-time action correction (CDSA Algorithm 2, Eq. 10) on the same initial states:
+return, normalized score and the VaR curve of both, written with a plot to ``--out`` (default
+``CDSA_RUN/corrected/<run>-k1_..-k2_..-n..``). K1, K2 default to the per-dataset values of
+configs/defaults.toml (CDSA Table 2), stored in the CDSA run's config.
 """
 from __future__ import annotations
 
@@ -28,6 +34,16 @@ class EvaluateArgs:
     """Evaluation seed (default: the run's own evaluation seed)."""
     write: bool = False
     """Also overwrite the run's summary.json with this evaluation."""
+    cdsa: Path | None = None
+    """A ``--algo cdsa`` run folder: evaluate RUN_DIR's policy with and without CDSA's correction."""
+    k1: float | None = None
+    """CDSA K1, the weight of g(s, a) (default: the CDSA run's, from CDSA Table 2 per dataset)."""
+    k2: float | None = None
+    """CDSA K2, the weight of I(s, s + h(s, a)) (default: the CDSA run's)."""
+    iterations: int | None = None
+    """Correction iterations n (default: the CDSA run's, 1)."""
+    out: Path | None = None
+    """Folder for the correction's summary.json and var_curve.png."""
 
 
 def load_trainer(run_dir: Path):
@@ -40,7 +56,7 @@ def load_trainer(run_dir: Path):
     config = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
     config.progress = False
     task = make_task(config.task, cliff=config.cliff, ref_min=config.ref_min, ref_max=config.ref_max,
-                     drop_invalid_episodes=config.drop_invalid_episodes)
+                     drop_invalid_episodes=config.drop_invalid_episodes, risky=config.risky)
     trainer = Trainer(config, task, Path(run_dir))
     policy = Path(run_dir) / runs.POLICY
     if policy.exists():
@@ -52,7 +68,14 @@ def load_trainer(run_dir: Path):
 
 
 def evaluate_run(args: EvaluateArgs) -> dict:
+    if args.cdsa is not None:
+        from pyscorepen.correction import evaluate_correction
+        return evaluate_correction(args.run_dir, args.cdsa, args.k1, args.k2, args.iterations, args.episodes,
+                                   seed=10_000 if args.seed is None else args.seed, out=args.out)
     trainer = load_trainer(args.run_dir)
+    if not trainer.algorithm.has_policy:
+        raise PyScorePenError(f"{args.run_dir} is a CDSA run: it corrects other policies. Evaluate one with "
+                              f"python -m pyscorepen.evaluate POLICY_RUN --cdsa {args.run_dir}")
     if args.seed is not None:
         trainer.config.seed = args.seed
     result = trainer.evaluate(args.episodes)

@@ -69,4 +69,6 @@ def summarize(result, task) -> dict[str, float]:
         d = np.asarray(result.final_distances)
         out["final_distance_to_goal_mean"] = float(d.mean())
         out["final_distance_to_goal_std"] = float(d.std())
+    if result.trajectories and getattr(task, "trajectory_metrics", None) is not None:
+        out.update(task.trajectory_metrics(result.trajectories))   # risky task: hazard-entry rate
     return out

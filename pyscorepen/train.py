@@ -29,7 +29,8 @@ def prepare_run_dir(config: TrainConfig) -> Path:
     if cfg_path.exists():
         old = json.loads(cfg_path.read_text())
         ignore = {"steps", "progress", "eval_interval", "eval_episodes", "device", "out", "tensorboard"}
-        diff = {k for k in new if k not in ignore and json.dumps(old.get(k)) != json.dumps(new[k])}
+        # a field the old run's config lacks did not exist when it was made (e.g. a later algorithm's group)
+        diff = {k for k in new if k not in ignore and k in old and json.dumps(old[k]) != json.dumps(new[k])}
         if diff:
             raise PyScorePenError(
                 f"{run_dir} holds a run with a different config ({', '.join(sorted(diff))}). "
@@ -46,7 +47,7 @@ def run(config: TrainConfig) -> dict:
         require()
     # the task first: a missing or corrupt dataset must not leave a half-made run folder behind
     task = make_task(config.task, cliff=config.cliff, ref_min=config.ref_min, ref_max=config.ref_max,
-                     drop_invalid_episodes=config.drop_invalid_episodes)
+                     drop_invalid_episodes=config.drop_invalid_episodes, risky=config.risky)
     run_dir = prepare_run_dir(config)
     log.info("run folder %s | task %s | %d transitions", run_dir, task.name, len(task.dataset))
     return Trainer(config, task, run_dir).train()

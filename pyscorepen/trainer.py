@@ -70,8 +70,11 @@ class Trainer:
         self.score = (ScoreModel(data.obs_dim + data.action_dim, config.score).to(self.device)
                       if needs_score else None)
         agent_kwargs = {"combo": config.combo} if issubclass(self.algorithm.agent_cls, COMBO) else {}
-        self.agent = self.algorithm.agent_cls(data.obs_dim, data.action_dim, config.sac, low, high, self.device,
+        agent_config = getattr(config, self.algorithm.config_field)
+        self.agent = self.algorithm.agent_cls(data.obs_dim, data.action_dim, agent_config, low, high, self.device,
                                               target_penalties=target_penalties, **agent_kwargs)
+        if hasattr(self.agent, "prepare"):   # one look at the offline data (IQL's reward scale)
+            self.agent.prepare(data)
         r = config.rollout
         self.model_buffer = ReplayBuffer(r.batch_size * r.length * r.retain_rounds, data.obs_dim,
                                          data.action_dim, self.device)
@@ -188,25 +191,32 @@ class Trainer:
             self.step += 1
             bar.update(1)
             if self.step % cfg.eval_interval == 0 or self.step == cfg.steps:
-                result = self.evaluate(cfg.eval_episodes)
-                row = {"step": self.step, **self.return_stats(result), **running, **last_rollout,
+                # an agent without a policy (CDSA) logs its losses only
+                result = self.return_stats(self.evaluate(cfg.eval_episodes)) if self.algorithm.has_policy else {}
+                row = {"step": self.step, **result, **running, **last_rollout,
                        **({} if self.step > cfg.eval_interval else pre),
                        "updates_per_s": updates / max(t_updates, 1e-9)}
                 runs.append_metrics(self.run_dir, row)
                 if tb is not None:
                     tb.write(row)
                 self.save_checkpoint()
-                bar.set_postfix(ret=f"{row['return_mean']:.2f}", q=f"{running.get('q_mean', 0):.1f}")
+                if result:
+                    bar.set_postfix(ret=f"{row['return_mean']:.2f}", q=f"{running.get('q_mean', 0):.1f}")
+                else:
+                    bar.set_postfix({k.removeprefix("loss/"): f"{v:.3g}" for k, v in running.items()})
         bar.close()
         if tb is not None:
             tb.close()
-        final = self.evaluate(cfg.eval_episodes, keep_trajectories=True)
+        final = self.evaluate(cfg.eval_episodes, keep_trajectories=True) if self.algorithm.has_policy else None
         summary = {"algo": cfg.algo, "task": cfg.task, "seed": cfg.seed, "steps": self.step,
-                   **self.return_stats(final), "train_seconds": time.perf_counter() - t_start}
-        self.write_diagnostics(final)   # before summary.json, which marks the run finished
+                   **(self.return_stats(final) if final is not None else running),
+                   "train_seconds": time.perf_counter() - t_start}
+        if final is not None:
+            self.write_diagnostics(final)   # before summary.json, which marks the run finished
         runs.write_summary(self.run_dir, summary)
         torch.save(self.agent.state_dict(), self.run_dir / runs.POLICY)
-        self.make_plots(final)
+        if final is not None:
+            self.make_plots(final)
         return summary
 
     def return_stats(self, result: EvalResult) -> dict[str, float]:

@@ -36,15 +36,18 @@ def test_updates_are_finite_and_change_every_network(algo, tmp_path):
         stats = trainer.rollout_round()
         assert stats["rollout/transitions"] == 128 and len(trainer.model_buffer) == 128
     agent = trainer.agent
-    before = {"actor": params(agent.actor), "critic": params(agent.critic), "target": params(agent.critic_target)}
-    alpha_before = agent.log_alpha.item()
+    # every network the agent has (BC: the actor only; IQL adds a value network)
+    nets = {name: getattr(agent, name) for name in ("actor", "critic", "critic_target", "value") if hasattr(agent, name)}
+    before = {name: params(module) for name, module in nets.items()}
+    alpha_before = agent.log_alpha.item() if hasattr(agent, "log_alpha") else None
     for _ in range(5):
         info = agent.update(trainer.sample_batch())
     assert all(math.isfinite(v) for v in info.values()), info
-    for name, module in (("actor", agent.actor), ("critic", agent.critic), ("target", agent.critic_target)):
+    for name, module in nets.items():
         changed = [not torch.equal(a, b) for a, b in zip(before[name], params(module))]
         assert all(changed), f"{algo}: {name} has parameters that did not change"
-    assert agent.log_alpha.item() != alpha_before
+    if alpha_before is not None:
+        assert agent.log_alpha.item() != alpha_before
     if algo == "combo":
         assert "combo/q_gap" in info
     if algo in ("scorepen", "mopo"):

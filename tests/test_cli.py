@@ -63,7 +63,7 @@ def test_train_cli_writes_run_folder_and_resumes(tmp_path):
     assert "final_distance_to_goal_mean" in evaluated
 
 
-@pytest.mark.parametrize("algo", ["mopo", "combo", "sac"])
+@pytest.mark.parametrize("algo", ["mopo", "combo", "sac", "iql", "bc"])
 def test_train_cli_every_algo(algo, tmp_path):
     cli("pyscorepen.train", "--algo", algo, "--out", str(tmp_path / algo), *tiny_args(steps=10))
     summary = json.loads((tmp_path / algo / "summary.json").read_text())

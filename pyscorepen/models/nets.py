@@ -132,3 +132,38 @@ class QEnsemble(nn.Module):
         for layer in self.layers[:-1]:
             x = F.relu(layer(x), inplace=True)                       # [N, B, H] (baddbmm's backward keeps no output)
         return self.layers[-1](x).squeeze(-1)                        # [N, B]
+
+
+class GaussianActor(nn.Module):
+    """IQL / BC policy: pi(a|s) = N(mean(s), diag(exp(log_std))) with mean(s) = scale * tanh(mu(s)) + offset
+    and a state-independent log_std (the ``NormalTanhPolicy(tanh_squash_distribution=False,
+    state_dependent_std=False)`` of IQL's official code, Kostrikov et al. 2021). Densities are taken in
+    the normalized box [-1, 1]^A, so the AWR weights do not depend on the env's action units."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_dims: tuple[int, ...],
+                 action_low: Tensor, action_high: Tensor, log_std_min: float = -5.0, log_std_max: float = 2.0):
+        super().__init__()
+        self.net = mlp(obs_dim, hidden_dims, action_dim, activation=nn.ReLU)
+        self.log_std = nn.Parameter(torch.zeros(action_dim))
+        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+        self.register_buffer("action_scale", ((action_high - action_low) / 2).float())
+        self.register_buffer("action_offset", ((action_high + action_low) / 2).float())
+
+    def mean_unit(self, obs: Tensor) -> Tensor:
+        """Mean action in the normalized box: tanh(mu(s)) [B, A]."""
+        return torch.tanh(self.net(obs))
+
+    def log_prob(self, obs: Tensor, actions: Tensor) -> Tensor:
+        """log pi(a|s) [B] of env-unit actions [B, A] (in normalized units)."""
+        mean = self.mean_unit(obs)                                              # [B, A]
+        a = (actions - self.action_offset) / self.action_scale                 # [B, A]
+        log_std = self.log_std.clamp(self.log_std_min, self.log_std_max)       # [A]
+        return (-0.5 * ((a - mean) / log_std.exp()).square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def forward(self, obs: Tensor, deterministic: bool = False, with_log_prob: bool = False
+                ) -> tuple[Tensor, Tensor | None]:
+        mean = self.mean_unit(obs)                                              # [B, A]
+        if not deterministic:
+            std = self.log_std.clamp(self.log_std_min, self.log_std_max).exp()
+            mean = (mean + std * torch.randn_like(mean)).clamp(-1.0, 1.0)
+        return mean * self.action_scale + self.action_offset, None

@@ -6,6 +6,12 @@ With several noise levels (noise-conditioned variant, Song & Ermon 2019) the net
 sees log(sigma) and the loss at each level is weighted by sigma^2; the penalty always uses
 the smallest sigma. The penalty ||h(s, a)||^2 (ScorePen Eq. 20) is computed in the
 *normalized* space the model is trained in, so beta is independent of the env's units.
+
+Partial scores (CDSA, Liu et al. 2024, Eq. 4-8): with ``perturbed=(start, stop)`` only the
+coordinates x[start:stop] are noised and the network outputs only those components of the
+score: perturbing the actions of x = (s, a) learns g(s, a) ~ grad_a log p (CDSA Eq. 5-6),
+perturbing the states learns h(s, a) ~ grad_s log p (Eq. 7-8). :meth:`ScoreModel.score` returns
+the score in the env's units (the normalized score divided by the coordinates' std).
 """
 from __future__ import annotations
 
@@ -37,18 +43,26 @@ class ScoreConfig:
 
 
 class ScoreModel(nn.Module):
-    def __init__(self, input_dim: int, config: ScoreConfig, normalizer: Normalizer | None = None):
+    """``perturbed``: the (start, stop) range of x's coordinates that are noised and whose score is
+    output (default: all of x); ``activation``: the hidden activation's factory (default SiLU)."""
+
+    def __init__(self, input_dim: int, config: ScoreConfig, normalizer: Normalizer | None = None,
+                 perturbed: tuple[int, int] | None = None, activation=nn.SiLU):
         super().__init__()
         self.config = config
         self.conditioned = len(config.sigmas) > 1
-        self.net = mlp(input_dim + int(self.conditioned), config.hidden_dims, input_dim)
+        start, stop = perturbed if perturbed is not None else (0, input_dim)
+        if not 0 <= start < stop <= input_dim:
+            raise ValueError(f"perturbed range {perturbed} is not inside [0, {input_dim})")
+        self.perturbed = slice(start, stop)
+        self.net = mlp(input_dim + int(self.conditioned), config.hidden_dims, stop - start, activation=activation)
         self.register_buffer("sigmas", torch.tensor(sorted(config.sigmas), dtype=torch.float32))
         norm = normalizer or Normalizer(torch.zeros(input_dim), torch.ones(input_dim))
         self.register_buffer("input_mean", norm.mean.clone())
         self.register_buffer("input_std", norm.std.clone())
 
     def forward(self, x_norm: Tensor, sigma: Tensor | None = None) -> Tensor:
-        """h(x_norm; sigma): [B, D] -> [B, D]. sigma [B] (noise-conditioned only)."""
+        """h(x_norm; sigma): [B, D] -> [B, P] (P = D unless ``perturbed``). sigma [B] (noise-conditioned only)."""
         if self.conditioned:
             if sigma is None:
                 sigma = self.sigmas[0].expand(x_norm.shape[0])
@@ -58,12 +72,26 @@ class ScoreModel(nn.Module):
     def normalize(self, obs: Tensor, actions: Tensor) -> Tensor:
         return (torch.cat([obs, actions], -1) - self.input_mean) / self.input_std
 
+    def score(self, obs: Tensor, actions: Tensor) -> Tensor:
+        """The score of the perturbed coordinates in env units: h(x_norm) / std [B, P]
+        (grad_x log p = grad_{x_norm} log p / std for x_norm = (x - mean) / std)."""
+        return self(self.normalize(obs, actions)) / self.input_std[self.perturbed]
+
+    def displacement(self, obs: Tensor, actions: Tensor) -> Tensor:
+        """Tweedie's denoising step in env units, (sigma std)^2 grad log p_sigma [B, P]: the move from
+        x to E[clean x | noisy x = x] (Efron 2011), bounded by the distance to the data for points
+        within a few sigma of it; sigma = min(sigmas)."""
+        return self(self.normalize(obs, actions)) * self.sigmas[0] ** 2 * self.input_std[self.perturbed]
+
     def dsm_loss(self, x_norm: Tensor) -> Tensor:
-        """Eq. 10: 1/2 || h(x + sigma z) + z/sigma ||^2, weighted by sigma^2 across levels."""
+        """Eq. 10 (CDSA Eq. 6 / 8 when ``perturbed``): 1/2 || h(x + sigma z) + z/sigma ||^2 with z
+        nonzero on the perturbed coordinates only, weighted by sigma^2 across levels."""
         B = x_norm.shape[0]
         sigma = self.sigmas[torch.randint(len(self.sigmas), (B,), device=x_norm.device)]  # [B]
-        z = torch.randn_like(x_norm)                                                    # [B, D]
-        h = self(x_norm + sigma[:, None] * z, sigma)
+        z = torch.randn_like(x_norm[:, self.perturbed])                                 # [B, P]
+        x_noisy = x_norm.clone()
+        x_noisy[:, self.perturbed] += sigma[:, None] * z
+        h = self(x_noisy, sigma)                                                        # [B, P]
         weight = (sigma / self.sigmas[0]).square() if self.conditioned else 1.0
         return 0.5 * ((h + z / sigma[:, None]).square().sum(-1) * weight).mean()
 
