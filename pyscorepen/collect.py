@@ -77,19 +77,21 @@ class CollectConfig:
     levels: tuple[str, ...] = LEVELS
     """Dataset levels to write: random, medium, medium-replay, expert, medium-expert."""
     steps: int = 1_000_000
-    """SAC env steps to train the expert (an upper bound when training stops early at medium)."""
+    """SAC env steps to train the expert (an upper bound when training stops early at medium). Range: [1, inf)."""
     dataset_size: int = 1_000_000
-    """Transitions in each random / medium / expert dataset (the last episode is cut as a time-out)."""
+    """Transitions in each random / medium / expert dataset (the last episode is cut as a time-out).
+    Range: [1, inf)."""
     expert_return: float | None = None
-    """Expert return (e.g. D4RL's 3234.3 for Hopper); sets the medium threshold and ref_max_score."""
+    """Expert return (e.g. D4RL's 3234.3 for Hopper); sets the medium threshold and ref_max_score.
+    Range: (-inf, inf)."""
     expert_run_dir: str | None = None
     """A finished collect run whose expert return (summary.json) sets the threshold and ref_max_score."""
     medium_fraction: float = 1.0 / 3.0
-    """Medium threshold: ref_min + fraction * (expert_return - ref_min); in (0, 1]."""
+    """Medium threshold: ref_min + fraction * (expert_return - ref_min). Range: (0, 1]."""
     medium_replay_size: int = 0
     """medium-replay holds the first max(medium step, N) SAC replay transitions; N > medium step keeps
     training past the medium policy (D4RL-like sizes: Hopper 400k, HalfCheetah 200k, Walker2d 300k).
-    0 = the D4RL recipe as written (the buffer up to the medium policy)."""
+    0 = the D4RL recipe as written (the buffer up to the medium policy). Range: [0, inf)."""
     run_dir: str | None = None
     """Run folder (state, policy snapshots, logs); default runs/collect/<env-id>-seed<seed>."""
     datasets_path: str | None = None
@@ -97,19 +99,19 @@ class CollectConfig:
     namespace: str = COLLECT_NAMESPACE
     """Dataset ids are <namespace>/<env family, lowercase>/<level>-v<dataset_version>."""
     dataset_version: int = 0
-    """Version suffix of the dataset ids."""
+    """Version suffix of the dataset ids. Range: [0, inf)."""
     seed: int = 0
-    """Seed of SAC, the envs and the dataset rollouts."""
+    """Seed of SAC, the envs and the dataset rollouts. Range: [0, 4294967295]."""
     learning_starts: int = 5000
-    """Uniform random actions (and no update) for this many initial steps."""
+    """Uniform random actions (and no update) for this many initial steps. Range: [0, inf)."""
     batch_size: int = 256
-    """SAC mini-batch size."""
+    """SAC mini-batch size. Range: [1, inf)."""
     eval_every: int = 5000
-    """Evaluate, snapshot the policy and checkpoint every this many env steps."""
+    """Evaluate, snapshot the policy and checkpoint every this many env steps. Range: [1, inf)."""
     eval_episodes: int = 5
-    """Episodes per evaluation during training."""
+    """Episodes per evaluation during training. Range: [1, inf)."""
     ref_episodes: int = 10
-    """Episodes averaged for ref_min_score (random policy) and the final expert return."""
+    """Episodes averaged for ref_min_score (random policy) and the final expert return. Range: [1, inf)."""
     deterministic_policy: bool = False
     """Roll out the mean action instead of sampling (datasets and returns alike)."""
     ref_scores_only: bool = False
@@ -117,7 +119,7 @@ class CollectConfig:
     task: str | None = None
     """Minari dataset id or path for --ref-scores-only."""
     torch_threads: int = 1
-    """torch intra-op threads (1 is fastest for these small nets on a shared CPU)."""
+    """torch intra-op threads (1 is fastest for these small nets on a shared CPU). Range: [1, inf)."""
     progress: bool = True
     """Show tqdm progress bars."""
     sac: SACConfig = field(default_factory=_online_sac_config)

@@ -50,15 +50,15 @@ class SuiteConfig:
     tasks: tuple[str, ...] = ("pyscorepen/hopper/medium-v0", "pyscorepen/hopper/medium-replay-v0")
     """Datasets: Minari ids or paths (anything the train CLI's --task accepts)."""
     seeds: tuple[int, ...] = (0, 1, 2)
-    """Training seeds per (algorithm, dataset)."""
+    """Training seeds per (algorithm, dataset). Range: [0, 4294967295], each value."""
     out: str = "runs/suite"
     """Suite folder holding the run folders, the tables and the plots."""
     steps: int | None = None
-    """Gradient steps per run (None: the train CLI's default)."""
+    """Gradient steps per run (None: the train CLI's default). Range: [1, inf)."""
     eval_interval: int | None = None
-    """Steps between evaluations (None: the train CLI's default)."""
+    """Steps between evaluations (None: the train CLI's default). Range: [1, inf)."""
     eval_episodes: int | None = None
-    """Episodes per evaluation (None: the train CLI's default)."""
+    """Episodes per evaluation (None: the train CLI's default). Range: [1, inf)."""
     extra_args: str = ""
     """More train CLI arguments for every run, one shell-quoted string appended last (they override
     the defaults file), e.g. --extra-args="--dynamics.max-epochs 5 --rollout.batch-size 5000"."""

@@ -28,19 +28,19 @@ class SweepArgs:
     out: Path = Path("runs/cliff_sweep")
     """Folder holding one run folder per (algo, beta, seed) and the aggregated results."""
     grid: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
-    """The paper's grid of penalty coefficients (Fig. 2b)."""
+    """The paper's grid of penalty coefficients (Fig. 2b). Range: [0, inf), each value."""
     seeds: tuple[int, ...] = (0,)
-    """Training seeds."""
+    """Training seeds. Range: [0, 4294967295], each value."""
     algos: tuple[str, ...] = ("scorepen", "mopo")
     """Algorithms compared."""
     scorepen_unit: float = 0.01
-    """ScorePen beta = grid value * this (sigma_min^2 of the score model)."""
+    """ScorePen beta = grid value * this (sigma_min^2 of the score model). Range: [0, inf)."""
     mopo_unit: float = 1.0
-    """MOPO lambda = grid value * this."""
+    """MOPO lambda = grid value * this. Range: [0, inf)."""
     steps: int = 20_000
-    """Gradient steps per run."""
+    """Gradient steps per run. Range: [1, inf)."""
     eval_episodes: int = 10
-    """Episodes of the final evaluation."""
+    """Episodes of the final evaluation. Range: [1, inf)."""
 
 
 def sweep(args: SweepArgs, base: TrainConfig | None = None) -> list[dict]:

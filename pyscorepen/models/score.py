@@ -25,15 +25,16 @@ from pyscorepen.ops.score_penalty import score_penalty
 class ScoreConfig:
     sigmas: tuple[float, ...] = (0.1,)
     """Noise level(s) sigma of Eq. 10, in normalized units. One value: plain DSM; several:
-    noise-conditioned, penalty at min(sigma). 0.1 gives a boundary layer of ~0.1 std, see README."""
+    noise-conditioned, penalty at min(sigma). 0.1 gives a boundary layer of ~0.1 std, see README.
+    Range: (0, inf), each value."""
     hidden_dims: tuple[int, ...] = (256, 256, 256)
-    """Hidden widths of the score MLP (SiLU)."""
+    """Hidden widths of the score MLP (SiLU). Range: [1, inf), each value."""
     lr: float = 1e-3
-    """Adam learning rate."""
+    """Adam learning rate. Range: (0, inf)."""
     batch_size: int = 512
-    """Minibatch size."""
+    """Minibatch size. Range: [1, inf)."""
     train_steps: int = 5000
-    """Gradient steps of score training (done once, before policy learning)."""
+    """Gradient steps of score training (done once, before policy learning). Range: [1, inf)."""
 
 
 class ScoreModel(nn.Module):
