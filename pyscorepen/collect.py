@@ -130,7 +130,32 @@ class CollectConfig:
 def _make_env(env_id: str) -> gym.Env:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return gym.make(env_id)
+        try:
+            return gym.make(env_id)
+        except gym.error.Error as err:   # unknown id / version, missing dependency
+            raise MinariTaskError(f"--env-id {env_id}: {err}") from err
+
+
+def validate(config: CollectConfig) -> None:
+    """Before anything is written: ranges, levels, the env and the output folders."""
+    from pyscorepen.validation import check_ranges, output_dir_problems, raise_problems
+    check_ranges(config)
+    problems = []
+    unknown = [level for level in config.levels if level not in LEVELS]
+    if unknown:
+        problems.append(f"--levels {' '.join(config.levels)}: unknown {', '.join(unknown)}; "
+                        f"choose from {', '.join(LEVELS)}")
+    if config.ref_scores_only:
+        if not config.task:
+            problems.append("--ref-scores-only needs --task <Minari dataset id or path>")
+        raise_problems(problems)
+        return
+    if config.run_dir:
+        problems += output_dir_problems(config.run_dir, "--run-dir")
+    if config.datasets_path:
+        problems += output_dir_problems(config.datasets_path, "--datasets-path")
+    raise_problems(problems)
+    _make_env(config.env_id).close()
 
 
 class RandomPolicy:
@@ -466,9 +491,7 @@ def random_reference_score(env_id: str, episodes: int, seed: int) -> float:
 def collect(config: CollectConfig) -> dict:
     """Train / resume SAC and write the requested datasets. Returns the run summary."""
     torch.set_num_threads(config.torch_threads)
-    unknown = set(config.levels) - set(LEVELS)
-    if unknown:
-        raise MinariTaskError(f"unknown level(s) {sorted(unknown)}; choose from {list(LEVELS)}")
+    validate(config)
     if config.ref_scores_only:
         return reference_scores_only(config)
     # absolute: minari's size bookkeeping breaks on a relative MINARI_DATASETS_PATH
@@ -649,18 +672,19 @@ def _raise_keyboard_interrupt(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     import signal
     import tyro
-    config = tyro.cli(CollectConfig, args=argv, description=CLI_DESCRIPTION)
-    # `kill <pid>` (SIGTERM) checkpoints like Ctrl-C; background jobs ignore SIGINT
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    try:
-        summary = collect(config)
-    except MinariTaskError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    print(json.dumps({k: v for k, v in summary.items() if k not in ("config", "evals")}, indent=2))
-    return 0
+
+    from pyscorepen.errors import DEBUG_HELP, cli_main
+
+    def go(argv: list[str]):
+        config = tyro.cli(CollectConfig, args=argv, description=CLI_DESCRIPTION + DEBUG_HELP)
+        # `kill <pid>` (SIGTERM) checkpoints like Ctrl-C; background jobs ignore SIGINT
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        try:
+            summary = collect(config)
+        except KeyboardInterrupt:
+            return 130
+        return {k: v for k, v in summary.items() if k not in ("config", "evals")}
+    return cli_main(go, argv)
 
 
 if __name__ == "__main__":

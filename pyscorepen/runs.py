@@ -72,7 +72,7 @@ def load_torch_file(path: Path, what: str, map_location="cpu", weights_only: boo
     except FileNotFoundError as err:
         raise RunFileError(f"{path} ({what}) does not exist. {hint}".strip()) from err
     except Exception as err:  # noqa: BLE001 - torch raises many types (EOFError, RuntimeError, pickle errors)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        first = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else ""
         raise RunFileError(f"{path} ({what}) cannot be read, it is truncated or corrupt "
                            f"({type(err).__name__}: {first[:200]}). {hint}".strip()) from err
 

@@ -78,10 +78,10 @@ class SuiteConfig:
     Needs `pip install -e .[ray]`; every node must see --out at the same path."""
     threads_per_run: int = 1
     """Threads per run: the Ray CPU request and OMP/MKL_NUM_THREADS of its train process
-    (a --threads N in --extra-args wins)."""
+    (a --threads N in --extra-args wins). Range: [1, inf)."""
     ray_max_retries: int = 3
     """Ray: relaunches of a run whose worker died or whose train process was killed by a signal;
-    each relaunch resumes from the run's last checkpoint."""
+    each relaunch resumes from the run's last checkpoint. Range: [0, inf)."""
 
 
 def slug(task: str) -> str:
@@ -126,6 +126,22 @@ def _train_has_threads() -> bool:
     return "threads" in TrainConfig.__dataclass_fields__
 
 
+def validate(config: SuiteConfig, defaults: dict) -> None:
+    """Before anything is written: the suite's own options, every run's train command line (ranges,
+    names, ...) and that every dataset can be found."""
+    from pyscorepen.train import parse_config
+    from pyscorepen.validation import check_ranges, output_dir_problems, raise_problems
+    check_ranges(config)
+    raise_problems(output_dir_problems(config.out))
+    for task in config.tasks:
+        if task != "cliff":
+            from pyscorepen.tasks.minari_task import resolve_dataset_location
+            resolve_dataset_location(task)
+    for algo in config.algos:
+        for task in config.tasks:
+            parse_config(train_command(config, algo, task, config.seeds[0], defaults)[3:])
+
+
 def run_suite(config: SuiteConfig) -> dict:
     """Launch the missing runs, then aggregate. Returns {'table': markdown, 'rows': [...], 'failed': [...]}."""
     from pyscorepen.errors import PyScorePenError
@@ -136,6 +152,8 @@ def run_suite(config: SuiteConfig) -> dict:
     if config.ray is not None and not (config.dry_run or config.aggregate_only):
         from pyscorepen.suite_ray import import_ray
         import_ray()   # a missing optional package fails before anything is written
+    if not config.aggregate_only:
+        validate(config, defaults)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     failed: list[dict] = []
@@ -351,22 +369,22 @@ def parse_args(argv: list[str]) -> SuiteConfig:
         if arg == "--ray" and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
             argv.insert(i + 1, "local")
             break
-    return tyro.cli(SuiteConfig, args=argv, description=CLI_DESCRIPTION)
+    from pyscorepen.errors import DEBUG_HELP
+    return tyro.cli(SuiteConfig, args=argv, description=CLI_DESCRIPTION + DEBUG_HELP)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pyscorepen.errors import PyScorePenError
-    config = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
+    from pyscorepen.errors import cli_main
+
+    def go(argv: list[str]) -> int:
+        config = parse_args(argv)
         result = run_suite(config)
-    except PyScorePenError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if result["failed"]:
-        print(f"[suite] {len(result['failed'])} run(s) failed; see {Path(config.out) / 'suite_log.jsonl'}",
-              file=sys.stderr)
-        return 1
-    return 0
+        if result["failed"]:
+            print(f"[suite] {len(result['failed'])} run(s) failed; see {Path(config.out) / 'suite_log.jsonl'}",
+                  file=sys.stderr)
+            return 1
+        return 0
+    return cli_main(go, argv)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ stopping, and the ``num_elites`` best members are used for rollouts.
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from dataclasses import dataclass
 
@@ -24,6 +25,11 @@ try:  # dispatching op (cpp / triton / ref); the reference is always there
     from pyscorepen.ops.rollout_step import rollout_step
 except ImportError:  # pragma: no cover
     from pyscorepen.ops.rollout_step import rollout_step_ref as rollout_step
+
+logger = logging.getLogger(__name__)
+
+LOG_EVERY_EPOCHS = 5
+"""Without progress bars, :meth:`EnsembleDynamics.fit` logs one line every this many epochs."""
 
 
 @dataclass
@@ -171,7 +177,13 @@ class EnsembleDynamics(nn.Module):
                 with torch.no_grad():
                     shown = loss + self.l2_penalty()
                 bar.set_postfix(loss=f"{shown.item():.3f}", holdout_mse=f"{mse.mean().item():.4g}")
-            if epochs_since_update >= cfg.max_epochs_since_update or (cfg.max_epochs and epoch >= cfg.max_epochs):
+            stop = epochs_since_update >= cfg.max_epochs_since_update or bool(cfg.max_epochs and epoch >= cfg.max_epochs)
+            if not progress and (epoch % LOG_EVERY_EPOCHS == 0 or stop):
+                elites = torch.argsort(best)[: cfg.num_elites]
+                logger.info("dynamics epoch %d: holdout MSE mean %.4g, best of elites %s %.4g, %d epoch(s) since an "
+                         "improvement, %.0f s", epoch, mse.mean().item(), elites.tolist(), best[elites].mean().item(),
+                         epochs_since_update, time.perf_counter() - t0)
+            if stop:
                 break
         bar.close()
         self.load_state_dict(best_state)

@@ -9,6 +9,7 @@ the smallest sigma. The penalty ||h(s, a)||^2 (ScorePen Eq. 20) is computed in t
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -19,6 +20,11 @@ from tqdm.auto import tqdm
 from pyscorepen.data import Normalizer, TransitionDataset
 from pyscorepen.models.nets import mlp, mlp_weights
 from pyscorepen.ops.score_penalty import score_penalty
+
+log = logging.getLogger(__name__)
+
+LOG_EVERY_STEPS = 1000
+"""Without progress bars, :meth:`ScoreModel.fit` logs one line every this many steps."""
 
 
 @dataclass
@@ -109,6 +115,9 @@ class ScoreModel(nn.Module):
             if step % 100 == 0 or step == cfg.train_steps - 1:
                 losses.append(loss.item())
                 bar.set_postfix(dsm_loss=f"{losses[-1]:.3f}")
+            if not progress and ((step + 1) % LOG_EVERY_STEPS == 0 or step == cfg.train_steps - 1):
+                log.info("score step %d/%d: DSM loss %.4g (last logged), %.0f s", step + 1, cfg.train_steps,
+                         losses[-1], time.perf_counter() - t0)
         self.requires_grad_(False)    # frozen afterwards (ScorePen Alg. 1, line 2)
         return {"score/dsm_loss_first": losses[0], "score/dsm_loss_last": sum(losses[-5:]) / len(losses[-5:]),
                 "score/seconds": time.perf_counter() - t0}

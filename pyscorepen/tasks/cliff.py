@@ -144,4 +144,6 @@ def make_cliff_task(config: CliffConfig):
     ref_min, ref_max = reference_returns(config)
     return Task(name="cliff", dataset=generate_dataset(config), make_env=lambda: make_env(config),
                 termination_fn=None, ref_min_score=ref_min, ref_max_score=ref_max,
-                info={"goal": list(config.goal), "boxes": config.box_array().tolist()})
+                info={"goal": list(config.goal), "boxes": config.box_array().tolist(),
+                      "dataset_size": config.dataset_size, "dataset_seed": config.dataset_seed,
+                      "max_action": config.max_action})

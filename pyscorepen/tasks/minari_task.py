@@ -177,6 +177,30 @@ def _episode_problems(ep, obs_dim: int | None, action_dim: int | None) -> list[s
     return problems
 
 
+_READ_ERRORS = (OSError, KeyError, ValueError, TypeError, IndexError, RuntimeError, AssertionError,
+                EOFError, UnicodeDecodeError)
+"""What h5py / minari raise on a truncated or corrupted file (OSError: bad HDF5 structure; KeyError:
+a missing group or field; ValueError/TypeError: a field of the wrong shape or kind; ...)."""
+
+
+def _episodes(mdataset, dataset_id: str, data_path: Path):
+    """The dataset's episodes; a read failure of the HDF5 file becomes a :class:`DatasetIntegrityError`."""
+    index = 0
+    try:
+        episodes = mdataset.iterate_episodes()
+        while True:
+            try:
+                ep = next(episodes)
+            except StopIteration:
+                return
+            yield ep
+            index += 1
+    except _READ_ERRORS as err:
+        raise DatasetIntegrityError(
+            f"Dataset '{dataset_id}' ({data_path}): episode {index} cannot be read, the file is truncated or "
+            f"corrupt ({type(err).__name__}: {str(err)[:200]}). Regenerate or re-download the dataset.") from err
+
+
 def load_minari_task(spec: str, ref_min: float | None = None, ref_max: float | None = None,
                      drop_invalid_episodes: bool = False, learned_termination_steps: int = 2000) -> Task:
     """Load a Minari dataset (id or path) as a :class:`Task`.
@@ -193,9 +217,13 @@ def load_minari_task(spec: str, ref_min: float | None = None, ref_max: float | N
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             mdataset = minari.MinariDataset(data_path)
-    except (ValueError, KeyError, OSError, AssertionError) as err:
+    except _READ_ERRORS as err:
         raise DatasetIntegrityError(f"Minari dataset '{spec}' at {data_path} cannot be opened: {err}") from err
-    metadata = mdataset.storage.metadata
+    try:
+        metadata = mdataset.storage.metadata
+    except _READ_ERRORS as err:
+        raise DatasetIntegrityError(f"Minari dataset '{spec}' at {data_path}: its metadata cannot be read "
+                                    f"({type(err).__name__}: {err})") from err
     dataset_id = metadata.get("dataset_id", spec)
 
     env_spec = _env_spec_from_metadata(metadata)
@@ -220,14 +248,14 @@ def load_minari_task(spec: str, ref_min: float | None = None, ref_max: float | N
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "actions", "rewards", "next_obs", "terminals", "timeouts")}
     dropped: list[dict] = []
     episode_returns: list[float] = []
-    for ep in mdataset.iterate_episodes():
+    for ep in _episodes(mdataset, dataset_id, data_path):
         problems = _episode_problems(ep, obs_dim, action_dim)
         if problems:
             if not drop_invalid_episodes:
                 raise DatasetIntegrityError(
                     f"Dataset '{dataset_id}' ({data_path}), episode {ep.id}: " + "; ".join(problems)
-                    + ". Fix or regenerate the dataset, or load it with drop_invalid_episodes=True "
-                      "(load_minari_task / make_task) to skip such episodes; each dropped one is reported.")
+                    + ". Fix or regenerate the dataset, or pass --drop-invalid-episodes (Python: "
+                      "drop_invalid_episodes=True) to skip such episodes; each dropped one is reported.")
             dropped.append({"episode": int(ep.id), "problems": problems})
             continue
         obs = ep.observations.reshape(len(ep.observations), -1)
