@@ -56,7 +56,7 @@ from tqdm import tqdm
 from pyscorepen.data import ReplayBuffer
 from pyscorepen.evaluation_metrics import REF_SCORES_FILE
 from pyscorepen.algos.sac import SAC, SACConfig
-from pyscorepen.tasks.minari_task import (COLLECT_NAMESPACE, MinariTaskError, collected_dataset_id,
+from pyscorepen.tasks.minari_task import (COLLECT_NAMESPACE, MinariTaskError, collected_dataset_id, write_checksums,
                                           minari_datasets_root, resolve_dataset_location,
                                           _env_spec_from_metadata)
 
@@ -281,6 +281,7 @@ def write_dataset(dataset_id: str, episodes: list[dict], env_id: str, root: Path
     final = root / dataset_id
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staging / dataset_id, final)
+    write_checksums(final, final / "data")
     os.environ["MINARI_DATASETS_PATH"] = str(root)
     try:  # register the namespace like minari does, so `minari list local` shows the dataset
         namespace = dataset_id.rsplit("/", 1)[0]

@@ -298,8 +298,8 @@ def read_curve(run: Path) -> tuple[np.ndarray, np.ndarray, str] | None:
     path = run / METRICS
     if not path.is_file():
         return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "step" in r]
+    from pyscorepen.runs import read_metrics
+    rows = [r for r in read_metrics(run) if "step" in r]
     if not rows:
         return None
     metric = "normalized_score_mean" if all(r.get("normalized_score_mean") is not None for r in rows) else "return_mean"

@@ -38,6 +38,9 @@ from pyscorepen.tasks.termination import resolve_termination_fn
 COLLECT_NAMESPACE = "pyscorepen"
 """Namespace of the datasets written by ``python -m pyscorepen.collect``."""
 
+CHECKSUMS_FILE = "pyscorepen_checksums.json"
+"""Next to a dataset's ``data/`` folder: sha256 of each file in it, written by ``pyscorepen.collect``."""
+
 
 class MinariTaskError(PyScorePenError):
     """A dataset problem with a user-facing, one-paragraph message (no stack trace needed)."""
@@ -124,6 +127,46 @@ def resolve_dataset_location(spec: str) -> tuple[Path, Path]:
         f"{where}). Download it with `minari download {spec}` (needs internet access; it is stored under "
         f"that same folder), or generate a comparable dataset on this machine with the library's own SAC "
         f"with `{collect}` ({hint}; see docs/mujoco.md for how long each level takes).")
+
+
+def data_checksums(data_path: Path) -> dict[str, str]:
+    """{file name: sha256} of the files in a dataset's ``data/`` folder."""
+    import hashlib
+    sums = {}
+    for path in sorted(Path(data_path).iterdir()):
+        if path.is_file():
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            sums[path.name] = digest.hexdigest()
+    return sums
+
+
+def write_checksums(root: Path, data_path: Path) -> None:
+    import json
+    (Path(root) / CHECKSUMS_FILE).write_text(json.dumps(data_checksums(data_path), indent=2) + "\n")
+
+
+def verify_checksums(spec: str, root: Path, data_path: Path) -> None:
+    """Datasets written by ``pyscorepen.collect`` carry checksums: any changed byte is an error (other
+    datasets cannot be checked this way; their fields are still checked episode by episode)."""
+    import json
+    path = Path(root) / CHECKSUMS_FILE
+    if not path.is_file():
+        return
+    try:
+        expected = json.loads(path.read_text())
+        assert isinstance(expected, dict)
+    except (ValueError, AssertionError, UnicodeDecodeError) as err:
+        raise DatasetIntegrityError(f"Minari dataset '{spec}': {path} is corrupt ({err}).") from err
+    actual = data_checksums(data_path)
+    bad = sorted(name for name in set(expected) | set(actual) if expected.get(name) != actual.get(name))
+    if bad:
+        raise DatasetIntegrityError(
+            f"Minari dataset '{spec}': {', '.join(str(Path(data_path) / n) for n in bad)} changed since "
+            f"pyscorepen.collect wrote it (sha256 differs from {path}): the file is truncated or corrupt. "
+            f"Regenerate the dataset, or delete {path} if the change was intended.")
 
 
 def _env_spec_from_metadata(metadata: dict) -> gym.envs.registration.EnvSpec | None:
@@ -213,6 +256,7 @@ def load_minari_task(spec: str, ref_min: float | None = None, ref_max: float | N
     import minari  # local import: minari is only needed for Minari tasks
 
     root, data_path = resolve_dataset_location(spec)
+    verify_checksums(spec, root, data_path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
