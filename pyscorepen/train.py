@@ -65,7 +65,7 @@ def prepare_run_dir(config: TrainConfig) -> Path:
     except OSError as err:
         if created and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()
-        raise PyScorePenError(f"cannot write the run folder {run_dir}: {err.strerror or err}") from err
+        raise PyScorePenError(f"--out {run_dir}: the run folder is not writable ({err.strerror or err})") from err
     return run_dir
 
 

@@ -47,7 +47,7 @@ class Interval:
         return above and below
 
     def __str__(self) -> str:
-        fmt = lambda v: "inf" if v == math.inf else "-inf" if v == -math.inf else f"{v:g}"
+        fmt = lambda v: "inf" if v == math.inf else "-inf" if v == -math.inf else f"{v:.15g}"
         return f"{'[' if self.lo_closed else '('}{fmt(self.lo)}, {fmt(self.hi)}{']' if self.hi_closed else ')'}"
 
 
