@@ -1,0 +1,78 @@
+"""The declared ranges (every numeric option has one, --help shows it) and the fit logs without bars."""
+import logging
+
+import pytest
+import torch
+
+from pyscorepen.collect import CollectConfig
+from pyscorepen.config import TrainConfig
+from pyscorepen.evaluate import EvaluateArgs
+from pyscorepen.experiments.cliff_sweep import SweepArgs
+from pyscorepen.suite import SuiteConfig
+from pyscorepen.validation import (ConfigError, Interval, check_ranges, field_docstrings, nested_fields,
+                                   numeric_fields, parse_range)
+
+
+def all_numeric_fields(cls, prefix=""):
+    docs = field_docstrings(cls)
+    for name, _, _ in numeric_fields(cls):
+        yield f"{cls.__name__}.{prefix}{name}", docs.get(name)
+    for name, sub, _ in nested_fields(cls):
+        yield from all_numeric_fields(sub, f"{name}.")
+
+
+@pytest.mark.parametrize("cls", [TrainConfig, EvaluateArgs, SuiteConfig, CollectConfig, SweepArgs])
+def test_every_numeric_option_documents_its_range(cls):
+    missing = [name for name, doc in all_numeric_fields(cls) if parse_range(doc) is None]
+    assert not missing, f"add 'Range: [lo, hi)' to the docstring of {missing}"
+
+
+def test_interval_parsing_and_membership():
+    r = parse_range("Discount factor. Range: [0, 1).")
+    assert r == Interval(0.0, 1.0, True, False) and str(r) == "[0, 1)"
+    assert 0 in r and 0.99 in r and 1 not in r and -1e-9 not in r
+    r = parse_range("Range: (0, inf), each value.")
+    assert 1e30 in r and 0 not in r and str(r) == "(0, inf)"
+    assert parse_range("no range here") is None
+
+
+def test_check_ranges_reports_every_problem_with_its_flag():
+    config = TrainConfig()
+    config.beta, config.sac.gamma, config.cliff.dataset_size = -1.0, float("nan"), 0
+    with pytest.raises(ConfigError) as err:
+        check_ranges(config)
+    message = str(err.value)
+    assert "--beta -1.0: must be in [0, inf)" in message and "--sac.gamma nan: must be a finite number" in message
+    assert "--dataset-size 0" in message and "\n" not in message     # cliff options have no group prefix
+
+
+def test_help_shows_ranges(capsys):
+    from pyscorepen.train import main
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "Range: [0, 1)" in out and "--debug" in out
+
+
+def test_fits_log_without_progress_bars(caplog):
+    from pyscorepen.data import TransitionDataset
+    from pyscorepen.models import dynamics as dynamics_module
+    from pyscorepen.models import score as score_module
+    from pyscorepen.models.dynamics import DynamicsConfig, EnsembleDynamics
+    from pyscorepen.models.score import ScoreConfig, ScoreModel
+    g = torch.Generator().manual_seed(0)
+    obs, act = torch.randn(200, 2, generator=g), torch.randn(200, 2, generator=g)
+    data = TransitionDataset(obs, act, torch.zeros(200), obs + act, torch.zeros(200), torch.zeros(200))
+    caplog.set_level(logging.INFO)
+    dyn = EnsembleDynamics(2, 2, DynamicsConfig(ensemble_size=3, num_elites=2, hidden_dims=(8,), max_epochs=7))
+    dyn.fit(data, progress=False)
+    lines = [r.message for r in caplog.records if r.name == dynamics_module.__name__]
+    assert len(lines) == 2 and lines[0].startswith(f"dynamics epoch {dynamics_module.LOG_EVERY_EPOCHS}:")
+    assert "holdout MSE" in lines[0] and "elites" in lines[0] and lines[1].startswith("dynamics epoch 7:")
+    caplog.clear()
+    ScoreModel(4, ScoreConfig(hidden_dims=(8,), train_steps=score_module.LOG_EVERY_STEPS + 1)).fit(data, progress=False)
+    lines = [r.message for r in caplog.records if r.name == score_module.__name__]
+    assert len(lines) == 2 and "DSM loss" in lines[0]
+    caplog.clear()
+    dyn.fit(data, progress=True)     # with bars: no log lines
+    assert not [r for r in caplog.records if r.name == dynamics_module.__name__]
