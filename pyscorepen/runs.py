@@ -9,6 +9,7 @@
                         (cliff) final_distance_to_goal_mean
       checkpoint.pt     latest training state (agent, model buffer, RNG) for resuming
       dynamics.pt       trained dynamics ensemble      score.pt   trained score model
+                        (each {'fingerprint', 'state_dict'}: see model_fingerprint)
       pretrain.json     their training statistics (epochs, holdout MSE, DSM loss, samples/s)
       policy.pt         final agent state
       eval_returns.json final evaluation's per-episode returns (VaR curve of the report)
