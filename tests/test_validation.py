@@ -76,3 +76,27 @@ def test_fits_log_without_progress_bars(caplog):
     caplog.clear()
     dyn.fit(data, progress=True)     # with bars: no log lines
     assert not [r for r in caplog.records if r.name == dynamics_module.__name__]
+
+
+def test_cliff_sweep_reuses_checked_pretrained_models(tmp_path):
+    """The sweep trains dynamics + score once (no policy) and its runs reuse them through the
+    fingerprint check of --pretrained-from."""
+    from dataclasses import replace
+
+    from pyscorepen import runs
+    from pyscorepen.config import apply_overrides, defaults_for
+    from pyscorepen.experiments.cliff_sweep import sweep
+    from tests.test_algorithms import TINY
+    base = apply_overrides(defaults_for("scorepen", "cliff"), {**TINY, "cliff.dataset_size": 300})
+    args = SweepArgs(out=tmp_path / "sweep", grid=(1.0,), seeds=(0,), algos=("scorepen", "mopo"), steps=2,
+                     eval_episodes=1)
+    rows = sweep(args, base=replace(base, eval_interval=2))
+    assert [r["algo"] for r in rows] == ["scorepen", "mopo"]
+    shared = args.out / "pretrained-s0"
+    assert (shared / runs.DYNAMICS).exists() and not (shared / runs.SUMMARY).exists()
+    saved = torch.load(shared / runs.DYNAMICS, weights_only=True)
+    assert saved["fingerprint"]["dataset"]["num_transitions"] == 300
+    for algo in ("scorepen", "mopo"):   # byte-identical copies of the shared, checked models
+        run_dir = args.out / f"{algo}-beta1-s0"
+        assert (run_dir / runs.DYNAMICS).read_bytes() == (shared / runs.DYNAMICS).read_bytes()
+    assert (args.out / "sweep.md").exists()
