@@ -51,9 +51,9 @@ def load_trainer(run_dir: Path):
     trainer = Trainer(config, task, Path(run_dir))
     policy = Path(run_dir) / runs.POLICY
     if policy.exists():
-        trainer.agent.load_state_dict(runs.load_torch_file(
-            policy, "the final agent", map_location=trainer.device,
-            hint=f"Delete it to evaluate the latest {runs.CHECKPOINT} instead (rerunning train rewrites it)."))
+        hint = f"Delete it to evaluate the latest {runs.CHECKPOINT} instead (rerunning train rewrites it)."
+        state = runs.load_torch_file(policy, "the final agent", map_location=trainer.device, hint=hint)
+        runs.load_state(trainer.agent, state, policy, "the final agent", hint)
         trainer.step = trainer.agent.num_updates
     elif not trainer.load_checkpoint():
         raise PyScorePenError(f"{run_dir} has neither {runs.POLICY} nor {runs.CHECKPOINT}")

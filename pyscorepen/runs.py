@@ -78,6 +78,15 @@ def load_torch_file(path: Path, what: str, map_location="cpu", weights_only: boo
                            f"({type(err).__name__}: {first[:200]}). {hint}".strip()) from err
 
 
+def load_state(module, state: dict, path: Path, what: str, hint: str = "") -> None:
+    """``module.load_state_dict(state)``; a state of other shapes or keys is a :class:`RunFileError`."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RunFileError(f"{path} ({what}) does not fit this run's model ({first[:300]}). {hint}".strip()) from err
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     """The rows of metrics.jsonl. A cut last line (a run killed while writing it) is left out with a
     warning; a corrupt line before it is a :class:`RunFileError`."""

@@ -128,9 +128,10 @@ class Trainer:
         if self.algorithm.uses_model:
             path = self.run_dir / runs.DYNAMICS
             if path.exists():
-                self.dynamics.load_state_dict(runs.load_model(path, "the dynamics model", self.fingerprint("dynamics"),
-                                                              map_location=self.device,
-                                                              hint=f"Delete {path} to retrain it."))
+                hint = f"Delete {path} to retrain it."
+                state = runs.load_model(path, "the dynamics model", self.fingerprint("dynamics"),
+                                        map_location=self.device, hint=hint)
+                runs.load_state(self.dynamics, state, path, "the dynamics model", hint)
             else:
                 info.update(self.dynamics.fit(self.dataset, progress=progress))
                 runs.save_model(path, self.dynamics.state_dict(), self.fingerprint("dynamics"))
@@ -138,9 +139,10 @@ class Trainer:
         if self.score is not None:
             path = self.run_dir / runs.SCORE
             if path.exists():
-                self.score.load_state_dict(runs.load_model(path, "the score model", self.fingerprint("score"),
-                                                           map_location=self.device,
-                                                           hint=f"Delete {path} to retrain it."))
+                hint = f"Delete {path} to retrain it."
+                state = runs.load_model(path, "the score model", self.fingerprint("score"), map_location=self.device,
+                                        hint=hint)
+                runs.load_state(self.score, state, path, "the score model", hint)
                 self.score.requires_grad_(False)
             else:
                 info.update(self.score.fit(self.dataset, progress=progress))

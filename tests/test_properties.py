@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from pyscorepen.errors import PyScorePenError
 from pyscorepen.tasks.minari_task import CHECKSUMS_FILE, load_minari_task
 
-SETTINGS = settings(max_examples=30, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=30, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 FIELDS = ("observations", "actions", "rewards", "terminations", "truncations")
 
@@ -197,7 +197,8 @@ def parse_number(kind: str, text: str):
         return None
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(draws=st.dictionaries(st.sampled_from(sorted(ORACLE)),
                              st.tuples(st.booleans(), value_text, st.integers(1, 50), st.floats(0.01, 0.99)),
                              min_size=1, max_size=4))
