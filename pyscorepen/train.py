@@ -63,8 +63,12 @@ def prepare_run_dir(config: TrainConfig) -> Path:
         tmp.write_text(json.dumps(new, indent=2) + "\n")
         tmp.replace(run_dir / runs.CONFIG)
     except OSError as err:
-        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()
+        try:   # leave nothing behind
+            (run_dir / (runs.CONFIG + ".tmp")).unlink(missing_ok=True)
+            if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+                run_dir.rmdir()
+        except OSError:
+            pass
         raise PyScorePenError(f"--out {run_dir}: the run folder is not writable ({err.strerror or err})") from err
     return run_dir
 
