@@ -100,3 +100,22 @@ def test_cliff_sweep_reuses_checked_pretrained_models(tmp_path):
         run_dir = args.out / f"{algo}-beta1-s0"
         assert (run_dir / runs.DYNAMICS).read_bytes() == (shared / runs.DYNAMICS).read_bytes()
     assert (args.out / "sweep.md").exists()
+
+
+def test_model_files_fingerprint_and_legacy(tmp_path, caplog):
+    from pyscorepen import runs
+    from pyscorepen.models.score import ScoreConfig
+    from pyscorepen.runs import RunFileError, load_model, model_fingerprint, save_model
+    identity = {"task": "cliff", "num_transitions": 300, "obs_dim": 2, "action_dim": 2, "sha256": "ab"}
+    fp = model_fingerprint("score", identity, ScoreConfig())
+    state = {"w": torch.ones(2)}
+    save_model(tmp_path / "score.pt", state, fp)
+    assert torch.equal(load_model(tmp_path / "score.pt", "the score model", fp)["w"], state["w"])
+    other = model_fingerprint("score", {**identity, "num_transitions": 400}, ScoreConfig(sigmas=(0.2,)))
+    with pytest.raises(RunFileError) as err:
+        load_model(tmp_path / "score.pt", "the score model", other)
+    assert "dataset.num_transitions: 300 → 400" in str(err.value) and "config.sigmas: [0.1] → [0.2]" in str(err.value)
+    torch.save(state, tmp_path / "legacy.pt")       # saved before fingerprints: loads, with a warning
+    assert torch.equal(load_model(tmp_path / "legacy.pt", "the score model", fp)["w"], state["w"])
+    assert "no fingerprint" in caplog.text
+    assert not list(tmp_path.glob("*.tmp")) and runs.SCORE == "score.pt"
