@@ -162,7 +162,10 @@ def trained_steps(run_dir: Path) -> int:
     run_dir = Path(run_dir)
     steps = 0
     if (run_dir / SUMMARY).exists():
-        steps = int(read_json(run_dir / SUMMARY, "the run summary").get("steps", 0))
+        try:
+            steps = int(read_json(run_dir / SUMMARY, "the run summary").get("steps", 0))
+        except (RunFileError, AttributeError, TypeError, ValueError) as err:   # rewritten when the run ends
+            log.warning("%s is unreadable (%s); counting the steps of %s instead", run_dir / SUMMARY, err, METRICS)
     rows = read_metrics(run_dir)
     return max([steps] + [int(r.get("step", 0)) for r in rows])
 

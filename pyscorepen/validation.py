@@ -234,10 +234,11 @@ def validate_train_config(config) -> None:
 
 def validate_task(config, task) -> None:
     """Checks that need the loaded task (dataset size, reference returns)."""
+    from pyscorepen.algos import ALGORITHMS
     problems = []
     n = len(task.dataset)
     holdout = min(int(n * config.dynamics.holdout_ratio), config.dynamics.max_holdout)
-    if holdout < 1 or holdout >= n:
+    if ALGORITHMS[config.algo].uses_model and (holdout < 1 or holdout >= n):
         problems.append(f"the dataset has {n} transitions: --dynamics.holdout-ratio "
                         f"{config.dynamics.holdout_ratio} leaves {holdout} for the holdout and {n - holdout} "
                         "for training; both need at least one")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import logging
 import re
 import shlex
@@ -122,6 +123,7 @@ SETUPS = {
     "truncated `checkpoint.pt`, no `policy.pt`": lambda ctx: (_cut(ctx["run"] / "checkpoint.pt"),
                                                               (ctx["run"] / "policy.pt").unlink()),
     "cut `config.json`": lambda ctx: _cut(ctx["run"] / "config.json"),
+    "cut `summary.json`": lambda ctx: _cut(ctx["run"] / "summary.json"),
     "cut last `metrics.jsonl` line": lambda ctx: _cut(ctx["run"] / "metrics.jsonl", 0.98),
     "truncated HDF5": lambda ctx: _cut(_hdf5(ctx)),
     "one HDF5 byte flipped": lambda ctx: _flip(_hdf5(ctx)),
@@ -179,6 +181,10 @@ def test_bad_input(number, command, setup, status, message, tmp_path, monkeypatc
     if status == 1:
         return
     assert "Traceback" not in text, f"case {number}: a traceback was printed\n{text[-3000:]}"
+    if status == 0 and "run" in ctx:    # recovered: the run folder is whole again
+        summary = json.loads((ctx["run"] / "summary.json").read_text())
+        rows = [json.loads(line) for line in (ctx["run"] / "metrics.jsonl").read_text().splitlines()]
+        assert summary["steps"] == 4 and rows and rows[-1]["step"] <= 4
     if status != 0:
         assert snapshot(tmp_path) == before, f"case {number}: a refused command created or changed files"
         assert not (tmp_path / "out").exists()
