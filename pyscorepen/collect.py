@@ -56,7 +56,7 @@ from tqdm import tqdm
 from pyscorepen.data import ReplayBuffer
 from pyscorepen.evaluation_metrics import REF_SCORES_FILE
 from pyscorepen.algos.sac import SAC, SACConfig
-from pyscorepen.tasks.minari_task import (COLLECT_NAMESPACE, MinariTaskError, collected_dataset_id,
+from pyscorepen.tasks.minari_task import (COLLECT_NAMESPACE, MinariTaskError, collected_dataset_id, write_checksums,
                                           minari_datasets_root, resolve_dataset_location,
                                           _env_spec_from_metadata)
 
@@ -77,19 +77,21 @@ class CollectConfig:
     levels: tuple[str, ...] = LEVELS
     """Dataset levels to write: random, medium, medium-replay, expert, medium-expert."""
     steps: int = 1_000_000
-    """SAC env steps to train the expert (an upper bound when training stops early at medium)."""
+    """SAC env steps to train the expert (an upper bound when training stops early at medium). Range: [1, inf)."""
     dataset_size: int = 1_000_000
-    """Transitions in each random / medium / expert dataset (the last episode is cut as a time-out)."""
+    """Transitions in each random / medium / expert dataset (the last episode is cut as a time-out).
+    Range: [1, inf)."""
     expert_return: float | None = None
-    """Expert return (e.g. D4RL's 3234.3 for Hopper); sets the medium threshold and ref_max_score."""
+    """Expert return (e.g. D4RL's 3234.3 for Hopper); sets the medium threshold and ref_max_score.
+    Range: (-inf, inf)."""
     expert_run_dir: str | None = None
     """A finished collect run whose expert return (summary.json) sets the threshold and ref_max_score."""
     medium_fraction: float = 1.0 / 3.0
-    """Medium threshold: ref_min + fraction * (expert_return - ref_min); in (0, 1]."""
+    """Medium threshold: ref_min + fraction * (expert_return - ref_min). Range: (0, 1]."""
     medium_replay_size: int = 0
     """medium-replay holds the first max(medium step, N) SAC replay transitions; N > medium step keeps
     training past the medium policy (D4RL-like sizes: Hopper 400k, HalfCheetah 200k, Walker2d 300k).
-    0 = the D4RL recipe as written (the buffer up to the medium policy)."""
+    0 = the D4RL recipe as written (the buffer up to the medium policy). Range: [0, inf)."""
     run_dir: str | None = None
     """Run folder (state, policy snapshots, logs); default runs/collect/<env-id>-seed<seed>."""
     datasets_path: str | None = None
@@ -97,19 +99,19 @@ class CollectConfig:
     namespace: str = COLLECT_NAMESPACE
     """Dataset ids are <namespace>/<env family, lowercase>/<level>-v<dataset_version>."""
     dataset_version: int = 0
-    """Version suffix of the dataset ids."""
+    """Version suffix of the dataset ids. Range: [0, inf)."""
     seed: int = 0
-    """Seed of SAC, the envs and the dataset rollouts."""
+    """Seed of SAC, the envs and the dataset rollouts. Range: [0, 4294967295]."""
     learning_starts: int = 5000
-    """Uniform random actions (and no update) for this many initial steps."""
+    """Uniform random actions (and no update) for this many initial steps. Range: [0, inf)."""
     batch_size: int = 256
-    """SAC mini-batch size."""
+    """SAC mini-batch size. Range: [1, inf)."""
     eval_every: int = 5000
-    """Evaluate, snapshot the policy and checkpoint every this many env steps."""
+    """Evaluate, snapshot the policy and checkpoint every this many env steps. Range: [1, inf)."""
     eval_episodes: int = 5
-    """Episodes per evaluation during training."""
+    """Episodes per evaluation during training. Range: [1, inf)."""
     ref_episodes: int = 10
-    """Episodes averaged for ref_min_score (random policy) and the final expert return."""
+    """Episodes averaged for ref_min_score (random policy) and the final expert return. Range: [1, inf)."""
     deterministic_policy: bool = False
     """Roll out the mean action instead of sampling (datasets and returns alike)."""
     ref_scores_only: bool = False
@@ -117,7 +119,7 @@ class CollectConfig:
     task: str | None = None
     """Minari dataset id or path for --ref-scores-only."""
     torch_threads: int = 1
-    """torch intra-op threads (1 is fastest for these small nets on a shared CPU)."""
+    """torch intra-op threads (1 is fastest for these small nets on a shared CPU). Range: [1, inf)."""
     progress: bool = True
     """Show tqdm progress bars."""
     sac: SACConfig = field(default_factory=_online_sac_config)
@@ -128,7 +130,32 @@ class CollectConfig:
 def _make_env(env_id: str) -> gym.Env:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return gym.make(env_id)
+        try:
+            return gym.make(env_id)
+        except gym.error.Error as err:   # unknown id / version, missing dependency
+            raise MinariTaskError(f"--env-id {env_id}: {err}") from err
+
+
+def validate(config: CollectConfig) -> None:
+    """Before anything is written: ranges, levels, the env and the output folders."""
+    from pyscorepen.validation import check_ranges, output_dir_problems, raise_problems
+    check_ranges(config)
+    problems = []
+    unknown = [level for level in config.levels if level not in LEVELS]
+    if unknown:
+        problems.append(f"--levels {' '.join(config.levels)}: unknown {', '.join(unknown)}; "
+                        f"choose from {', '.join(LEVELS)}")
+    if config.ref_scores_only:
+        if not config.task:
+            problems.append("--ref-scores-only needs --task <Minari dataset id or path>")
+        raise_problems(problems)
+        return
+    if config.run_dir:
+        problems += output_dir_problems(config.run_dir, "--run-dir")
+    if config.datasets_path:
+        problems += output_dir_problems(config.datasets_path, "--datasets-path")
+    raise_problems(problems)
+    _make_env(config.env_id).close()
 
 
 class RandomPolicy:
@@ -254,6 +281,7 @@ def write_dataset(dataset_id: str, episodes: list[dict], env_id: str, root: Path
     final = root / dataset_id
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staging / dataset_id, final)
+    write_checksums(final, final / "data")
     os.environ["MINARI_DATASETS_PATH"] = str(root)
     try:  # register the namespace like minari does, so `minari list local` shows the dataset
         namespace = dataset_id.rsplit("/", 1)[0]
@@ -464,9 +492,7 @@ def random_reference_score(env_id: str, episodes: int, seed: int) -> float:
 def collect(config: CollectConfig) -> dict:
     """Train / resume SAC and write the requested datasets. Returns the run summary."""
     torch.set_num_threads(config.torch_threads)
-    unknown = set(config.levels) - set(LEVELS)
-    if unknown:
-        raise MinariTaskError(f"unknown level(s) {sorted(unknown)}; choose from {list(LEVELS)}")
+    validate(config)
     if config.ref_scores_only:
         return reference_scores_only(config)
     # absolute: minari's size bookkeeping breaks on a relative MINARI_DATASETS_PATH
@@ -647,18 +673,19 @@ def _raise_keyboard_interrupt(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     import signal
     import tyro
-    config = tyro.cli(CollectConfig, args=argv, description=CLI_DESCRIPTION)
-    # `kill <pid>` (SIGTERM) checkpoints like Ctrl-C; background jobs ignore SIGINT
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    try:
-        summary = collect(config)
-    except MinariTaskError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    print(json.dumps({k: v for k, v in summary.items() if k not in ("config", "evals")}, indent=2))
-    return 0
+
+    from pyscorepen.errors import DEBUG_HELP, cli_main
+
+    def go(argv: list[str]):
+        config = tyro.cli(CollectConfig, args=argv, description=CLI_DESCRIPTION + DEBUG_HELP)
+        # `kill <pid>` (SIGTERM) checkpoints like Ctrl-C; background jobs ignore SIGINT
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        try:
+            summary = collect(config)
+        except KeyboardInterrupt:
+            return 130
+        return {k: v for k, v in summary.items() if k not in ("config", "evals")}
+    return cli_main(go, argv)
 
 
 if __name__ == "__main__":

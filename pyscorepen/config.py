@@ -17,15 +17,15 @@ from pyscorepen.tasks.risky import RiskyConfig
 @dataclass
 class RolloutConfig:
     length: int = 5
-    """Model rollout horizon h (MOPO Alg. 2)."""
+    """Model rollout horizon h (MOPO Alg. 2). Range: [1, inf)."""
     batch_size: int = 10_000
-    """Start states per rollout round (MOPO uses 50k on MuJoCo)."""
+    """Start states per rollout round (MOPO uses 50k on MuJoCo). Range: [1, inf)."""
     freq: int = 1000
-    """Gradient steps between rollout rounds."""
+    """Gradient steps between rollout rounds. Range: [1, inf)."""
     retain_rounds: int = 5
-    """Model-buffer retention window, in rollout rounds (capacity = batch*length*rounds)."""
+    """Model-buffer retention window, in rollout rounds (capacity = batch*length*rounds). Range: [1, inf)."""
     chunk_size: int = 4096
-    """Start states processed together (keeps activations cache-resident on CPU)."""
+    """Start states processed together (keeps activations cache-resident on CPU). Range: [1, inf)."""
 
 
 @dataclass
@@ -35,26 +35,27 @@ class TrainConfig:
     task: str = "cliff"
     """'cliff', 'risky' (2-D navigation with hazards, CDSA §5.1), a Minari dataset id (mujoco/hopper/medium-v0) or a path to a Minari dataset."""
     seed: int = 0
-    """Training seed (network init, sampling, rollouts, evaluation)."""
+    """Training seed (network init, sampling, rollouts, evaluation). Range: [0, 4294967295]."""
     steps: int = 20_000
-    """Gradient steps of policy learning."""
+    """Gradient steps of policy learning. Range: [1, inf)."""
     beta: float = 0.01
     """Coefficient of the score penalty ||h(s,a)||^2 (ScorePen Eq. 20). The penalty is in normalized
-    (s, a) units, where it scales as 1/sigma^2: 0.01 is the paper's grid value 1 times sigma^2 = 0.01."""
+    (s, a) units, where it scales as 1/sigma^2: 0.01 is the paper's grid value 1 times sigma^2 = 0.01.
+    Range: [0, inf)."""
     mopo_lambda: float = 1.0
-    """Coefficient lambda of the MOPO uncertainty penalty max_i ||sigma_i||."""
+    """Coefficient lambda of the MOPO uncertainty penalty max_i ||sigma_i||. Range: [0, inf)."""
     mobile_beta: float = 1.0
-    """Coefficient of the MOBILE penalty (used when 'mobile' is among the penalties)."""
+    """Coefficient of the MOBILE penalty (used when 'mobile' is among the penalties). Range: [0, inf)."""
     penalties: tuple[str, ...] | None = None
     """Penalty plug-ins; None uses the algorithm's own. E.g. 'score uncertainty' combines two."""
     real_ratio: float | None = None
-    """Fraction of real data per batch; None uses the algorithm's default (0.05 MOPO, 0.5 COMBO)."""
+    """Fraction of real data per batch; None uses the algorithm's default (0.05 MOPO, 0.5 COMBO). Range: [0, 1]."""
     batch_size: int = 256
-    """SAC minibatch size."""
+    """SAC minibatch size. Range: [1, inf)."""
     eval_interval: int = 2000
-    """Gradient steps between evaluations (a line in metrics.jsonl and a checkpoint)."""
+    """Gradient steps between evaluations (a line in metrics.jsonl and a checkpoint). Range: [1, inf)."""
     eval_episodes: int = 10
-    """Episodes per evaluation."""
+    """Episodes per evaluation. Range: [1, inf)."""
     out: str | None = None
     """Run folder; default runs/<algo>-<task>-s<seed>. An existing run folder is resumed."""
     pretrained_from: str | None = None
@@ -66,9 +67,9 @@ class TrainConfig:
     tensorboard: bool = False
     """Also write every metrics.jsonl row as TensorBoard scalars to <run>/tb/ (pip install -e .[tensorboard])."""
     ref_min: float | None = None
-    """Override of the random-policy reference return (normalized score)."""
+    """Override of the random-policy reference return (normalized score). Range: (-inf, inf)."""
     ref_max: float | None = None
-    """Override of the expert reference return (normalized score)."""
+    """Override of the expert reference return (normalized score). Range: (-inf, inf)."""
     drop_invalid_episodes: bool = False
     """Minari datasets: skip (and list) episodes with NaN/inf or inconsistent fields instead of failing."""
     cliff: Annotated[CliffConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=CliffConfig)

@@ -11,17 +11,15 @@ configs/defaults.toml (CDSA Table 2), stored in the CDSA run's config.
 """
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import tyro
 
 from pyscorepen import runs
 from pyscorepen.config import TrainConfig
-from pyscorepen.errors import PyScorePenError, report
+from pyscorepen.errors import DEBUG_HELP, PyScorePenError, cli_main
 
 
 @dataclass
@@ -29,9 +27,9 @@ class EvaluateArgs:
     run_dir: tyro.conf.Positional[Path]
     """A run folder written by ``python -m pyscorepen.train``."""
     episodes: int = 10
-    """Evaluation episodes."""
+    """Evaluation episodes. Range: [1, inf)."""
     seed: int | None = None
-    """Evaluation seed (default: the run's own evaluation seed)."""
+    """Evaluation seed (default: the run's own evaluation seed). Range: [0, 4294967295]."""
     write: bool = False
     """Also overwrite the run's summary.json with this evaluation."""
     cdsa: Path | None = None
@@ -50,17 +48,28 @@ def load_trainer(run_dir: Path):
     """A :class:`Trainer` rebuilt from a run folder, with its final (or latest) agent loaded."""
     from pyscorepen.tasks import make_task
     from pyscorepen.trainer import Trainer
+    from pyscorepen.validation import validate_task, validate_train_config
     cfg_path = Path(run_dir) / runs.CONFIG
+    if not Path(run_dir).is_dir():
+        raise PyScorePenError(f"{run_dir} is not a run folder (no such folder)")
     if not cfg_path.exists():
         raise PyScorePenError(f"{run_dir} is not a run folder (no {runs.CONFIG})")
-    config = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+    try:
+        config = TrainConfig.from_dict(runs.read_json(cfg_path, "the run's config"))
+    except TypeError as err:   # a JSON value of the wrong shape
+        raise runs.RunFileError(f"{cfg_path} (the run's config) is not a pyscorepen config: {err}") from err
     config.progress = False
+    config.out = config.pretrained_from = None   # only read here: need not be writable / still exist
+    validate_train_config(config)
     task = make_task(config.task, cliff=config.cliff, ref_min=config.ref_min, ref_max=config.ref_max,
                      drop_invalid_episodes=config.drop_invalid_episodes, risky=config.risky)
+    validate_task(config, task)
     trainer = Trainer(config, task, Path(run_dir))
     policy = Path(run_dir) / runs.POLICY
     if policy.exists():
-        trainer.agent.load_state_dict(torch.load(policy, map_location=trainer.device))
+        hint = f"Delete it to evaluate the latest {runs.CHECKPOINT} instead (rerunning train rewrites it)."
+        state = runs.load_torch_file(policy, "the final agent", map_location=trainer.device, hint=hint)
+        runs.load_state(trainer.agent, state, policy, "the final agent", hint)
         trainer.step = trainer.agent.num_updates
     elif not trainer.load_checkpoint():
         raise PyScorePenError(f"{run_dir} has neither {runs.POLICY} nor {runs.CHECKPOINT}")
@@ -86,9 +95,15 @@ def evaluate_run(args: EvaluateArgs) -> dict:
     return summary
 
 
+def parse_args(argv: list[str]) -> EvaluateArgs:
+    from pyscorepen.validation import check_ranges
+    args = tyro.cli(EvaluateArgs, args=argv, description=__doc__ + DEBUG_HELP)
+    check_ranges(args)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = tyro.cli(EvaluateArgs, args=argv, description=__doc__)
-    return report(evaluate_run, args)
+    return cli_main(lambda a: evaluate_run(parse_args(a)), argv)
 
 
 if __name__ == "__main__":

@@ -257,8 +257,6 @@ def cliff_heatmap(run_dir: Path, config: dict) -> tuple[str, str]:
         return png_img(path.read_bytes(), f"penalty heatmap of {run_dir.name}"), ""
     import tempfile
 
-    import torch
-
     from pyscorepen import plots
     from pyscorepen.config import TrainConfig
     from pyscorepen.tasks import make_task
@@ -266,9 +264,10 @@ def cliff_heatmap(run_dir: Path, config: dict) -> tuple[str, str]:
     cfg = TrainConfig.from_dict(config)
     cfg.progress, cfg.device, cfg.tensorboard = False, "cpu", False
     if (run_dir / runs.POLICY).is_file():
-        agent_state = torch.load(run_dir / runs.POLICY, map_location="cpu")
+        agent_state = runs.load_torch_file(run_dir / runs.POLICY, "the final agent")
     elif (run_dir / runs.CHECKPOINT).is_file():
-        agent_state = torch.load(run_dir / runs.CHECKPOINT, map_location="cpu", weights_only=False)["agent"]
+        agent_state = runs.load_torch_file(run_dir / runs.CHECKPOINT, "the training checkpoint",
+                                           weights_only=False)["agent"]
     else:
         return "", "no heatmap: the run has no policy.pt or checkpoint.pt yet."
     task = make_task(cfg.task, cliff=cfg.cliff)
@@ -277,11 +276,13 @@ def cliff_heatmap(run_dir: Path, config: dict) -> tuple[str, str]:
     if trainer.algorithm.uses_model:
         if not (run_dir / runs.DYNAMICS).is_file():
             return "", "no heatmap: dynamics.pt is missing."
-        trainer.dynamics.load_state_dict(torch.load(run_dir / runs.DYNAMICS, map_location="cpu"))
+        trainer.dynamics.load_state_dict(runs.load_model(run_dir / runs.DYNAMICS, "the dynamics model",
+                                                         trainer.fingerprint("dynamics")))
     if trainer.score is not None:
         if not (run_dir / runs.SCORE).is_file():
             return "", "no heatmap: score.pt is missing."
-        trainer.score.load_state_dict(torch.load(run_dir / runs.SCORE, map_location="cpu"))
+        trainer.score.load_state_dict(runs.load_model(run_dir / runs.SCORE, "the score model",
+                                                      trainer.fingerprint("score")))
     trajectories = trainer.evaluate(cfg.eval_episodes, keep_trajectories=True).trajectories
     with tempfile.TemporaryDirectory() as tmp:
         png = Path(tmp) / runs.HEATMAP

@@ -50,15 +50,15 @@ class SuiteConfig:
     tasks: tuple[str, ...] = ("pyscorepen/hopper/medium-v0", "pyscorepen/hopper/medium-replay-v0")
     """Datasets: Minari ids or paths (anything the train CLI's --task accepts)."""
     seeds: tuple[int, ...] = (0, 1, 2)
-    """Training seeds per (algorithm, dataset)."""
+    """Training seeds per (algorithm, dataset). Range: [0, 4294967295], each value."""
     out: str = "runs/suite"
     """Suite folder holding the run folders, the tables and the plots."""
     steps: int | None = None
-    """Gradient steps per run (None: the train CLI's default)."""
+    """Gradient steps per run (None: the train CLI's default). Range: [1, inf)."""
     eval_interval: int | None = None
-    """Steps between evaluations (None: the train CLI's default)."""
+    """Steps between evaluations (None: the train CLI's default). Range: [1, inf)."""
     eval_episodes: int | None = None
-    """Episodes per evaluation (None: the train CLI's default)."""
+    """Episodes per evaluation (None: the train CLI's default). Range: [1, inf)."""
     extra_args: str = ""
     """More train CLI arguments for every run, one shell-quoted string appended last (they override
     the defaults file), e.g. --extra-args="--dynamics.max-epochs 5 --rollout.batch-size 5000"."""
@@ -78,10 +78,10 @@ class SuiteConfig:
     Needs `pip install -e .[ray]`; every node must see --out at the same path."""
     threads_per_run: int = 1
     """Threads per run: the Ray CPU request and OMP/MKL_NUM_THREADS of its train process
-    (a --threads N in --extra-args wins)."""
+    (a --threads N in --extra-args wins). Range: [1, inf)."""
     ray_max_retries: int = 3
     """Ray: relaunches of a run whose worker died or whose train process was killed by a signal;
-    each relaunch resumes from the run's last checkpoint."""
+    each relaunch resumes from the run's last checkpoint. Range: [0, inf)."""
 
 
 def slug(task: str) -> str:
@@ -126,6 +126,22 @@ def _train_has_threads() -> bool:
     return "threads" in TrainConfig.__dataclass_fields__
 
 
+def validate(config: SuiteConfig, defaults: dict) -> None:
+    """Before anything is written: the suite's own options, every run's train command line (ranges,
+    names, ...) and that every dataset can be found."""
+    from pyscorepen.train import parse_config
+    from pyscorepen.validation import check_ranges, output_dir_problems, raise_problems
+    check_ranges(config)
+    raise_problems(output_dir_problems(config.out))
+    for task in config.tasks:
+        if task != "cliff":
+            from pyscorepen.tasks.minari_task import resolve_dataset_location
+            resolve_dataset_location(task)
+    for algo in config.algos:
+        for task in config.tasks:
+            parse_config(train_command(config, algo, task, config.seeds[0], defaults)[3:])
+
+
 def run_suite(config: SuiteConfig) -> dict:
     """Launch the missing runs, then aggregate. Returns {'table': markdown, 'rows': [...], 'failed': [...]}."""
     from pyscorepen.errors import PyScorePenError
@@ -136,6 +152,8 @@ def run_suite(config: SuiteConfig) -> dict:
     if config.ray is not None and not (config.dry_run or config.aggregate_only):
         from pyscorepen.suite_ray import import_ray
         import_ray()   # a missing optional package fails before anything is written
+    if not config.aggregate_only:
+        validate(config, defaults)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     failed: list[dict] = []
@@ -280,8 +298,8 @@ def read_curve(run: Path) -> tuple[np.ndarray, np.ndarray, str] | None:
     path = run / METRICS
     if not path.is_file():
         return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "step" in r]
+    from pyscorepen.runs import read_metrics
+    rows = [r for r in read_metrics(run) if "step" in r]
     if not rows:
         return None
     metric = "normalized_score_mean" if all(r.get("normalized_score_mean") is not None for r in rows) else "return_mean"
@@ -351,22 +369,22 @@ def parse_args(argv: list[str]) -> SuiteConfig:
         if arg == "--ray" and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
             argv.insert(i + 1, "local")
             break
-    return tyro.cli(SuiteConfig, args=argv, description=CLI_DESCRIPTION)
+    from pyscorepen.errors import DEBUG_HELP
+    return tyro.cli(SuiteConfig, args=argv, description=CLI_DESCRIPTION + DEBUG_HELP)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pyscorepen.errors import PyScorePenError
-    config = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
+    from pyscorepen.errors import cli_main
+
+    def go(argv: list[str]) -> int:
+        config = parse_args(argv)
         result = run_suite(config)
-    except PyScorePenError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if result["failed"]:
-        print(f"[suite] {len(result['failed'])} run(s) failed; see {Path(config.out) / 'suite_log.jsonl'}",
-              file=sys.stderr)
-        return 1
-    return 0
+        if result["failed"]:
+            print(f"[suite] {len(result['failed'])} run(s) failed; see {Path(config.out) / 'suite_log.jsonl'}",
+                  file=sys.stderr)
+            return 1
+        return 0
+    return cli_main(go, argv)
 
 
 if __name__ == "__main__":

@@ -14,60 +14,126 @@ import tyro
 
 from pyscorepen import runs
 from pyscorepen.config import TrainConfig, defaults_for
-from pyscorepen.errors import PyScorePenError, report
+from pyscorepen.errors import DEBUG_HELP, PyScorePenError, cli_main
 from pyscorepen.tasks import make_task
 
 log = logging.getLogger("pyscorepen")
 
 
-def prepare_run_dir(config: TrainConfig) -> Path:
-    run_dir = Path(config.out) if config.out else runs.default_run_dir(config.algo, config.task, config.seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
+IGNORED_ON_RESUME = {"steps", "progress", "eval_interval", "eval_episodes", "device", "out", "tensorboard"}
+"""Fields that may change when a run folder is resumed (a larger ``steps`` extends the run)."""
+
+
+def resolve_run_dir(config: TrainConfig) -> Path:
+    return Path(config.out) if config.out else runs.default_run_dir(config.algo, config.task, config.seed)
+
+
+def check_run_dir(config: TrainConfig, run_dir: Path) -> None:
+    """An existing run folder must hold the same config, and at most ``config.steps`` steps."""
+    from pyscorepen.validation import ConfigError, output_dir_problems, raise_problems
+    raise_problems(output_dir_problems(run_dir))
     cfg_path = run_dir / runs.CONFIG
+    if not cfg_path.exists():
+        return
+    old = TrainConfig.from_dict(runs.read_json(cfg_path, "the run's config")).to_dict()
+    new = config.to_dict()
+    changes = runs.config_changes(old, new, ignore=IGNORED_ON_RESUME)
+    if changes:
+        raise ConfigError(
+            f"{run_dir} holds a run with a different config: {'; '.join(changes)} (saved → this command). "
+            "Use another --out, or delete the folder to start over.")
+    done = runs.trained_steps(run_dir)
+    if config.steps < done:
+        raise ConfigError(
+            f"{run_dir} has already trained {done} steps; --steps {config.steps} would make its config.json "
+            f"disagree with its results. A run can only be extended: pass --steps {done} or more, or use "
+            "another --out.")
+
+
+def prepare_run_dir(config: TrainConfig) -> Path:
+    """Create the run folder and write config.json (after every check has passed)."""
+    run_dir = resolve_run_dir(config)
+    check_run_dir(config, run_dir)
+    created = not run_dir.exists()
     new = config.to_dict()
     new["out"] = str(run_dir)
-    if cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
-        ignore = {"steps", "progress", "eval_interval", "eval_episodes", "device", "out", "tensorboard"}
-        # a field the old run's config lacks did not exist when it was made (e.g. a later algorithm's group)
-        diff = {k for k in new if k not in ignore and k in old and json.dumps(old[k]) != json.dumps(new[k])}
-        if diff:
-            raise PyScorePenError(
-                f"{run_dir} holds a run with a different config ({', '.join(sorted(diff))}). "
-                "Use another --out, or delete the folder to start over.")
-    cfg_path.write_text(json.dumps(new, indent=2) + "\n")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = run_dir / (runs.CONFIG + ".tmp")
+        tmp.write_text(json.dumps(new, indent=2) + "\n")
+        tmp.replace(run_dir / runs.CONFIG)
+    except OSError as err:
+        try:   # leave nothing behind
+            (run_dir / (runs.CONFIG + ".tmp")).unlink(missing_ok=True)
+            if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+                run_dir.rmdir()
+        except OSError:
+            pass
+        raise PyScorePenError(f"--out {run_dir}: the run folder is not writable ({err.strerror or err})") from err
     return run_dir
+
+
+def build(config: TrainConfig):
+    """Validate ``config``, load its task and build the :class:`Trainer`: every check that can fail
+    happens here, before the run folder is created or touched."""
+    from pyscorepen.trainer import Trainer
+    from pyscorepen.validation import validate_task, validate_train_config
+    validate_train_config(config)
+    if config.tensorboard:   # a missing optional package fails before the run folder is touched
+        from pyscorepen.tensorboard_log import require
+        require()
+    task = make_task(config.task, cliff=config.cliff, ref_min=config.ref_min, ref_max=config.ref_max,
+                     drop_invalid_episodes=config.drop_invalid_episodes, risky=config.risky)
+    validate_task(config, task)
+    run_dir = resolve_run_dir(config)
+    check_run_dir(config, run_dir)
+    trainer = Trainer(config, task, run_dir)
+    trainer.check_saved_models()
+    return trainer
 
 
 def run(config: TrainConfig) -> dict:
     """Train according to ``config``; returns the summary (also written to summary.json)."""
-    from pyscorepen.trainer import Trainer
-    if config.tensorboard:   # a missing optional package fails before the run folder is touched
-        from pyscorepen.tensorboard_log import require
-        require()
-    # the task first: a missing or corrupt dataset must not leave a half-made run folder behind
-    task = make_task(config.task, cliff=config.cliff, ref_min=config.ref_min, ref_max=config.ref_max,
-                     drop_invalid_episodes=config.drop_invalid_episodes, risky=config.risky)
-    run_dir = prepare_run_dir(config)
-    log.info("run folder %s | task %s | %d transitions", run_dir, task.name, len(task.dataset))
-    return Trainer(config, task, run_dir).train()
+    trainer = build(config)
+    prepare_run_dir(config)
+    log.info("run folder %s | task %s | %d transitions", trainer.run_dir, trainer.task.name, len(trainer.dataset))
+    return trainer.train()
+
+
+def pretrain_only(config: TrainConfig) -> Path:
+    """Train (or reuse) the dynamics and score models of ``config`` into its run folder, no policy."""
+    trainer = build(config)
+    prepare_run_dir(config)
+    trainer.pretrain()
+    return trainer.run_dir
 
 
 def initial_defaults(argv: list[str]) -> TrainConfig:
     """Defaults for the --algo/--task on the command line (per-dataset table, see configs/)."""
     import argparse
+    from pyscorepen.algos import ALGORITHMS
+    from pyscorepen.validation import ConfigError
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--algo", default=TrainConfig.algo)
     pre.add_argument("--task", default=TrainConfig.task)
     known, _ = pre.parse_known_args(argv)
+    if known.algo not in ALGORITHMS:
+        raise ConfigError(f"invalid option(s): --algo {known.algo}: unknown; choose one of {', '.join(ALGORITHMS)}. "
+                          "Nothing was written.")
     return defaults_for(known.algo, known.task)
+
+
+def parse_config(argv: list[str]) -> TrainConfig:
+    """The TrainConfig of a train command line, checked (ranges, names, device, --out)."""
+    from pyscorepen.validation import validate_train_config
+    config = tyro.cli(TrainConfig, args=argv, description=__doc__ + DEBUG_HELP, default=initial_defaults(argv))
+    validate_train_config(config)
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    argv = sys.argv[1:] if argv is None else list(argv)
-    config = tyro.cli(TrainConfig, args=argv, description=__doc__, default=initial_defaults(argv))
-    return report(run, config)
+    return cli_main(lambda args: run(parse_config(args)), argv)
 
 
 if __name__ == "__main__":

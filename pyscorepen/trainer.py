@@ -83,32 +83,73 @@ class Trainer:
         self.score_params = None
 
     # --------------------------------------------------------------------------- pretraining
+    def fingerprint(self, kind: str) -> dict:
+        """What the saved ``kind`` model ('dynamics' or 'score') depends on (see :func:`runs.model_fingerprint`)."""
+        if not hasattr(self, "_identity"):
+            self._identity = runs.dataset_identity(self.task)
+        config = self.config.dynamics if kind == "dynamics" else self.config.score
+        return runs.model_fingerprint(kind, self._identity, config)
+
+    def needed_models(self) -> dict[str, str]:
+        """{file name: kind} of the pretrained models this run uses."""
+        needed = {runs.DYNAMICS: "dynamics"} if self.algorithm.uses_model else {}
+        if self.score is not None:
+            needed[runs.SCORE] = "score"
+        return needed
+
+    def check_saved_models(self) -> None:
+        """Before anything is written: the run folder's own models and those of ``--pretrained-from``
+        must be readable and trained on this data with this model config (fingerprints)."""
+        source = Path(self.config.pretrained_from) if self.config.pretrained_from else None
+        if source is not None and not source.is_dir():
+            raise runs.RunFileError(f"--pretrained-from {source}: no such run folder")
+        found_in_source = 0
+        for name, kind in self.needed_models().items():
+            own = self.run_dir / name
+            if own.exists():
+                runs.load_model(own, f"the {kind} model", self.fingerprint(kind),
+                                hint=f"Delete {own} to retrain it.")
+            elif source is not None and (source / name).exists():
+                runs.load_model(source / name, f"the {kind} model of --pretrained-from", self.fingerprint(kind),
+                                hint="Use a run of the same task and model options, or drop --pretrained-from.")
+                found_in_source += 1
+        if source is not None and self.needed_models() and not found_in_source and not any(
+                (self.run_dir / n).exists() for n in self.needed_models()):
+            raise runs.RunFileError(f"--pretrained-from {source}: holds none of "
+                                    f"{', '.join(self.needed_models())}, so there is nothing to reuse")
+
     def pretrain(self) -> dict[str, float]:
         """Dynamics ensemble and score model, each trained once and saved in the run folder."""
         info: dict[str, float] = {}
         progress = self.config.progress
-        if self.config.pretrained_from:
+        if self.config.pretrained_from:   # checked by check_saved_models before the folder was made
             import shutil
-            for name in (runs.DYNAMICS, runs.SCORE):
+            for name in self.needed_models():
                 src = Path(self.config.pretrained_from) / name
                 if src.exists() and not (self.run_dir / name).exists():
                     shutil.copyfile(src, self.run_dir / name)
         if self.algorithm.uses_model:
             path = self.run_dir / runs.DYNAMICS
             if path.exists():
-                self.dynamics.load_state_dict(torch.load(path, map_location=self.device))
+                hint = f"Delete {path} to retrain it."
+                state = runs.load_model(path, "the dynamics model", self.fingerprint("dynamics"),
+                                        map_location=self.device, hint=hint)
+                runs.load_state(self.dynamics, state, path, "the dynamics model", hint)
             else:
                 info.update(self.dynamics.fit(self.dataset, progress=progress))
-                torch.save(self.dynamics.state_dict(), path)
+                runs.save_model(path, self.dynamics.state_dict(), self.fingerprint("dynamics"))
                 log.info("dynamics: %s", info)
         if self.score is not None:
             path = self.run_dir / runs.SCORE
             if path.exists():
-                self.score.load_state_dict(torch.load(path, map_location=self.device))
+                hint = f"Delete {path} to retrain it."
+                state = runs.load_model(path, "the score model", self.fingerprint("score"), map_location=self.device,
+                                        hint=hint)
+                runs.load_state(self.score, state, path, "the score model", hint)
                 self.score.requires_grad_(False)
             else:
                 info.update(self.score.fit(self.dataset, progress=progress))
-                torch.save(self.score.state_dict(), path)
+                runs.save_model(path, self.score.state_dict(), self.fingerprint("score"))
                 log.info("score: %s", info)
             self.score_params = mlp_weights(self.score.penalty_net())
         if info:   # statistics of the models trained in this run (epochs, holdout error, samples/s)
@@ -154,7 +195,8 @@ class Trainer:
         path = self.run_dir / runs.CHECKPOINT
         if not path.exists():
             return False
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        state = runs.load_torch_file(path, "the training checkpoint", map_location=self.device, weights_only=False,
+                                     hint=f"Delete {path} to restart policy learning from step 0.")
         self.step = state["step"]
         self.agent.load_state_dict(state["agent"])
         self.model_buffer.load_state_dict(state["model_buffer"])

@@ -15,11 +15,11 @@ from pyscorepen.data import Batch
 @dataclass
 class ComboConfig:
     cql_weight: float = 1.0
-    """beta of COMBO Eq. 2 (the paper searches {0.5, 1, 5})."""
+    """beta of COMBO Eq. 2 (the paper searches {0.5, 1, 5}). Range: [0, inf)."""
     num_sampled_actions: int = 10
-    """Actions per state for the log-sum-exp (uniform, pi(.|s), pi(.|s') each)."""
+    """Actions per state for the log-sum-exp (uniform, pi(.|s), pi(.|s') each). Range: [1, inf)."""
     temperature: float = 1.0
-    """Temperature of the soft maximum over actions."""
+    """Temperature of the soft maximum over actions. Range: (0, inf)."""
 
 
 class COMBO(SAC):

@@ -25,25 +25,25 @@ from pyscorepen.ops.soft_value import soft_value
 @dataclass
 class SACConfig:
     hidden_dims: tuple[int, ...] = (256, 256)
-    """Hidden layer widths of the actor and of each critic."""
+    """Hidden layer widths of the actor and of each critic. Range: [1, inf), each value."""
     num_critics: int = 2
-    """Number of critics in the Q ensemble (2 = clipped double Q)."""
+    """Number of critics in the Q ensemble (2 = clipped double Q). Range: [1, inf)."""
     actor_lr: float = 1e-4
-    """Actor learning rate (MOPO/OfflineRL-Kit use 1e-4 offline)."""
+    """Actor learning rate (MOPO/OfflineRL-Kit use 1e-4 offline). Range: (0, inf)."""
     critic_lr: float = 3e-4
-    """Critic learning rate."""
+    """Critic learning rate. Range: (0, inf)."""
     alpha_lr: float = 1e-4
-    """Learning rate of the entropy temperature log(alpha)."""
+    """Learning rate of the entropy temperature log(alpha). Range: (0, inf)."""
     gamma: float = 0.99
-    """Discount factor."""
+    """Discount factor. Range: [0, 1)."""
     tau: float = 0.005
-    """Polyak coefficient of the target critics."""
+    """Polyak coefficient of the target critics. Range: (0, 1]."""
     init_alpha: float = 0.2
-    """Initial entropy temperature."""
+    """Initial entropy temperature. Range: (0, inf)."""
     auto_alpha: bool = True
     """Tune alpha towards ``target_entropy`` (Haarnoja et al. 2018b, Eq. 18)."""
     target_entropy: float | None = None
-    """Target policy entropy; None means -action_dim."""
+    """Target policy entropy; None means -action_dim. Range: (-inf, inf)."""
     fused_optim: bool = True
     """Fused Adam (one kernel over all parameters, CPU and CUDA); False: PyTorch's per-parameter loop."""
 

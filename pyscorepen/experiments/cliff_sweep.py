@@ -11,7 +11,6 @@ interrupted sweep continues where it stopped. Writes ``sweep.csv``, ``sweep.md``
 from __future__ import annotations
 
 import csv
-import json
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,7 +19,8 @@ import numpy as np
 
 from pyscorepen import runs
 from pyscorepen.config import TrainConfig, defaults_for
-from pyscorepen.train import run
+from pyscorepen.errors import DEBUG_HELP, cli_main
+from pyscorepen.train import pretrain_only, run
 
 
 @dataclass
@@ -28,38 +28,58 @@ class SweepArgs:
     out: Path = Path("runs/cliff_sweep")
     """Folder holding one run folder per (algo, beta, seed) and the aggregated results."""
     grid: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
-    """The paper's grid of penalty coefficients (Fig. 2b)."""
+    """The paper's grid of penalty coefficients (Fig. 2b). Range: [0, inf), each value."""
     seeds: tuple[int, ...] = (0,)
-    """Training seeds."""
+    """Training seeds. Range: [0, 4294967295], each value."""
     algos: tuple[str, ...] = ("scorepen", "mopo")
     """Algorithms compared."""
     scorepen_unit: float = 0.01
-    """ScorePen beta = grid value * this (sigma_min^2 of the score model)."""
+    """ScorePen beta = grid value * this (sigma_min^2 of the score model). Range: [0, inf)."""
     mopo_unit: float = 1.0
-    """MOPO lambda = grid value * this."""
+    """MOPO lambda = grid value * this. Range: [0, inf)."""
     steps: int = 20_000
-    """Gradient steps per run."""
+    """Gradient steps per run. Range: [1, inf)."""
     eval_episodes: int = 10
-    """Episodes of the final evaluation."""
+    """Episodes of the final evaluation. Range: [1, inf)."""
 
 
-def sweep(args: SweepArgs, base: TrainConfig | None = None) -> list[dict]:
-    base = base or defaults_for("scorepen", "cliff")
-    rows = []
+def run_configs(args: SweepArgs, base: TrainConfig) -> list[tuple[str, float, float, TrainConfig]]:
+    """(algo, grid value, coefficient, config) of every run of the sweep."""
+    out = []
     for seed in args.seeds:
-        shared = args.out / f"pretrained-s{seed}"
-        if not (shared / runs.SUMMARY).exists():   # dynamics + score, trained once per seed
-            run(replace(base, algo="scorepen", seed=seed, steps=0, out=str(shared), eval_episodes=1))
         for algo in args.algos:
             for value in args.grid:
                 coef = value * (args.scorepen_unit if algo == "scorepen" else args.mopo_unit)
                 cfg = replace(base, algo=algo, seed=seed, steps=args.steps, eval_episodes=args.eval_episodes,
-                              out=str(args.out / f"{algo}-beta{value:g}-s{seed}"), pretrained_from=str(shared),
+                              out=str(args.out / f"{algo}-beta{value:g}-s{seed}"),
+                              pretrained_from=str(args.out / f"pretrained-s{seed}"),
                               **({"beta": coef} if algo == "scorepen" else {"mopo_lambda": coef}))
-                summary_path = Path(cfg.out) / runs.SUMMARY
-                summary = json.loads(summary_path.read_text()) if summary_path.exists() else run(cfg)
-                rows.append({"algo": algo, "beta": value, "coef": coef, "seed": seed, **{
-                    k: summary[k] for k in ("return_mean", "normalized_score_mean", "final_distance_to_goal_mean")}})
+                out.append((algo, value, coef, cfg))
+    return out
+
+
+def validate(args: SweepArgs, base: TrainConfig) -> None:
+    """Every run's config, before the sweep writes anything (the shared folders do not exist yet)."""
+    from pyscorepen.validation import check_ranges, output_dir_problems, raise_problems, validate_train_config
+    check_ranges(args)
+    raise_problems(output_dir_problems(args.out))
+    for _, _, _, cfg in run_configs(args, base):
+        validate_train_config(replace(cfg, pretrained_from=None))
+
+
+def sweep(args: SweepArgs, base: TrainConfig | None = None) -> list[dict]:
+    base = base or defaults_for("scorepen", "cliff")
+    validate(args, base)
+    for seed in args.seeds:   # dynamics + score, trained once per seed and shared by its runs
+        shared = args.out / f"pretrained-s{seed}"
+        if not ((shared / runs.DYNAMICS).exists() and (shared / runs.SCORE).exists()):
+            pretrain_only(replace(base, algo="scorepen", seed=seed, out=str(shared), pretrained_from=None))
+    rows = []
+    for algo, value, coef, cfg in run_configs(args, base):
+        summary_path = Path(cfg.out) / runs.SUMMARY
+        summary = runs.read_json(summary_path, "the run summary") if summary_path.exists() else run(cfg)
+        rows.append({"algo": algo, "beta": value, "coef": coef, "seed": cfg.seed, **{
+            k: summary[k] for k in ("return_mean", "normalized_score_mean", "final_distance_to_goal_mean")}})
     write_results(args, rows)
     return rows
 
@@ -98,10 +118,13 @@ def write_results(args: SweepArgs, rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     import tyro
-    args = tyro.cli(SweepArgs, args=argv, description=__doc__)
-    sweep(args)
-    print((args.out / "sweep.md").read_text())
-    return 0
+
+    def go(argv: list[str]) -> int:
+        args = tyro.cli(SweepArgs, args=argv, description=__doc__ + DEBUG_HELP)
+        sweep(args)
+        print((args.out / "sweep.md").read_text())
+        return 0
+    return cli_main(go, argv)
 
 
 if __name__ == "__main__":

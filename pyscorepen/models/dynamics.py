@@ -9,6 +9,7 @@ stopping, and the ``num_elites`` best members are used for rollouts.
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from dataclasses import dataclass
 
@@ -25,31 +26,37 @@ try:  # dispatching op (cpp / triton / ref); the reference is always there
 except ImportError:  # pragma: no cover
     from pyscorepen.ops.rollout_step import rollout_step_ref as rollout_step
 
+logger = logging.getLogger(__name__)
+
+LOG_EVERY_EPOCHS = 5
+"""Without progress bars, :meth:`EnsembleDynamics.fit` logs one line every this many epochs."""
+
 
 @dataclass
 class DynamicsConfig:
     ensemble_size: int = 7
-    """Number of ensemble members N (MOPO: 7)."""
+    """Number of ensemble members N (MOPO: 7). Range: [1, inf)."""
     num_elites: int = 5
-    """Members with the lowest holdout error used in rollouts (MOPO: 5)."""
+    """Members with the lowest holdout error used in rollouts (MOPO: 5). Range: [1, inf)."""
     hidden_dims: tuple[int, ...] = (200, 200, 200, 200)
-    """Hidden widths of every member (MOPO: 4x200, Swish)."""
+    """Hidden widths of every member (MOPO: 4x200, Swish). Range: [1, inf), each value."""
     lr: float = 1e-3
-    """Adam learning rate."""
+    """Adam learning rate. Range: (0, inf)."""
     batch_size: int = 256
-    """Minibatch size per member."""
+    """Minibatch size per member. Range: [1, inf)."""
     weight_decay: tuple[float, ...] = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)
-    """L2 coefficient per layer (MBPO/MOPO values; the last entry repeats for deeper nets)."""
+    """L2 coefficient per layer (MBPO/MOPO values; the last entry repeats for deeper nets).
+    Range: [0, inf), each value."""
     logvar_bound_coef: float = 0.01
-    """Coefficient of (sum max_logvar - sum min_logvar) in the loss (PETS)."""
+    """Coefficient of (sum max_logvar - sum min_logvar) in the loss (PETS). Range: [0, inf)."""
     holdout_ratio: float = 0.2
-    """Fraction of data held out, capped by ``max_holdout``."""
+    """Fraction of data held out, capped by ``max_holdout``. Range: (0, 1)."""
     max_holdout: int = 1000
-    """Largest holdout set."""
+    """Largest holdout set. Range: [1, inf)."""
     max_epochs_since_update: int = 5
-    """Stop when no member improved its holdout MSE by >1% for this many epochs."""
+    """Stop when no member improved its holdout MSE by >1% for this many epochs. Range: [1, inf)."""
     max_epochs: int | None = None
-    """Hard cap on training epochs (None: early stopping alone)."""
+    """Hard cap on training epochs (None: early stopping alone). Range: [1, inf)."""
 
 
 class EnsembleDynamics(nn.Module):
@@ -170,7 +177,13 @@ class EnsembleDynamics(nn.Module):
                 with torch.no_grad():
                     shown = loss + self.l2_penalty()
                 bar.set_postfix(loss=f"{shown.item():.3f}", holdout_mse=f"{mse.mean().item():.4g}")
-            if epochs_since_update >= cfg.max_epochs_since_update or (cfg.max_epochs and epoch >= cfg.max_epochs):
+            stop = epochs_since_update >= cfg.max_epochs_since_update or bool(cfg.max_epochs and epoch >= cfg.max_epochs)
+            if not progress and (epoch % LOG_EVERY_EPOCHS == 0 or stop):
+                elites = torch.argsort(best)[: cfg.num_elites]
+                logger.info("dynamics epoch %d: holdout MSE mean %.4g, best of elites %s %.4g, %d epoch(s) since an "
+                         "improvement, %.0f s", epoch, mse.mean().item(), elites.tolist(), best[elites].mean().item(),
+                         epochs_since_update, time.perf_counter() - t0)
+            if stop:
                 break
         bar.close()
         self.load_state_dict(best_state)

@@ -15,6 +15,7 @@ the score in the env's units (the normalized score divided by the coordinates' s
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -26,20 +27,26 @@ from pyscorepen.data import Normalizer, TransitionDataset
 from pyscorepen.models.nets import mlp, mlp_weights
 from pyscorepen.ops.score_penalty import score_penalty
 
+log = logging.getLogger(__name__)
+
+LOG_EVERY_STEPS = 1000
+"""Without progress bars, :meth:`ScoreModel.fit` logs one line every this many steps."""
+
 
 @dataclass
 class ScoreConfig:
     sigmas: tuple[float, ...] = (0.1,)
     """Noise level(s) sigma of Eq. 10, in normalized units. One value: plain DSM; several:
-    noise-conditioned, penalty at min(sigma). 0.1 gives a boundary layer of ~0.1 std, see README."""
+    noise-conditioned, penalty at min(sigma). 0.1 gives a boundary layer of ~0.1 std, see README.
+    Range: (0, inf), each value."""
     hidden_dims: tuple[int, ...] = (256, 256, 256)
-    """Hidden widths of the score MLP (SiLU)."""
+    """Hidden widths of the score MLP (SiLU). Range: [1, inf), each value."""
     lr: float = 1e-3
-    """Adam learning rate."""
+    """Adam learning rate. Range: (0, inf)."""
     batch_size: int = 512
-    """Minibatch size."""
+    """Minibatch size. Range: [1, inf)."""
     train_steps: int = 5000
-    """Gradient steps of score training (done once, before policy learning)."""
+    """Gradient steps of score training (done once, before policy learning). Range: [1, inf)."""
 
 
 class ScoreModel(nn.Module):
@@ -136,6 +143,9 @@ class ScoreModel(nn.Module):
             if step % 100 == 0 or step == cfg.train_steps - 1:
                 losses.append(loss.item())
                 bar.set_postfix(dsm_loss=f"{losses[-1]:.3f}")
+            if not progress and ((step + 1) % LOG_EVERY_STEPS == 0 or step == cfg.train_steps - 1):
+                log.info("score step %d/%d: DSM loss %.4g (last logged), %.0f s", step + 1, cfg.train_steps,
+                         losses[-1], time.perf_counter() - t0)
         self.requires_grad_(False)    # frozen afterwards (ScorePen Alg. 1, line 2)
         return {"score/dsm_loss_first": losses[0], "score/dsm_loss_last": sum(losses[-5:]) / len(losses[-5:]),
                 "score/seconds": time.perf_counter() - t0}

@@ -25,19 +25,20 @@ ENV_ID = "pyscorepen/Cliff-v0"
 @dataclass
 class CliffConfig:
     goal: tuple[float, float] = (0.2, 0.4)
-    """Goal g of the reward exp(-||s - g||^2 / 2)."""
+    """Goal g of the reward exp(-||s - g||^2 / 2). Range: (-inf, inf), each value."""
     boxes: tuple[float, ...] = (-0.5, -0.5, 0.5, 0.5)
-    """Data region: a union of axis-aligned boxes, flattened as x_min y_min x_max y_max, ..."""
+    """Data region: a union of axis-aligned boxes, flattened as x_min y_min x_max y_max, ...
+    Range: (-inf, inf), each value."""
     dataset_size: int = 20_000
-    """Number of transitions in the offline dataset."""
+    """Number of transitions in the offline dataset. Range: [1, inf)."""
     dataset_seed: int = 0
-    """Seed of the dataset generator (independent of the training seed)."""
+    """Seed of the dataset generator (independent of the training seed). Range: [0, inf)."""
     max_action: float = 0.05
-    """Bound on |dx| and |dy|."""
+    """Bound on |dx| and |dy|. Range: (0, inf)."""
     episode_steps: int = 30
-    """Episode length."""
+    """Episode length. Range: [1, inf)."""
     init_half_width: float = 0.1
-    """Initial states are uniform on [-w, w]^2."""
+    """Initial states are uniform on [-w, w]^2. Range: [0, inf)."""
 
     def box_array(self) -> np.ndarray:
         if len(self.boxes) % 4 or not self.boxes:
@@ -143,4 +144,6 @@ def make_cliff_task(config: CliffConfig):
     ref_min, ref_max = reference_returns(config)
     return Task(name="cliff", dataset=generate_dataset(config), make_env=lambda: make_env(config),
                 termination_fn=None, ref_min_score=ref_min, ref_max_score=ref_max,
-                info={"goal": list(config.goal), "boxes": config.box_array().tolist()})
+                info={"goal": list(config.goal), "boxes": config.box_array().tolist(),
+                      "dataset_size": config.dataset_size, "dataset_seed": config.dataset_seed,
+                      "max_action": config.max_action})

@@ -38,6 +38,9 @@ from pyscorepen.tasks.termination import resolve_termination_fn
 COLLECT_NAMESPACE = "pyscorepen"
 """Namespace of the datasets written by ``python -m pyscorepen.collect``."""
 
+CHECKSUMS_FILE = "pyscorepen_checksums.json"
+"""Next to a dataset's ``data/`` folder: sha256 of each file in it, written by ``pyscorepen.collect``."""
+
 
 class MinariTaskError(PyScorePenError):
     """A dataset problem with a user-facing, one-paragraph message (no stack trace needed)."""
@@ -126,6 +129,46 @@ def resolve_dataset_location(spec: str) -> tuple[Path, Path]:
         f"with `{collect}` ({hint}; see docs/mujoco.md for how long each level takes).")
 
 
+def data_checksums(data_path: Path) -> dict[str, str]:
+    """{file name: sha256} of the files in a dataset's ``data/`` folder."""
+    import hashlib
+    sums = {}
+    for path in sorted(Path(data_path).iterdir()):
+        if path.is_file():
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            sums[path.name] = digest.hexdigest()
+    return sums
+
+
+def write_checksums(root: Path, data_path: Path) -> None:
+    import json
+    (Path(root) / CHECKSUMS_FILE).write_text(json.dumps(data_checksums(data_path), indent=2) + "\n")
+
+
+def verify_checksums(spec: str, root: Path, data_path: Path) -> None:
+    """Datasets written by ``pyscorepen.collect`` carry checksums: any changed byte is an error (other
+    datasets cannot be checked this way; their fields are still checked episode by episode)."""
+    import json
+    path = Path(root) / CHECKSUMS_FILE
+    if not path.is_file():
+        return
+    try:
+        expected = json.loads(path.read_text())
+        assert isinstance(expected, dict)
+    except (ValueError, AssertionError, UnicodeDecodeError) as err:
+        raise DatasetIntegrityError(f"Minari dataset '{spec}': {path} is corrupt ({err}).") from err
+    actual = data_checksums(data_path)
+    bad = sorted(name for name in set(expected) | set(actual) if expected.get(name) != actual.get(name))
+    if bad:
+        raise DatasetIntegrityError(
+            f"Minari dataset '{spec}': {', '.join(str(Path(data_path) / n) for n in bad)} changed since "
+            f"pyscorepen.collect wrote it (sha256 differs from {path}): the file is truncated or corrupt. "
+            f"Regenerate the dataset, or delete {path} if the change was intended.")
+
+
 def _env_spec_from_metadata(metadata: dict) -> gym.envs.registration.EnvSpec | None:
     for key in ("eval_env_spec", "env_spec"):
         text = metadata.get(key)
@@ -177,6 +220,30 @@ def _episode_problems(ep, obs_dim: int | None, action_dim: int | None) -> list[s
     return problems
 
 
+_READ_ERRORS = (OSError, KeyError, ValueError, TypeError, IndexError, RuntimeError, AssertionError,
+                EOFError, UnicodeDecodeError)
+"""What h5py / minari raise on a truncated or corrupted file (OSError: bad HDF5 structure; KeyError:
+a missing group or field; ValueError/TypeError: a field of the wrong shape or kind; ...)."""
+
+
+def _episodes(mdataset, dataset_id: str, data_path: Path):
+    """The dataset's episodes; a read failure of the HDF5 file becomes a :class:`DatasetIntegrityError`."""
+    index = 0
+    try:
+        episodes = mdataset.iterate_episodes()
+        while True:
+            try:
+                ep = next(episodes)
+            except StopIteration:
+                return
+            yield ep
+            index += 1
+    except _READ_ERRORS as err:
+        raise DatasetIntegrityError(
+            f"Dataset '{dataset_id}' ({data_path}): episode {index} cannot be read, the file is truncated or "
+            f"corrupt ({type(err).__name__}: {str(err)[:200]}). Regenerate or re-download the dataset.") from err
+
+
 def load_minari_task(spec: str, ref_min: float | None = None, ref_max: float | None = None,
                      drop_invalid_episodes: bool = False, learned_termination_steps: int = 2000) -> Task:
     """Load a Minari dataset (id or path) as a :class:`Task`.
@@ -189,13 +256,18 @@ def load_minari_task(spec: str, ref_min: float | None = None, ref_max: float | N
     import minari  # local import: minari is only needed for Minari tasks
 
     root, data_path = resolve_dataset_location(spec)
+    verify_checksums(spec, root, data_path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             mdataset = minari.MinariDataset(data_path)
-    except (ValueError, KeyError, OSError, AssertionError) as err:
+    except _READ_ERRORS as err:
         raise DatasetIntegrityError(f"Minari dataset '{spec}' at {data_path} cannot be opened: {err}") from err
-    metadata = mdataset.storage.metadata
+    try:
+        metadata = mdataset.storage.metadata
+    except _READ_ERRORS as err:
+        raise DatasetIntegrityError(f"Minari dataset '{spec}' at {data_path}: its metadata cannot be read "
+                                    f"({type(err).__name__}: {err})") from err
     dataset_id = metadata.get("dataset_id", spec)
 
     env_spec = _env_spec_from_metadata(metadata)
@@ -220,14 +292,14 @@ def load_minari_task(spec: str, ref_min: float | None = None, ref_max: float | N
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "actions", "rewards", "next_obs", "terminals", "timeouts")}
     dropped: list[dict] = []
     episode_returns: list[float] = []
-    for ep in mdataset.iterate_episodes():
+    for ep in _episodes(mdataset, dataset_id, data_path):
         problems = _episode_problems(ep, obs_dim, action_dim)
         if problems:
             if not drop_invalid_episodes:
                 raise DatasetIntegrityError(
                     f"Dataset '{dataset_id}' ({data_path}), episode {ep.id}: " + "; ".join(problems)
-                    + ". Fix or regenerate the dataset, or load it with drop_invalid_episodes=True "
-                      "(load_minari_task / make_task) to skip such episodes; each dropped one is reported.")
+                    + ". Fix or regenerate the dataset, or pass --drop-invalid-episodes (Python: "
+                      "drop_invalid_episodes=True) to skip such episodes; each dropped one is reported.")
             dropped.append({"episode": int(ep.id), "problems": problems})
             continue
         obs = ep.observations.reshape(len(ep.observations), -1)
