@@ -35,11 +35,11 @@ class EvaluateArgs:
     cdsa: Path | None = None
     """A ``--algo cdsa`` run folder: evaluate RUN_DIR's policy with and without CDSA's correction."""
     k1: float | None = None
-    """CDSA K1, the weight of g(s, a) (default: the CDSA run's, from CDSA Table 2 per dataset)."""
+    """CDSA K1, the weight of g(s, a) (default: the CDSA run's, from CDSA Table 2 per dataset). Range: [0, inf)."""
     k2: float | None = None
-    """CDSA K2, the weight of I(s, s + h(s, a)) (default: the CDSA run's)."""
+    """CDSA K2, the weight of I(s, s + h(s, a)) (default: the CDSA run's). Range: [0, inf)."""
     iterations: int | None = None
-    """Correction iterations n (default: the CDSA run's, 1)."""
+    """Correction iterations n (default: the CDSA run's, 1). Range: [0, inf)."""
     out: Path | None = None
     """Folder for the correction's summary.json and var_curve.png."""
 

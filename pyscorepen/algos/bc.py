@@ -15,9 +15,9 @@ from pyscorepen.models.nets import GaussianActor
 @dataclass
 class BCConfig:
     hidden_dims: tuple[int, ...] = (256, 256)
-    """Hidden widths of the policy MLP."""
+    """Hidden widths of the policy MLP. Range: [1, inf), each value."""
     lr: float = 3e-4
-    """Adam learning rate."""
+    """Adam learning rate. Range: (0, inf)."""
 
 
 class BC:

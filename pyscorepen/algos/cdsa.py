@@ -35,25 +35,25 @@ from pyscorepen.models.score import ScoreConfig, ScoreModel
 @dataclass
 class CDSAConfig:
     score_hidden_dims: tuple[int, ...] = (32, 128, 32)
-    """Hidden widths of g and h (CDSA Table 3: 32, 128, 32)."""
+    """Hidden widths of g and h (CDSA Table 3: 32, 128, 32). Range: [1, inf), each value."""
     score_negative_slope: float = 0.1
-    """LeakyReLU slope of g and h (Table 3: 0.1)."""
+    """LeakyReLU slope of g and h (Table 3: 0.1). Range: [0, 1]."""
     score_lr: float = 3e-4
-    """Adam learning rate of g and h (Table 3: 3e-4)."""
+    """Adam learning rate of g and h (Table 3: 3e-4). Range: (0, inf)."""
     sigma: float = 0.1
-    """DSM noise level (Eq. 5, 7) in normalized units. Not given in the paper; the library's choice."""
+    """DSM noise level (Eq. 5, 7) in normalized units. Not given in the paper; the library's choice. Range: (0, inf)."""
     inverse_hidden_dims: tuple[int, ...] = (128, 128, 128)
-    """Hidden widths of the inverse dynamics model I (Table 3: 3 layers of 128)."""
+    """Hidden widths of the inverse dynamics model I (Table 3: 3 layers of 128). Range: [1, inf), each value."""
     inverse_negative_slope: float = 0.2
-    """LeakyReLU slope of I (Table 3: 0.2)."""
+    """LeakyReLU slope of I (Table 3: 0.2). Range: [0, 1]."""
     inverse_lr: float = 1e-3
-    """Adam learning rate of I (Table 3: 1e-3)."""
+    """Adam learning rate of I (Table 3: 1e-3). Range: (0, inf)."""
     k1: float = 0.001
-    """Default K1 (weight of g) for the correction; per dataset in configs/defaults.toml (Table 2)."""
+    """Default K1 (weight of g) for the correction; per dataset in configs/defaults.toml (Table 2). Range: [0, inf)."""
     k2: float = 0.001
-    """Default K2 (weight of I(s, s + h)) for the correction; per dataset in configs/defaults.toml."""
+    """Default K2 (weight of I(s, s + h)) for the correction; per dataset in configs/defaults.toml. Range: [0, inf)."""
     iterations: int = 1
-    """Default number of correction iterations n (Algorithm 2 applies it once)."""
+    """Default number of correction iterations n (Algorithm 2 applies it once). Range: [1, inf)."""
     displacement: bool = True
     """Use g, h as Tweedie displacements (sigma std)^2 grad log p in env units in Eq. 10 (K1 = 1 moves a to
     the denoised action; K comparable across datasets and sigma). False: the raw scores, the paper's literal

@@ -34,30 +34,30 @@ from pyscorepen.models.nets import GaussianActor, QEnsemble, mlp
 @dataclass
 class IQLConfig:
     hidden_dims: tuple[int, ...] = (256, 256)
-    """Hidden widths of the actor, each critic and the value network (IQL: 2x256)."""
+    """Hidden widths of the actor, each critic and the value network (IQL: 2x256). Range: [1, inf), each value."""
     actor_lr: float = 3e-4
-    """Actor learning rate (IQL: 3e-4)."""
+    """Actor learning rate (IQL: 3e-4). Range: (0, inf)."""
     critic_lr: float = 3e-4
-    """Critic learning rate (IQL: 3e-4)."""
+    """Critic learning rate (IQL: 3e-4). Range: (0, inf)."""
     value_lr: float = 3e-4
-    """Value-network learning rate (IQL: 3e-4)."""
+    """Value-network learning rate (IQL: 3e-4). Range: (0, inf)."""
     gamma: float = 0.99
-    """Discount factor."""
+    """Discount factor. Range: [0, 1)."""
     tau: float = 0.005
-    """Polyak coefficient of the target critics."""
+    """Polyak coefficient of the target critics. Range: (0, 1]."""
     expectile: float = 0.7
-    """Expectile tau of the value loss (IQL Eq. 5; 0.7 on MuJoCo, 0.9 on AntMaze)."""
+    """Expectile tau of the value loss (IQL Eq. 5; 0.7 on MuJoCo, 0.9 on AntMaze). Range: (0, 1)."""
     beta: float = 3.0
-    """Inverse temperature of AWR (IQL Eq. 7; 3.0 on MuJoCo, 10.0 on AntMaze)."""
+    """Inverse temperature of AWR (IQL Eq. 7; 3.0 on MuJoCo, 10.0 on AntMaze). Range: [0, inf)."""
     max_weight: float = 100.0
-    """Clip of the AWR weights exp(beta * advantage) (official code: 100)."""
+    """Clip of the AWR weights exp(beta * advantage) (official code: 100). Range: (0, inf)."""
     num_critics: int = 2
-    """Critics in the Q ensemble (min over them in the value and policy targets)."""
+    """Critics in the Q ensemble (min over them in the value and policy targets). Range: [1, inf)."""
     normalize_rewards: bool = True
     """Scale rewards by 1000 / (max - min episode return) of the dataset (official MuJoCo setting)."""
     actor_lr_decay_steps: int | None = None
     """Cosine decay of the actor's learning rate to 0 over this many updates (official code: the run
-    length, 1M); None: constant."""
+    length, 1M); None: constant. Range: [1, inf)."""
 
 
 def expectile_loss(diff: Tensor, expectile: float) -> Tensor:

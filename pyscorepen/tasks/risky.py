@@ -29,31 +29,32 @@ ENV_ID = "pyscorepen/Risky-v0"
 @dataclass
 class RiskyConfig:
     start: tuple[float, float] = (-1.0, 0.0)
-    """Centre of the start region."""
+    """Centre of the start region. Range: (-inf, inf), each value."""
     init_half_width: float = 0.05
-    """Initial states are uniform on start + [-w, w]^2."""
+    """Initial states are uniform on start + [-w, w]^2. Range: [0, inf)."""
     goal: tuple[float, float] = (1.0, 0.0)
-    """Goal g of the reward exp(-||s - g||^2 / 2)."""
+    """Goal g of the reward exp(-||s - g||^2 / 2). Range: (-inf, inf), each value."""
     hazards: tuple[float, ...] = (0.0, -0.1, 0.35)
     """Hazard discs, flattened as x y radius, x y radius, ... The default disc lies slightly below the
-    start-goal line, so the straight path crosses its upper part."""
+    start-goal line, so the straight path crosses its upper part. Range: (-inf, inf), each value
+    (radii must be positive)."""
     hazard_prob: float = 0.1
-    """Probability that a step ending inside a hazard is penalized."""
+    """Probability that a step ending inside a hazard is penalized. Range: [0, 1]."""
     hazard_cost: float = 10.0
-    """The penalty (subtracted from the reward)."""
+    """The penalty (subtracted from the reward). Range: [0, inf)."""
     max_action: float = 0.1
-    """Bound on |dx| and |dy|."""
+    """Bound on |dx| and |dy|. Range: (0, inf)."""
     episode_steps: int = 40
-    """Episode length."""
+    """Episode length. Range: [1, inf)."""
     dataset_episodes: int = 200
-    """Trajectories in the offline dataset (episode_steps transitions each)."""
+    """Trajectories in the offline dataset (episode_steps transitions each). Range: [1, inf)."""
     detour: float = 0.65
     """The dataset's trajectories pass through (hazard x, hazard y +- detour) on their way to the goal
-    (trajectories that touch a hazard anyway are discarded)."""
+    (trajectories that touch a hazard anyway are discarded). Range: [0, inf)."""
     action_noise: float = 0.03
-    """Std of the Gaussian noise on the dataset's actions."""
+    """Std of the Gaussian noise on the dataset's actions. Range: [0, inf)."""
     dataset_seed: int = 0
-    """Seed of the dataset generator."""
+    """Seed of the dataset generator. Range: [0, inf)."""
 
     def hazard_array(self) -> np.ndarray:
         if len(self.hazards) % 3 or not self.hazards:
