@@ -122,3 +122,46 @@ def test_fused_optimizer_weight_decay_equals_l2_in_the_loss():
     for p_fast, p_ref in zip(dyn.parameters(), ref.parameters()):
         torch.testing.assert_close(p_fast, p_ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(dyn.loss(x, y), dyn.loss(x, y, l2=False) + dyn.l2_penalty())
+
+
+def test_bootstrap_members_train_on_different_resamples():
+    """MBPO/MOPO bootstrap: each member's rows are its own resample (with replacement) of the
+    training split, fixed for the fit; the holdout never appears in them."""
+    torch.manual_seed(0)
+    data = small_dataset(1200)
+    config = DynamicsConfig(ensemble_size=4, num_elites=2, hidden_dims=(16,), max_epochs=2)
+    dyn = EnsembleDynamics(2, 2, config)
+    seen = []
+    train_epoch = dyn.train_epoch
+    dyn.train_epoch = lambda x, y, idx, *a, **k: (seen.append(idx.clone()), train_epoch(x, y, idx, *a, **k))[1]
+    dyn.fit(data, generator=torch.Generator().manual_seed(3), progress=False)
+    assert len(seen) == 2 and torch.equal(seen[0], seen[1])          # drawn once, reshuffled per epoch
+    rows = seen[0]                                                   # [E, n_train]
+    train_idx, hold_idx = dyn.holdout_split(len(data), torch.Generator().manual_seed(3))
+    assert rows.shape == (4, len(train_idx))
+    assert not torch.isin(rows, hold_idx).any() and torch.isin(rows, train_idx).all()
+    sets = [set(r.tolist()) for r in rows]
+    for i in range(4):
+        # a bootstrap resample holds ~1 - 1/e = 63 % of the distinct rows
+        assert 0.58 < len(sets[i]) / len(train_idx) < 0.69
+        for j in range(i):
+            assert sets[i] != sets[j] and len(sets[i] & sets[j]) / len(train_idx) < 0.5
+    # bootstrap=False: every member gets the whole training split
+    plain = EnsembleDynamics(2, 2, DynamicsConfig(ensemble_size=4, bootstrap=False))
+    assert torch.equal(plain.member_indices(train_idx), train_idx.expand(4, -1))
+
+
+def test_input_normalizer_fitted_on_the_training_split_only():
+    torch.manual_seed(0)
+    data = small_dataset(1000)
+    # make the holdout rows stand out: shift the whole dataset except the rows the split holds out
+    config = DynamicsConfig(ensemble_size=2, num_elites=1, hidden_dims=(8,), max_epochs=1, holdout_ratio=0.2)
+    dyn = EnsembleDynamics(2, 2, config)
+    train_idx, hold_idx = dyn.holdout_split(len(data), torch.Generator().manual_seed(5))
+    data.obs[hold_idx] += 100.0
+    data.next_obs[hold_idx] += 100.0
+    dyn.fit(data, generator=torch.Generator().manual_seed(5), progress=False)
+    x = data.obs_actions()
+    torch.testing.assert_close(dyn.input_mean, x[train_idx].mean(0))
+    torch.testing.assert_close(dyn.input_std, x[train_idx].std(0))
+    assert (dyn.input_mean[:2] - x.mean(0)[:2]).abs().min() > 10     # the full data's mean is far off

@@ -2,8 +2,9 @@
 
 Each of N members is a Gaussian MLP p_i(delta_s, r | s, a) = N(mu_i, diag(sigma_i^2)) with
 4x200 Swish hidden layers, learned soft bounds on the log-variance, inputs normalized with
-dataset statistics. Members train together (weights ``[E, in, out]``) on their own
-shuffles of the data; a holdout of min(20%, 1000) transitions drives per-member early
+training-split statistics. Members train together (weights ``[E, in, out]``), each on its own
+bootstrap resample of the training split (MBPO/MOPO), so that their disagreement reflects
+the data's coverage; a holdout of min(20%, 1000) transitions drives per-member early
 stopping, and the ``num_elites`` best members are used for rollouts.
 """
 from __future__ import annotations
@@ -57,6 +58,11 @@ class DynamicsConfig:
     """Stop when no member improved its holdout MSE by >1% for this many epochs. Range: [1, inf)."""
     max_epochs: int | None = None
     """Hard cap on training epochs (None: early stopping alone). Range: [1, inf)."""
+    bootstrap: bool = True
+    """Each member trains on its own bootstrap resample (with replacement, drawn once) of the
+    training split, reshuffled every epoch: MBPO's BNN and OfflineRL-Kit's EnsembleDynamics.train
+    (``randint(train_size, size=[num_ensemble, train_size])``), as MOPO uses. False: every member
+    sees the whole training split, in its own order."""
 
 
 class EnsembleDynamics(nn.Module):
@@ -141,23 +147,26 @@ class EnsembleDynamics(nn.Module):
             progress: bool = True, log=None) -> dict[str, float]:
         """Train on D with holdout early stopping; pick elites. Returns training statistics."""
         cfg, device = self.config, self.input_mean.device
-        norm = dataset.input_normalizer()
+        N, E = len(dataset), cfg.ensemble_size
+        train_idx, hold_idx = self.holdout_split(N, generator)
+        train_idx, hold_idx = train_idx.to(dataset.obs.device), hold_idx.to(dataset.obs.device)
+        # input statistics of the training split only (OfflineRL-Kit: scaler.fit(train_inputs)),
+        # so the holdout that picks elites and stops training is unseen data in every respect
+        norm = Normalizer.fit(dataset.obs_actions()[train_idx])
         self.input_mean.copy_(norm.mean)
         self.input_std.copy_(norm.std)
         x = self.normalize(dataset.obs, dataset.actions).to(device)                     # [N, S+A]
         y = torch.cat([dataset.next_obs - dataset.obs, dataset.rewards[:, None]], -1).to(device)  # [N, S+1]
-        N, E = x.shape[0], cfg.ensemble_size
-        perm = torch.randperm(N, generator=generator).to(device)
-        n_hold = min(int(N * cfg.holdout_ratio), cfg.max_holdout)
-        hold_idx, train_idx = perm[:n_hold], perm[n_hold:]
+        train_idx, hold_idx = train_idx.to(device), hold_idx.to(device)
         x_hold, y_hold = x[hold_idx], y[hold_idx]
+        member_idx = self.member_indices(train_idx, generator)                          # [E, n_train]
         optim = self.make_optimizer(cfg.lr)
         best = torch.full((E,), float("inf"), device=device)
         best_state = copy.deepcopy(self.state_dict())
         epochs_since_update, epoch, samples, t0 = 0, 0, 0, time.perf_counter()
         bar = tqdm(desc="dynamics", unit="epoch", disable=not progress, leave=False)
         while True:
-            loss, epoch_samples = self.train_epoch(x, y, train_idx, optim, generator)
+            loss, epoch_samples = self.train_epoch(x, y, member_idx, optim, generator)
             samples += epoch_samples
             epoch += 1
             mse = self.holdout_error(x_hold, y_hold)                                    # [E]
@@ -194,18 +203,35 @@ class EnsembleDynamics(nn.Module):
         return {"dynamics/epochs": epoch, "dynamics/holdout_mse_elites": final[self.elites].mean().item(),
                 "dynamics/samples_per_s": samples / seconds, "dynamics/seconds": seconds}
 
+    def holdout_split(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """(train indices [n - H], holdout indices [H]) of a random split, H = min(ratio * n, max_holdout)."""
+        perm = torch.randperm(n, generator=generator)
+        n_hold = min(int(n * self.config.holdout_ratio), self.config.max_holdout)
+        return perm[n_hold:], perm[:n_hold]
+
+    def member_indices(self, train_idx: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The training rows of each member [E, n_train]: a bootstrap resample of ``train_idx`` per
+        member (``config.bootstrap``, drawn once per fit, as MBPO) or ``train_idx`` itself for all."""
+        E, n_train = self.config.ensemble_size, train_idx.shape[0]
+        if not self.config.bootstrap:
+            return train_idx.expand(E, n_train)
+        draw = torch.randint(n_train, (E, n_train), generator=generator).to(train_idx.device)
+        return train_idx[draw]                                                          # [E, n_train]
+
     def train_epoch(self, x: Tensor, y: Tensor, train_idx: Tensor, optim: torch.optim.Optimizer,
                     generator: torch.Generator | None = None, l2_in_loss: bool = False) -> tuple[Tensor, int]:
-        """One pass over ``train_idx`` in minibatches, each member on its own shuffle.
+        """One pass over the training rows in minibatches, each member on its own shuffle.
 
-        x [N, S+A] normalized inputs, y [N, S+1] targets. ``l2_in_loss=False`` expects the
+        x [N, S+A] normalized inputs, y [N, S+1] targets; ``train_idx`` [n_train] (the same rows
+        for every member) or [E, n_train] (each member's rows, see :meth:`member_indices`). ``l2_in_loss=False`` expects the
         optimizer of :meth:`make_optimizer` (L2 as per-layer weight decay); True adds the L2 term
         to the loss (any optimizer; the benches' reference). Returns the last loss (without L2
         when ``l2_in_loss`` is False) and the number of member-samples seen.
         """
-        E, n_train, batch_size = self.config.ensemble_size, train_idx.shape[0], self.config.batch_size
-        # each member sees its own shuffle of the training set: idx [E, n_train]
-        idx = train_idx[torch.argsort(torch.rand(E, n_train, generator=generator), dim=1).to(x.device)]
+        E, n_train, batch_size = self.config.ensemble_size, train_idx.shape[-1], self.config.batch_size
+        rows = train_idx.expand(E, n_train)                                              # [E, n_train]
+        # each member sees its own shuffle of its rows: idx [E, n_train]
+        idx = rows.gather(1, torch.argsort(torch.rand(E, n_train, generator=generator), dim=1).to(x.device))
         samples = 0
         for start in range(0, n_train, batch_size):
             b = idx[:, start:start + batch_size]                                         # [E, b]
