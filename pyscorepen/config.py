@@ -18,12 +18,14 @@ from pyscorepen.tasks.risky import RiskyConfig
 class RolloutConfig:
     length: int = 5
     """Model rollout horizon h (MOPO Alg. 2). Range: [1, inf)."""
-    batch_size: int = 10_000
-    """Start states per rollout round (MOPO uses 50k on MuJoCo). Range: [1, inf)."""
+    batch_size: int = 50_000
+    """Start states per rollout round: 50k as MBPO, MOPO, COMBO and MOBILE (the authors' MOBILE configs
+    and OfflineRL-Kit: ``rollout_batch_size`` 50000). Rounds run in ``chunk_size`` pieces. Range: [1, inf)."""
     freq: int = 1000
     """Gradient steps between rollout rounds. Range: [1, inf)."""
     retain_rounds: int = 5
-    """Model-buffer retention window, in rollout rounds (capacity = batch*length*rounds). Range: [1, inf)."""
+    """Model-buffer retention window, in rollout rounds (capacity = batch*length*rounds; MOPO/MOBILE
+    ``model_retain_epochs`` 5: 1.25M transitions at h = 5). Range: [1, inf)."""
     chunk_size: int = 4096
     """Start states processed together (keeps activations cache-resident on CPU). Range: [1, inf)."""
 
@@ -46,6 +48,19 @@ class TrainConfig:
     """Coefficient lambda of the MOPO uncertainty penalty max_i ||sigma_i||. Range: [0, inf)."""
     mobile_beta: float = 1.0
     """Coefficient of the MOBILE penalty (used when 'mobile' is among the penalties). Range: [0, inf)."""
+    mobile_include_reward: bool = False
+    """MOBILE penalty as the std over elites of r + gamma Q'(s', a'); False (default): of min Q' alone,
+    as both MOBILE references compute it (see pyscorepen.penalties.mobile)."""
+    mobile_clamp_target: bool = True
+    """With the mobile penalty, clamp the Bellman target at >= 0 as both MOBILE references do. Assumes
+    non-negative values; defaults.toml turns it off where returns can be negative (halfcheetah-random)."""
+    count_coef: float = 1.0
+    """Coefficient of the count penalty 1/sqrt(n(s,a)+1) (Count-MORL; used when 'count' is among the
+    penalties). 1.0 is OUR default: no per-dataset value is published in the sources we have.
+    Range: [0, inf)."""
+    count_hash_bits: int = 16
+    """SimHash code length k of the count penalty (OUR default: finer cells give smaller counts).
+    Range: [1, 62]."""
     penalties: tuple[str, ...] | None = None
     """Penalty plug-ins; None uses the algorithm's own. E.g. 'score uncertainty' combines two."""
     real_ratio: float | None = None
@@ -86,7 +101,8 @@ class TrainConfig:
     cdsa: CDSAConfig = field(default_factory=CDSAConfig)
 
     def penalty_coefs(self) -> dict[str, float]:
-        return {"score": self.beta, "uncertainty": self.mopo_lambda, "mobile": self.mobile_beta}
+        return {"score": self.beta, "uncertainty": self.mopo_lambda, "mobile": self.mobile_beta,
+                "count": self.count_coef}
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -10,8 +10,11 @@ any other is resumed by the train CLI. Per-dataset hyperparameters come from
 so they override them. Outputs in ``<out>``:
 
 * ``results.md``: normalized score mean ± std over seeds per algorithm (columns) and dataset
-  (rows) plus an Average row, the layout of ScorePen-MORL Table 1;
-* ``results.csv``: the same numbers plus raw returns and seed counts;
+  (rows) plus an Average row, the layout of ScorePen-MORL Table 1, with the behaviour policy's
+  normalized score in its own column;
+* ``results.csv``: the same numbers plus raw returns, seed counts, the gradient-step budget of
+  the finished runs (``steps``) and the dataset's behaviour score (``behaviour_normalized_score``:
+  the mean return of the dataset's episodes, normalized with the task's reference scores);
 * ``curves/<dataset>.png``: learning curves per dataset (each algorithm's mean over seeds
   and a ±1 std band, from every run's ``metrics.jsonl``);
 * ``suite_log.jsonl``: one line per launched run (command, exit status, wall time);
@@ -46,7 +49,8 @@ _SHORT_LEVEL = {"random": "r", "medium": "m", "medium-replay": "mr", "medium-exp
 @dataclass
 class SuiteConfig:
     algos: tuple[str, ...] = ("mopo", "scorepen")
-    """Algorithms: train --algo names or presets of configs/defaults.toml (mobile, scorepen+mobile)."""
+    """Algorithms: train --algo names or presets of configs/defaults.toml (mobile, scorepen+mobile,
+    scorepen+count)."""
     tasks: tuple[str, ...] = ("pyscorepen/hopper/medium-v0", "pyscorepen/hopper/medium-replay-v0")
     """Datasets: Minari ids or paths (anything the train CLI's --task accepts)."""
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -228,13 +232,40 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
+def behaviour_score(task: str, summaries: list[dict], cache: dict) -> float | None:
+    """The dataset's behaviour normalized score: from the runs' summaries (written by the trainer)
+    or, for runs made before it did, computed once per task by loading the dataset (None if that
+    fails or the task has no reference scores)."""
+    for d in summaries:
+        if d.get("behaviour_normalized_score") is not None:
+            return float(d["behaviour_normalized_score"])
+    if task not in cache:
+        cache[task] = None
+        try:
+            from pyscorepen.tasks import make_task
+            loaded = make_task(task)
+            ret = loaded.info.get("dataset_return_mean")
+            cache[task] = None if ret is None else loaded.normalized_score(ret)
+        except Exception as err:  # noqa: BLE001 - a missing dataset only leaves the column empty
+            print(f"[suite] no behaviour score for {task}: {err}", file=sys.stderr)
+    return cache[task]
+
+
+def _steps(summaries: list[dict]) -> int | str | None:
+    """The finished runs' gradient-step budget: one number, or 'a/b' when the seeds differ."""
+    steps = sorted({int(d["steps"]) for d in summaries if d.get("steps") is not None})
+    return None if not steps else steps[0] if len(steps) == 1 else "/".join(map(str, steps))
+
+
 def aggregate(config: SuiteConfig) -> list[dict]:
-    """One row per (algo, task): normalized score and return, mean and std over finished seeds."""
-    rows = []
+    """One row per (algo, task): normalized score and return, mean and std over finished seeds,
+    the step budget and the dataset's behaviour score."""
+    rows, behaviour_cache = [], {}
     for algo in config.algos:
         for task in config.tasks:
             summaries = [(s, _read_json(run_dir(config, algo, task, s) / SUMMARY)) for s in config.seeds]
             summaries = [(s, d) for s, d in summaries if d is not None]
+            done = [d for _, d in summaries]
             norm = [d.get("normalized_score_mean") for _, d in summaries]
             norm = [float(x) for x in norm if x is not None and math.isfinite(float(x))]
             rets = [float(d["return_mean"]) for _, d in summaries if d.get("return_mean") is not None]
@@ -245,6 +276,8 @@ def aggregate(config: SuiteConfig) -> list[dict]:
                 "normalized_score_std": float(np.std(norm)) if norm else None,
                 "return_mean": float(np.mean(rets)) if rets else None,
                 "return_std": float(np.std(rets)) if rets else None,
+                "steps": _steps(done),
+                "behaviour_normalized_score": behaviour_score(task, done, behaviour_cache) if done else None,
             })
     return rows
 
@@ -264,9 +297,13 @@ def markdown_table(rows: list[dict], algos: tuple[str, ...], tasks: tuple[str, .
     of the D4RL normalized score (``R x±y`` = raw return where a dataset has no reference scores),
     then an Average row over datasets with normalized scores for every algorithm."""
     by_key = {(r["algo"], r["task"]): r for r in rows}
-    lines = ["| Task Name | " + " | ".join(algos) + " |", "|---|" + "---|" * len(algos)]
+    lines = ["| Task Name | Behaviour | " + " | ".join(algos) + " |", "|---|---|" + "---|" * len(algos)]
     for task in tasks:
-        lines.append(f"| {short_name(task)} | " + " | ".join(_cell(by_key.get((a, task))) for a in algos) + " |")
+        known = [r["behaviour_normalized_score"] for r in rows
+                 if r["task"] == task and r.get("behaviour_normalized_score") is not None]
+        behaviour = f"{known[0]:.1f}" if known else "–"
+        lines.append(f"| {short_name(task)} | {behaviour} | "
+                     + " | ".join(_cell(by_key.get((a, task))) for a in algos) + " |")
     averages = []
     for algo in algos:
         means = [by_key[(algo, t)]["normalized_score_mean"] for t in tasks if (algo, t) in by_key]
@@ -275,17 +312,20 @@ def markdown_table(rows: list[dict], algos: tuple[str, ...], tasks: tuple[str, .
             averages.append(f"{np.mean(means):.1f}±{np.mean(stds):.1f}")
         else:
             averages.append("–")
-    lines.append("| Average | " + " | ".join(averages) + " |")
+    lines.append("| Average | | " + " | ".join(averages) + " |")
     seeds = sorted({r["seeds_done"] for r in rows})
+    steps = sorted({str(r["steps"]) for r in rows if r.get("steps") is not None})
     lines.append("")
-    lines.append(f"D4RL normalized score, mean ± std over seeds ({'/'.join(map(str, seeds))} finished per cell); "
+    lines.append(f"D4RL normalized score, mean ± std over seeds ({'/'.join(map(str, seeds))} finished per cell)"
+                 + (f", after {' / '.join(steps)} gradient steps" if steps else "") + "; "
+                 "Behaviour: the dataset's mean episode return, normalized; "
                  "'R' marks raw returns of datasets without reference scores.")
     return "\n".join(lines)
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
     fields = ["algo", "task", "dataset", "seeds_done", "seeds", "normalized_score_mean", "normalized_score_std",
-              "return_mean", "return_std"]
+              "return_mean", "return_std", "steps", "behaviour_normalized_score"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()

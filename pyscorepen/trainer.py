@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyscorepen import runs
-from pyscorepen.algos import ALGORITHMS, COMBO
+from pyscorepen.algos import ALGORITHMS, COMBO, SAC
 from pyscorepen.config import TrainConfig
 from pyscorepen.data import Batch, ReplayBuffer
 from pyscorepen.models.dynamics import EnsembleDynamics, rollout
@@ -71,6 +71,8 @@ class Trainer:
                       if needs_score else None)
         agent_kwargs = {"combo": config.combo} if issubclass(self.algorithm.agent_cls, COMBO) else {}
         agent_config = getattr(config, self.algorithm.config_field)
+        if issubclass(self.algorithm.agent_cls, SAC):   # the horizon of --sac.actor-lr-cosine
+            agent_kwargs["total_steps"] = config.steps
         self.agent = self.algorithm.agent_cls(data.obs_dim, data.action_dim, agent_config, low, high, self.device,
                                               target_penalties=target_penalties, **agent_kwargs)
         if hasattr(self.agent, "prepare"):   # one look at the offline data (IQL's reward scale)
@@ -251,7 +253,7 @@ class Trainer:
             tb.close()
         final = self.evaluate(cfg.eval_episodes, keep_trajectories=True) if self.algorithm.has_policy else None
         summary = {"algo": cfg.algo, "task": cfg.task, "seed": cfg.seed, "steps": self.step,
-                   **(self.return_stats(final) if final is not None else running),
+                   **(self.return_stats(final) if final is not None else running), **self.behaviour_stats(),
                    "train_seconds": time.perf_counter() - t_start}
         if final is not None:
             self.write_diagnostics(final)   # before summary.json, which marks the run finished
@@ -269,6 +271,13 @@ class Trainer:
         from pyscorepen import diagnostics
         diagnostics.write_json(self.run_dir / diagnostics.EVAL_RETURNS, diagnostics.eval_returns(final))
         diagnostics.write_json(self.run_dir / diagnostics.PENALTY_SAMPLE, diagnostics.penalty_sample(self))
+
+    def behaviour_stats(self) -> dict[str, float | None]:
+        """The behaviour policy's score: mean return of the dataset's episodes, normalized with
+        the task's reference scores (None for tasks without them, e.g. the cliff task)."""
+        ret = self.task.info.get("dataset_return_mean")
+        return {"behaviour_return_mean": ret,
+                "behaviour_normalized_score": None if ret is None else self.task.normalized_score(ret)}
 
     def make_plots(self, final: EvalResult) -> None:
         from pyscorepen import plots

@@ -77,7 +77,7 @@ def test_plugin_fused_and_loop_agree_in_distribution():
     per-row penalties agree only in distribution; with many samples their means are close."""
     agent, dynamics = make_agent(), make_dynamics()
     batch = make_batch([False] * 3 + [True] * 9)
-    means = [MobilePenalty(1.0, dynamics, num_samples=200, fused=fused)(agent, batch)[3:].mean()
+    means = [MobilePenalty(1.0, dynamics, num_samples=200, fused=fused, include_reward=True)(agent, batch)[3:].mean()
              for fused in (True, False)]
     assert abs(float(means[0]) - float(means[1])) < 0.1 * float(means[1])
 
@@ -123,7 +123,7 @@ def test_sac_update_with_mobile_and_score_penalties():
     """ScorePen+MOBILE: a stored (score) penalty in the batch plus the MOBILE target plug-in."""
     dynamics = make_dynamics()
     agent = SAC(S, A, SACConfig(hidden_dims=(32, 32)), -torch.ones(A), torch.ones(A),
-                target_penalties=[MobilePenalty(1.0, dynamics, num_samples=4)])
+                target_penalties=[MobilePenalty(1.0, dynamics, num_samples=4, target_min=None)])
     batch = make_batch([False] * 4 + [True] * 12)
     batch.penalty[4:] = 0.3                                                 # score penalty, stored
     before = [p.clone() for p in agent.critic.parameters()]

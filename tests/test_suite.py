@@ -18,25 +18,40 @@ def test_defaults_file_and_cli_args():
                                                                                  "mopo_lambda": 2.0}
     assert dataset_defaults("scorepen+mobile", "x/hopper/medium-v0", defaults) == \
         dataset_defaults("mobile", "x/hopper/medium-v0", defaults)
-    assert dataset_defaults("combo", "x/hopper/medium-v0", defaults) == {}
+    # COMBO: algorithm-wide 3x256 critics and entropy-free backup, then OfflineRL-Kit's per-dataset (h, beta)
+    assert dataset_defaults("combo", "x/hopper/medium-v0", defaults) == {
+        "sac.hidden_dims": [256, 256, 256], "sac.deterministic_backup": True, "rollout.length": 5,
+        "combo.cql_weight": 5.0}
+    assert dataset_defaults("combo", "x/hopper/random-v0", defaults) == {
+        "sac.hidden_dims": [256, 256, 256], "sac.deterministic_backup": True}
+    assert dataset_defaults("scorepen+count", "x/hopper/medium-v0", defaults) == \
+        dataset_defaults("scorepen", "x/hopper/medium-v0", defaults)
     assert to_cli_args({"rollout.length": 5, "mopo_lambda": 1.0}) == ["--rollout.length", "5", "--mopo-lambda", "1.0"]
     cmd = train_command(SuiteConfig(out="o", extra_args="--steps 7"), "scorepen+mobile", "x/hopper/medium-v0", 3,
                         defaults)
     assert cmd[cmd.index("--penalties") + 1: cmd.index("--penalties") + 3] == ["score", "mobile"]
     assert cmd[-2:] == ["--steps", "7"] and "--mobile-beta" in cmd and "o/scorepen+mobile/hopper-medium/seed3" in cmd
     assert short_name("mujoco/halfcheetah/medium-expert-v0") == "ha-me"
+    # booleans become tyro flags, nested ones negated as --group.no-name
+    assert to_cli_args({"mobile_clamp_target": False, "sac.deterministic_backup": False,
+                        "sac.hidden_dims": [256, 256]}) == [
+        "--no-mobile-clamp-target", "--sac.no-deterministic-backup", "--sac.hidden-dims", "256", "256"]
+    cmd = train_command(SuiteConfig(out="o"), "scorepen+count", "x/hopper/medium-v0", 0, defaults)
+    assert cmd[cmd.index("--penalties") + 1: cmd.index("--penalties") + 3] == ["score", "count"]
 
 
-def fake_run(config, algo, task, seed, final, curve):
+def fake_run(config, algo, task, seed, final, curve, behaviour=None):
     folder = run_dir(config, algo, task, seed)
     folder.mkdir(parents=True)
     rows = [{"step": s, "return_mean": 10 * v, "normalized_score_mean": v} for s, v in curve]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "summary.json").write_text(json.dumps(
-        {"algo": algo, "task": task, "seed": seed, "return_mean": 10 * final, "normalized_score_mean": final}))
+        {"algo": algo, "task": task, "seed": seed, "return_mean": 10 * final, "normalized_score_mean": final,
+         "steps": curve[-1][0], "behaviour_normalized_score": behaviour}))
 
 
-def test_aggregate_table_csv_and_curves(tmp_path):
+def test_aggregate_table_csv_and_curves(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "no-datasets"))   # the fallback finds nothing
     tasks = ("mujoco/hopper/medium-v0", "mujoco/walker2d/random-v0")
     config = SuiteConfig(algos=("mopo", "scorepen"), tasks=tasks, seeds=(0, 1), out=str(tmp_path / "suite"),
                          aggregate_only=True)
@@ -44,14 +59,20 @@ def test_aggregate_table_csv_and_curves(tmp_path):
         for task in tasks:
             for seed in (0, 1):
                 final = base + 2 * seed
-                fake_run(config, algo, task, seed, final, [(0, 0.0), (10, final / 2), (20, final)])
+                behaviour = 38.2 if task.endswith("hopper/medium-v0") else None
+                fake_run(config, algo, task, seed, final, [(0, 0.0), (10, final / 2), (20, final)], behaviour)
     result = run_suite(config)
     table = (tmp_path / "suite" / "results.md").read_text()
-    assert table.splitlines()[0] == "| Task Name | mopo | scorepen |"
-    assert "| ho-m | 61.0±1.0 | 101.0±1.0 |" in table and "| wa-r |" in table
-    assert "| Average | 61.0±1.0 | 101.0±1.0 |" in table
-    csv_lines = (tmp_path / "suite" / "results.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("algo,task,dataset,seeds_done") and len(csv_lines) == 5
+    assert table.splitlines()[0] == "| Task Name | Behaviour | mopo | scorepen |"
+    assert "| ho-m | 38.2 | 61.0±1.0 | 101.0±1.0 |" in table and "| wa-r | – |" in table
+    assert "| Average | | 61.0±1.0 | 101.0±1.0 |" in table and "after 20 gradient steps" in table
+    import csv
+    with open(tmp_path / "suite" / "results.csv") as f:
+        records = list(csv.DictReader(f))
+    assert len(records) == 4 and list(records[0])[:4] == ["algo", "task", "dataset", "seeds_done"]
+    by = {(r["algo"], r["dataset"]): r for r in records}
+    assert by[("mopo", "ho-m")]["steps"] == "20" and float(by[("mopo", "ho-m")]["behaviour_normalized_score"]) == 38.2
+    assert by[("scorepen", "wa-r")]["behaviour_normalized_score"] == ""
     assert {p.name for p in (tmp_path / "suite" / "curves").iterdir()} == {"hopper-medium.png", "walker2d-random.png"}
     assert not result["failed"]
 
@@ -76,7 +97,13 @@ def test_suite_smoke_run_and_skip(tmp_path, minari_root):
     assert len(log) == 1 and json.loads(log[0])["returncode"] == 0
     assert (out / "sac" / "hopper-random" / "seed0" / "summary.json").is_file()
     table = (out / "results.md").read_text()
-    assert "| Task Name | sac |" in table and "| ho-r | " in table and "±" in table
+    assert "| Task Name | Behaviour | sac |" in table and "| ho-r | " in table and "±" in table
+    # the trainer's summary carries the dataset's behaviour score: its episodes' mean return, normalized
+    summary = json.loads((out / "sac" / "hopper-random" / "seed0" / "summary.json").read_text())
+    expected = 100 * (summary["behaviour_return_mean"] + 20.0) / (3234.3 + 20.0)
+    assert summary["behaviour_normalized_score"] == pytest.approx(expected)
+    assert f"| ho-r | {expected:.1f} |" in table
+    assert "steps,behaviour_normalized_score" in (out / "results.csv").read_text().splitlines()[0]
     assert (out / "curves" / "hopper-random.png").is_file()
     # a second call finds the run finished and launches nothing
     assert main(argv) == 0

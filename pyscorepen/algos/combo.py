@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -15,7 +16,13 @@ from pyscorepen.data import Batch
 @dataclass
 class ComboConfig:
     cql_weight: float = 1.0
-    """beta of COMBO Eq. 2 (the paper searches {0.5, 1, 5}). Range: [0, inf)."""
+    """beta of COMBO Eq. 2 (the paper searches {0.5, 1, 5}, §3 and its App. B.2). Per-dataset values are in
+    configs/defaults.toml (OfflineRL-Kit run_combo.py's suggested hyperparameters). Range: [0, inf)."""
+    rho: Literal["mix", "model"] = "mix"
+    """States of the push-down distribution rho(s, a) = rho(s) pi(a|s) of Eq. 2. 'mix': every state of
+    the batch, model and dataset states in the batch's proportion (real_ratio), COMBO §3 "we augment
+    rho with states sampled from the offline dataset, which shows more stable improvement in practice"
+    (OfflineRL-Kit ``rho_s='mix'``, its default). 'model': model-rollout states only (Eq. 2 as written)."""
     num_sampled_actions: int = 10
     """Actions per state for the log-sum-exp (uniform, pi(.|s), pi(.|s') each). Range: [1, inf)."""
     temperature: float = 1.0
@@ -25,8 +32,9 @@ class ComboConfig:
 class COMBO(SAC):
     """COMBO (Yu et al. 2021): SAC whose critic loss adds, per critic (Eq. 2),
 
-        beta * ( E_{s ~ d_model} [ log sum_a exp Q(s, a) ] - E_{(s,a) ~ D} [ Q(s, a) ] ),
+        beta * ( E_{s ~ rho} [ log sum_a exp Q(s, a) ] - E_{(s,a) ~ D} [ Q(s, a) ] ),
 
+    with rho(s) the model-rollout states augmented with dataset states (``ComboConfig.rho``),
     the CQL(H) form of "push Q down on model-rollout states with policy/uniform actions,
     up on dataset pairs"; the log-sum-exp uses importance-sampled uniform actions and policy
     actions at s and s' (Kumar et al. 2020, App. F)."""
@@ -35,12 +43,18 @@ class COMBO(SAC):
         super().__init__(*args, **kwargs)
         self.combo = combo or ComboConfig()
 
+    def push_down_rows(self, batch: Batch) -> Tensor:
+        """Rows of the batch whose states form rho(s) (see ``ComboConfig.rho``): bool [B]."""
+        if self.combo.rho == "mix":
+            return torch.ones_like(batch.from_model)
+        return batch.from_model
+
     def critic_regularizer(self, batch: Batch, q_pred: Tensor) -> tuple[Tensor, dict[str, float]]:
         cfg = self.combo
-        model, real = batch.from_model, ~batch.from_model
-        if not model.any() or not real.any():
+        rho, real = self.push_down_rows(batch), ~batch.from_model
+        if not rho.any() or not real.any():
             return q_pred.new_zeros(()), {}
-        obs, next_obs = batch.obs[model], batch.next_obs[model]                     # [Bm, S]
+        obs, next_obs = batch.obs[rho], batch.next_obs[rho]                         # [Bm, S]
         R, Bm = cfg.num_sampled_actions, obs.shape[0]
         obs_rep, next_rep = obs.repeat(R, 1), next_obs.repeat(R, 1)                 # [R*Bm, S]
         scale, offset = self.actor.action_scale, self.actor.action_offset          # [A]

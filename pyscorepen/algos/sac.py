@@ -12,6 +12,7 @@ deltas on this class:
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +47,13 @@ class SACConfig:
     """Target policy entropy; None means -action_dim. Range: (-inf, inf)."""
     fused_optim: bool = True
     """Fused Adam (one kernel over all parameters, CPU and CUDA); False: PyTorch's per-parameter loop."""
+    deterministic_backup: bool = False
+    """Entropy-free Bellman target r + gamma min_k Q'(s', a') (no -alpha log pi term). COMBO's default
+    (OfflineRL-Kit run_combo.py ``--deterministic-backup True``, after CQL); SAC's soft target otherwise."""
+    actor_lr_cosine: bool = False
+    """Cosine-anneal the actor learning rate from ``actor_lr`` to 0 over the run's gradient steps (the
+    reference MOPO/COMBO/MOBILE scripts' ``CosineAnnealingLR(actor_optim, epochs)``). Off by default:
+    not measured to help here (README, "Defaults")."""
 
 
 class SAC:
@@ -53,8 +61,12 @@ class SAC:
 
     def __init__(self, obs_dim: int, action_dim: int, config: SACConfig,
                  action_low: Tensor, action_high: Tensor, device: torch.device | str = "cpu",
-                 target_penalties: list | None = None):
+                 target_penalties: list | None = None, total_steps: int | None = None):
         self.config = config
+        self.total_steps = total_steps
+        """Gradient steps of the run: the horizon of ``actor_lr_cosine`` (required with it)."""
+        if config.actor_lr_cosine and not total_steps:
+            raise ValueError("SACConfig.actor_lr_cosine needs the run's total_steps")
         self.device = torch.device(device)
         self.actor = TanhGaussianActor(obs_dim, action_dim, config.hidden_dims,
                                        torch.as_tensor(action_low), torch.as_tensor(action_high)).to(self.device)
@@ -112,14 +124,16 @@ class SAC:
         target-time plug-ins (e.g. MOBILE) add theirs here. Info values are 0-dim tensors
         (converted to floats once, at the end of :meth:`update`). ``fused``: the soft value of
         s' through :meth:`soft_value` (one op); False: through the actor and critic modules
-        (:meth:`update_ref`).
+        (:meth:`update_ref`). ``config.deterministic_backup`` drops the entropy term (alpha = 0
+        in V(s')). A plug-in with a ``target_min`` (MOBILE's references: 0) clamps y from below.
         """
+        alpha = torch.zeros_like(self.alpha) if self.config.deterministic_backup else self.alpha
         if fused:
-            next_v = self.soft_value(batch.next_obs, self.alpha)                 # [B]
+            next_v = self.soft_value(batch.next_obs, alpha)                      # [B]
         else:
             next_actions, next_log_prob = self.actor(batch.next_obs)            # [B, A], [B]
             next_q = self.critic_target(batch.next_obs, next_actions).min(0).values  # [B]
-            next_v = next_q - self.alpha * next_log_prob                         # [B]
+            next_v = next_q - alpha * next_log_prob                              # [B]
         reward = batch.rewards - batch.penalty                               # [B]
         info: dict[str, Tensor] = {}
         for plugin in self.target_penalties:
@@ -127,7 +141,22 @@ class SAC:
             reward = reward - extra
             info[f"penalty/{plugin.name}"] = extra.mean()
         # reward + gamma * (1 - d) * next_v, as one fused multiply-add
-        return torch.addcmul(reward, (1.0 - batch.terminals), next_v, value=self.config.gamma), info
+        target = torch.addcmul(reward, (1.0 - batch.terminals), next_v, value=self.config.gamma)  # [B]
+        bounds = [p.target_min for p in self.target_penalties if getattr(p, "target_min", None) is not None]
+        if bounds:
+            target = target.clamp_min(max(bounds))
+        return target, info
+
+    def anneal_actor_lr(self) -> None:
+        """Cosine schedule of the actor learning rate (``actor_lr_cosine``), a closed form of the
+        update count, so a resumed run continues the same schedule:
+        lr_t = actor_lr * (1 + cos(pi * t / T)) / 2, t = updates done, T = ``total_steps``."""
+        if not self.config.actor_lr_cosine:
+            return
+        progress = min(self.num_updates / self.total_steps, 1.0)
+        lr = 0.5 * self.config.actor_lr * (1.0 + math.cos(math.pi * progress))
+        for group in self.actor_optim.param_groups:
+            group["lr"] = lr
 
     def critic_regularizer(self, batch: Batch, q_pred: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Extra critic loss term; zero for SAC. COMBO overrides this (COMBO Eq. 2).
@@ -158,6 +187,7 @@ class SAC:
         actor_loss = (alpha * log_prob - q_new).mean()
         self.actor_optim.zero_grad(set_to_none=True)
         actor_loss.backward()
+        self.anneal_actor_lr()
         self.actor_optim.step()
 
         if self.config.auto_alpha:
@@ -194,6 +224,7 @@ class SAC:
         actor_loss = (self.alpha * log_prob - q_new).mean()
         self.actor_optim.zero_grad(set_to_none=True)
         actor_loss.backward()
+        self.anneal_actor_lr()
         self.actor_optim.step()
 
         if self.config.auto_alpha:

@@ -29,11 +29,18 @@ def dataset_key(task: str) -> str | None:
 
 
 def dataset_defaults(algo: str, task: str, defaults: dict | None = None) -> dict:
-    """The defaults.toml entries of ``algo`` (or the algorithm it inherits from) for ``task``."""
+    """The defaults.toml entries of ``algo`` for ``task``: its algorithm-wide [algorithm.<algo>]
+    table, then its per-dataset table (each the algorithm's own or, failing that, the one of the
+    algorithm it inherits from); later entries win."""
     defaults = load_defaults() if defaults is None else defaults
+    parent = defaults.get("inherit", {}).get(algo, "")
+    wide = defaults.get("algorithm", {})
+    out = dict(wide.get(algo) or wide.get(parent, {}))
     key = dataset_key(task)
-    table = defaults.get(algo) or defaults.get(defaults.get("inherit", {}).get(algo, ""), {})
-    return dict(table.get(key, {})) if key else {}
+    table = defaults.get(algo) or defaults.get(parent, {})
+    if key:
+        out.update(table.get(key, {}))
+    return out
 
 
 def preset_args(algo: str, defaults: dict | None = None) -> list[str]:
@@ -46,9 +53,10 @@ def to_cli_args(values: dict) -> list[str]:
     """{'rollout.length': 5, 'mopo_lambda': 1.0} -> ['--rollout.length', '5', '--mopo-lambda', '1.0']."""
     args: list[str] = []
     for key, value in values.items():
-        flag = "--" + ".".join(part.replace("_", "-") for part in key.split("."))
-        if isinstance(value, bool):
-            args.append(flag if value else "--no-" + flag[2:])
+        *groups, name = [part.replace("_", "-") for part in key.split(".")]
+        flag = "--" + ".".join([*groups, name])
+        if isinstance(value, bool):   # tyro's negation of a nested flag: --group.no-name
+            args.append(flag if value else "--" + ".".join([*groups, "no-" + name]))
         elif isinstance(value, (list, tuple)):
             args += [flag, *map(str, value)]
         else:

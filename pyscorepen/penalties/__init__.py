@@ -5,7 +5,7 @@ Two kinds, so the trainer never needs to know which penalties a run uses:
 * **generation-time** penalties (:class:`RolloutPenalty`) are computed once per model
   transition when a rollout creates it and stored in the model buffer. They see the
   state, the action and the fused ``rollout_step`` output (which already carries the MOPO
-  uncertainty and the score penalty). Score (ScorePen), uncertainty (MOPO), count-based.
+  uncertainty and the score penalty). Score (ScorePen), uncertainty (MOPO), count (Count-MORL).
 * **target-time** penalties (:class:`TargetPenalty`) need the current critics, so they are
   evaluated inside the SAC target (MOBILE).
 
@@ -17,6 +17,8 @@ from __future__ import annotations
 from typing import Callable
 
 from pyscorepen.penalties.base import RolloutPenalty, TargetPenalty, is_target_penalty
+from pyscorepen.penalties.count import CountPenalty, SimHashCounter
+from pyscorepen.penalties.count import factory as _count_factory
 from pyscorepen.penalties.mobile import MobilePenalty
 from pyscorepen.penalties.mobile import factory as _mobile_factory
 from pyscorepen.penalties.score import ScorePenalty
@@ -28,6 +30,7 @@ PENALTIES: dict[str, Callable[..., object]] = {
     "score": lambda coef, **context: ScorePenalty(coef),
     "uncertainty": lambda coef, **context: UncertaintyPenalty(coef),
     "mobile": _mobile_factory,
+    "count": _count_factory,
 }
 
 
@@ -36,5 +39,5 @@ def register_penalty(name: str, factory: Callable[..., object]) -> None:
     PENALTIES[name] = factory
 
 
-__all__ = ["PENALTIES", "MobilePenalty", "RolloutPenalty", "ScorePenalty", "TargetPenalty",
+__all__ = ["PENALTIES", "CountPenalty", "MobilePenalty", "SimHashCounter", "RolloutPenalty", "ScorePenalty", "TargetPenalty",
            "UncertaintyPenalty", "is_target_penalty", "register_penalty"]

@@ -12,8 +12,12 @@ and the critic target becomes ``r - beta * u(s, a) + gamma * (1 - d) V(s')``. Be
 the *current* actor and target critics, it is a :class:`pyscorepen.penalties.TargetPenalty`
 evaluated inside :meth:`pyscorepen.algos.sac.SAC.compute_target`, not a stored rollout penalty.
 
-Note: OfflineRL-Kit's ``MOBILEPolicy.compute_lcb`` takes the std of ``min_k Q'(s', a')``
-alone (no r, no gamma); ``include_reward=False`` reproduces that form.
+Both MOBILE references (the authors' code, github.com/yihaosun1124/mobile, policies/mobile.py,
+and OfflineRL-Kit's ``MOBILEPolicy.compute_lcb``) take the std over elites of the sample mean of
+``min_k Q'(s', a')`` alone (no r, no gamma): that is the default here (``include_reward=False``);
+``include_reward=True`` gives the std of the full backup r + gamma Q' (the Eq. 8 reading). Both
+references also clamp the Bellman target at >= 0 (``target_q.clamp(0, None)``):
+``MobilePenalty.target_min`` = 0 (``--no-mobile-clamp-target`` turns it off).
 
 ScorePen+MOBILE is the combination of plug-ins ``--algo scorepen --penalties score mobile``
 (score penalty stored at rollout time, MOBILE penalty added to the target), each with its
@@ -33,7 +37,7 @@ from torch import Tensor
 
 
 def mobile_penalty(obs: Tensor, actions: Tensor, mean: Tensor, std: Tensor, noise: Tensor,
-                   next_value: Callable[[Tensor], Tensor], gamma: float, include_reward: bool = True) -> Tensor:
+                   next_value: Callable[[Tensor], Tensor], gamma: float, include_reward: bool = False) -> Tensor:
     """Unweighted MOBILE penalty u(s, a) [B] (MOBILE Eq. 8), all members and samples at once.
 
     obs [B, S], actions [B, A]; mean, std [M, B, S+1]: the elites' Gaussian over (delta_s, r);
@@ -46,15 +50,14 @@ def mobile_penalty(obs: Tensor, actions: Tensor, mean: Tensor, std: Tensor, nois
     S = obs.shape[-1]
     samples = torch.addcmul(mean, std, noise)                              # [K, M, B, S+1]
     next_obs = samples[..., :S].add_(obs)                                  # [K, M, B, S]
-    next_q = next_value(next_obs.reshape(K * M * B, S))                    # [K*M*B]
-    target = gamma * next_q.view(K, M, B)                                  # [K, M, B]
-    if include_reward:
-        target = target.add_(samples[..., S])                              # r + gamma Q'
+    next_q = next_value(next_obs.reshape(K * M * B, S)).view(K, M, B)      # [K, M, B]
+    # r + gamma Q' (Eq. 8) or Q' alone (both references' compute_lcb)
+    target = samples[..., S] + gamma * next_q if include_reward else next_q     # [K, M, B]
     return target.mean(0).std(0)                                           # [M, B] -> [B]
 
 
 def mobile_penalty_ref(obs: Tensor, actions: Tensor, mean: Tensor, std: Tensor, noise: Tensor, actor,
-                       critic_target, gamma: float, include_reward: bool = True) -> Tensor:
+                       critic_target, gamma: float, include_reward: bool = False) -> Tensor:
     """Readable loop version of :func:`mobile_penalty` on the actor and target-critic modules
     (tests compare the two with ``next_value = min_k critic_target(s', actor(s'))``)."""
     K, M, B, _ = noise.shape
@@ -67,7 +70,7 @@ def mobile_penalty_ref(obs: Tensor, actions: Tensor, mean: Tensor, std: Tensor, 
             next_actions = actor(next_obs, with_log_prob=False)[0]
             qs = critic_target(next_obs, next_actions)                     # [N, B]
             q_min = torch.stack([qs[i] for i in range(qs.shape[0])]).min(0).values
-            targets[k, m] = (sample[:, S] if include_reward else 0.0) + gamma * q_min
+            targets[k, m] = sample[:, S] + gamma * q_min if include_reward else q_min
     return targets.mean(0).std(0)                                          # [K, M, B] -> [M, B] -> [B]
 
 
@@ -80,8 +83,13 @@ class MobilePenalty:
     """The trained :class:`pyscorepen.models.dynamics.EnsembleDynamics` (its ``elites`` are used)."""
     num_samples: int = 10
     """Draws (r, s') per elite (OfflineRL-Kit ``num_samples`` = 10)."""
-    include_reward: bool = True
-    """Std of r + gamma Q' (MOBILE Eq. 8); False: std of Q' alone (OfflineRL-Kit compute_lcb)."""
+    include_reward: bool = False
+    """False: std of min_k Q'(s', a') alone (both references' compute_lcb); True: std of r + gamma Q'."""
+    target_min: float | None = 0.0
+    """Lower bound of the whole Bellman target (real and model rows), applied by
+    :meth:`pyscorepen.algos.sac.SAC.compute_target`: both references clamp at 0. This assumes
+    non-negative values (e.g. Hopper/Walker2d's alive bonus); None where returns can be negative
+    (defaults.toml turns it off for halfcheetah-random)."""
     fused: bool = True
     """Next-state values through the fused :meth:`pyscorepen.algos.sac.SAC.soft_value`; False: the loop
     reference :func:`mobile_penalty_ref` on the modules (the benches' ``ref`` provider)."""
@@ -111,5 +119,7 @@ class MobilePenalty:
 def factory(coef: float, **context) -> MobilePenalty:
     """Registry factory (:data:`pyscorepen.penalties.PENALTIES`)."""
     config = context.get("config")
-    return MobilePenalty(coef, context["dynamics"], num_samples=getattr(config, "mobile_num_samples", 10))
+    return MobilePenalty(coef, context["dynamics"], num_samples=getattr(config, "mobile_num_samples", 10),
+                         include_reward=getattr(config, "mobile_include_reward", False),
+                         target_min=0.0 if getattr(config, "mobile_clamp_target", True) else None)
 
