@@ -9,14 +9,18 @@ root of how often its state-action pair occurs in the offline dataset:
 where n counts the dataset pairs that share (s, a)'s hash code. The "+1" is our choice: it keeps
 the penalty finite (1, the largest value) for pairs the dataset never visits, and strictly
 decreasing in n. The hash is a SimHash (Charikar 2002; #Exploration, Tang et al. 2017):
-k random hyperplanes over the normalized x = ((s, a) - mean) / std,
+k random hyperplanes over the normalized z = ((s, a) - mean) / std,
 
-    code(x) = [ sign(w_i . x + b_i) ]_{i=1..k},   w_i ~ N(0, I),  b_i ~ N(0, 1).
+    code(z) = [ sign(u_i . z - t_i) ]_{i=1..k},   u_i uniform on the unit sphere,  t_i ~ N(0, 1).
 
-The offsets b_i are our addition to the plain sign hash: without them every hyperplane passes
-through the data mean, the cells are cones, and x and 2x always share a code; with them, cells
-are bounded regions at the scale of the data. k sets the granularity (more bits: finer cells,
-smaller counts).
+The offsets t_i are our addition to the plain sign hash sign(w_i . z): without them every
+hyperplane passes through the data mean, the cells are cones, and z and 3z always share a code;
+with them, the hyperplanes cut the data at standard-normal distances from its mean, so cells
+have the data's scale and points beyond the data fall in cells with few or no dataset pairs
+(measured against N(0, 1) offsets and hyperplanes through random data points: the best
+contrast of in-data vs far-away counts of the three). The outer cells are still unbounded,
+a limit of any hyperplane hash (ScorePen-MORL §5.1 on Count-MORL's hash codes). k sets the
+granularity (more bits: finer cells, smaller counts).
 
 Everything is tensor code on the dataset's device: codes -> int64 keys (bit i -> 2^i), the
 dataset's keys sorted once with their counts (``torch.unique``), queries looked up with
@@ -42,13 +46,14 @@ class SimHashCounter:
         self.mean = x.mean(0)                                                  # [D]
         self.std = x.std(0).clamp_min(1e-6)                                    # [D]
         D = x.shape[1]
-        self.planes = torch.randn(D, bits, generator=generator).to(x.device)   # [D, k]
-        self.offsets = torch.randn(bits, generator=generator).to(x.device)     # [k]
+        planes = torch.randn(D, bits, generator=generator)                     # [D, k]
+        self.planes = (planes / planes.norm(dim=0)).to(x.device)               # unit normals u_i
+        self.offsets = -torch.randn(bits, generator=generator).to(x.device)    # [k]: -t_i
         self.powers = 2 ** torch.arange(bits, device=x.device, dtype=torch.int64)  # [k]
         self.keys, self.counts = torch.unique(self.hash(x), return_counts=True)    # [U] sorted, [U]
 
     def hash(self, x: Tensor) -> Tensor:
-        """x [B, D] -> int64 keys [B]: the k sign bits of the normalized rows, bit i worth 2^i."""
+        """x [B, D] -> int64 keys [B]: the k sign bits of u_i . z - t_i, bit i worth 2^i."""
         z = (x - self.mean) / self.std                                         # [B, D]
         bits = torch.addmm(self.offsets, z, self.planes) > 0                   # [B, k]
         return (bits.long() * self.powers).sum(-1)                             # [B]
