@@ -53,7 +53,7 @@ class SACConfig:
     actor_lr_cosine: bool = False
     """Cosine-anneal the actor learning rate from ``actor_lr`` to 0 over the run's gradient steps (the
     reference MOPO/COMBO/MOBILE scripts' ``CosineAnnealingLR(actor_optim, epochs)``). Off by default:
-    not measured to help here (README, "Defaults")."""
+    no gain measured on the cliff task (README, "Defaults and their sources"); not yet measured on MuJoCo."""
 
 
 class SAC:
