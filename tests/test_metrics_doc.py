@@ -15,8 +15,8 @@ from tests.test_algorithms import TINY
 DOC = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
 PLACEHOLDERS = {"<p>": r"[0-9]+(?:_[0-9]+)?", "<name>": r"[a-z_]+"}
 
-# every algorithm, and every penalty plug-in (score and uncertainty stored, mobile at target time)
-RUNS = {"scorepen-all-penalties": ("scorepen", {"penalties": ("score", "uncertainty", "mobile")}),
+# every algorithm, and every penalty plug-in (score, uncertainty and count stored, mobile at target time)
+RUNS = {"scorepen-all-penalties": ("scorepen", {"penalties": ("score", "uncertainty", "count", "mobile")}),
         "combo": ("combo", {}), "sac": ("sac", {}), "mopo": ("mopo", {})}
 
 
@@ -54,7 +54,8 @@ def test_every_written_key_is_documented(written_keys):
     for file, keys in written_keys.items():
         missing = sorted(k for k in keys if not any(p.match(k) for p in patterns))
         assert not missing, f"{file} keys missing from docs/metrics.md: {missing}"
-    assert {"rollout/raw_score_mean", "penalty/mobile", "combo/q_gap", "var_5"} <= written_keys[runs.METRICS]
+    assert {"rollout/raw_score_mean", "rollout/raw_count_mean", "penalty/mobile", "combo/q_gap",
+            "var_5"} <= written_keys[runs.METRICS]
 
 
 def test_every_documented_key_is_written(written_keys):
