@@ -153,5 +153,5 @@ def defaults_for(algo: str, task: str) -> TrainConfig:
     table = load_defaults()
     overrides = dict(table.get("algorithm", {}).get(algo, {}))   # per-algorithm defaults (e.g. CDSA's 10k steps)
     overrides.update(table.get("all", {}).get(task, {}))
-    overrides.update(dataset_defaults(algo, task, table))
+    overrides.update(dataset_defaults(algo, task, table, algorithm_wide=False))
     return apply_overrides(TrainConfig(algo=algo, task=task), overrides)

@@ -28,14 +28,14 @@ def dataset_key(task: str) -> str | None:
     return f"{parts[-2].lower()}-{_LEVEL_ALIASES.get(level, level)}"
 
 
-def dataset_defaults(algo: str, task: str, defaults: dict | None = None) -> dict:
+def dataset_defaults(algo: str, task: str, defaults: dict | None = None, algorithm_wide: bool = True) -> dict:
     """The defaults.toml entries of ``algo`` for ``task``: its algorithm-wide [algorithm.<algo>]
-    table, then its per-dataset table (each the algorithm's own or, failing that, the one of the
-    algorithm it inherits from); later entries win."""
+    table (unless ``algorithm_wide`` is False), then its per-dataset table (each the algorithm's
+    own or, failing that, the one of the algorithm it inherits from); later entries win."""
     defaults = load_defaults() if defaults is None else defaults
     parent = defaults.get("inherit", {}).get(algo, "")
     wide = defaults.get("algorithm", {})
-    out = dict(wide.get(algo) or wide.get(parent, {}))
+    out = dict(wide.get(algo) or wide.get(parent, {})) if algorithm_wide else {}
     key = dataset_key(task)
     table = defaults.get(algo) or defaults.get(parent, {})
     if key:
