@@ -53,7 +53,7 @@ class SACConfig:
     actor_lr_cosine: bool = False
     """Cosine-anneal the actor learning rate from ``actor_lr`` to 0 over the run's gradient steps (the
     reference MOPO/COMBO/MOBILE scripts' ``CosineAnnealingLR(actor_optim, epochs)``). Off by default:
-    no gain measured on the cliff task (README, "Defaults and their sources"); not yet measured on MuJoCo."""
+    no gain measured on the cliff task (docs/mujoco.md, "Defaults and their sources"); not yet measured on MuJoCo."""
 
 
 class SAC:
