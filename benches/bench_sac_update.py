@@ -6,10 +6,12 @@ batch 256), ``provider`` x algorithm x torch threads.
 
 Providers: ``ref`` = :meth:`pyscorepen.algos.sac.SAC.update_ref` (plain eager update: critic weight
 gradients in the actor loss, per-parameter Adam loop, one ``.item()`` per statistic), ``fast`` =
-:meth:`~pyscorepen.algos.sac.SAC.update` (fused Adam, actor loss without critic weight gradients,
-one statistics conversion, foreach Polyak). COMBO's regularizer is the same in both. Both share
-the nets (in-place activations), so ``ref`` is not the pre-optimization code: benches/README.md
-lists that comparison separately.
+:meth:`~pyscorepen.algos.sac.SAC.update` on the modules (``SACConfig(fused_update=False)``: fused Adam,
+actor loss without critic weight gradients, one statistics conversion, foreach Polyak), ``fused`` =
+:meth:`~pyscorepen.algos.sac.SAC.update` as the one ``sac_update`` op (C++: forward, backward, Adam
+and Polyak without autograd; the default wherever it applies). COMBO's regularizer has no fused
+form, so COMBO has no ``fused`` row. ``ref`` and ``fast`` share the nets (in-place activations),
+so ``ref`` is not the pre-optimization code: benches/README.md lists that comparison separately.
 
 extra_info: updates/s, GFLOP/s (useful FLOPs, below) and % of the session's sgemm probe.
 Regression check: fast/ref measured in this run, never absolute times.
@@ -31,6 +33,8 @@ THREADS = [1, 2]
 # fast / ref (best rounds, 1 thread), same run. Measured (2 cores shared with other jobs, load ~3):
 # sac 1.13-1.34x, combo 0.97-1.01x (its regularizer, 85 % of the FLOPs, is the same in both)
 SPEEDUP_FLOOR = {"sac": 1.0, "combo": 0.9}
+# fused / ref (best rounds, 1 thread), same run; the issue's target is 2x. Measured: see benches/README.md
+FUSED_SPEEDUP_FLOOR = 1.5
 _BEST: dict[tuple[str, str, int], float] = {}   # best round: the least disturbed by other jobs
 
 
@@ -57,24 +61,27 @@ def make_batch(model_fraction: float, gen: torch.Generator) -> Batch:
 
 def make_agent(algo: str, provider: str):
     torch.manual_seed(0)
-    config = SACConfig(hidden_dims=HIDDEN, num_critics=NUM_CRITICS, fused_optim=provider == "fast")
+    config = SACConfig(hidden_dims=HIDDEN, num_critics=NUM_CRITICS, fused_optim=provider != "ref",
+                       fused_update=provider == "fused")
     low, high = -torch.ones(ACT_DIM), torch.ones(ACT_DIM)
     if algo == "combo":
         agent = COMBO(OBS_DIM, ACT_DIM, config, low, high, combo=ComboConfig(num_sampled_actions=SAMPLED_ACTIONS))
     else:
         agent = SAC(OBS_DIM, ACT_DIM, config, low, high)
-    return agent, (agent.update if provider == "fast" else agent.update_ref)
+    return agent, (agent.update_ref if provider == "ref" else agent.update)
 
 
 @pytest.mark.parametrize("threads", THREADS, indirect=True)
 @pytest.mark.parametrize("algo", ["sac", "combo"])
-@pytest.mark.parametrize("provider", ["ref", "fast"])
+@pytest.mark.parametrize("provider", ["ref", "fast", "fused"])
 def test_update(benchmark, sgemm_limit, monkeypatch, provider, algo, threads):
     if provider == "ref":  # everything on the reference backends (the nets' fused ensemble_mlp too)
         monkeypatch.setenv("PYSCOREPEN_BACKEND", "ref")
     agent, update = make_agent(algo, provider)
     gen = torch.Generator().manual_seed(1)
     batches = [make_batch(MODEL_FRACTION[algo], gen) for _ in range(4)]
+    if provider == "fused" and agent.fused_update_backend(batches[0]) is None:
+        pytest.skip(f"{algo}: no fused update here (COMBO's regularizer, or the C++ extension is not built)")
     state = {"i": 0}
 
     def step():
@@ -99,3 +106,13 @@ def test_fast_speedup_over_ref(algo):
             print(f"\n{algo} update fast/ref at {threads} threads: "
                   f"{_BEST[('ref', algo, threads)] / _BEST[('fast', algo, threads)]:.2f}x (not asserted)")
     check_speedup(_BEST, ("fast", algo, 1), ("ref", algo, 1), SPEEDUP_FLOOR[algo], f"{algo} update fast/ref at 1 thread")
+
+
+def test_fused_speedup():
+    """fused vs ref (the floor, 1 thread) and vs fast (printed), best rounds of this run."""
+    for threads in THREADS:
+        for other in ("ref", "fast"):
+            if ("fused", "sac", threads) in _BEST and (other, "sac", threads) in _BEST:
+                print(f"\nsac update fused/{other} at {threads} threads: "
+                      f"{_BEST[(other, 'sac', threads)] / _BEST[('fused', 'sac', threads)]:.2f}x")
+    check_speedup(_BEST, ("fused", "sac", 1), ("ref", "sac", 1), FUSED_SPEEDUP_FLOOR, "sac update fused/ref at 1 thread")

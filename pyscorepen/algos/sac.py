@@ -53,6 +53,9 @@ class SACConfig:
     """Target policy entropy; None means -action_dim. Range: (-inf, inf)."""
     fused_optim: bool = True
     """Fused Adam (one kernel over all parameters, CPU and CUDA); False: PyTorch's per-parameter loop."""
+    fused_update: bool = True
+    """Run :meth:`SAC.update` as the one fused ``sac_update`` op where :meth:`SAC.fused_update_backend`
+    allows it (C++ backend, no critic regulariser); False: always the module path."""
 
 
 class SAC:
@@ -228,13 +231,16 @@ class SAC:
         """The one place that decides whether :meth:`update` runs the fused ``sac_update`` op.
 
         Returns "cpp" when the op's backend resolves to cpp for this batch (extension built, float32
-        CPU tensors, no ``PYSCOREPEN_BACKEND`` other than cpp) and the algorithm's hooks have a fused
+        CPU tensors, no ``PYSCOREPEN_BACKEND`` other than cpp; "triton" only when requested by name)
+        and the algorithm's hooks have a fused
         form: the stored penalty (fused) and :attr:`target_penalties` (computed before the step and
-        passed in, MOBILE). None (the module path of today) when a subclass overrides
+        passed in, MOBILE). None (the module path) when ``config.fused_update`` is off, a subclass overrides
         :meth:`critic_regularizer` (COMBO) or :meth:`compute_target`, the networks are not the
         standard actor / Q ensemble, or an optimizer uses an Adam option the op does not have.
         """
         cls = type(self)
+        if not self.config.fused_update:
+            return None
         if cls.critic_regularizer is not SAC.critic_regularizer or cls.compute_target is not SAC.compute_target:
             return None
         if type(self.actor) is not TanhGaussianActor or type(self.critic) is not QEnsemble:
@@ -247,11 +253,11 @@ class SAC:
         if any(g.get("amsgrad") or g.get("maximize") or g.get("differentiable") or g.get("capturable")
                or g.get("decoupled_weight_decay") or any(g[k] != groups[0][k] for k in shared) for g in groups):
             return None
-        try:
-            backend = resolve_backend("sac_update", batch.obs)
-        except BackendUnavailableError:   # an explicit ref/triton/cuda request: the modules' ops honour it
+        try:   # auto: cpp only (the Triton step has run under the interpreter, not yet on a GPU)
+            backend = resolve_backend("sac_update", batch.obs, auto_skip=("triton",))
+        except BackendUnavailableError:   # an explicit request this op cannot serve: the modules' ops honour it
             return None
-        return backend if backend == "cpp" else None
+        return backend if backend in ("cpp", "triton") else None
 
     @staticmethod
     def _adam_state(optimizer: torch.optim.Optimizer, params: list[Tensor]) -> list[tuple[Tensor, Tensor, Tensor]]:
