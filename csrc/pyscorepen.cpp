@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "cpu/fused_mlp.h"
+#include "cpu/transpose.h"
 
 namespace pyscorepen {
 namespace {
@@ -635,7 +636,7 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> ensemble_mlp_backwa
     }
   }
   for (int64_t l = (need_x ? 0 : 1); l < L; ++l) {   // W_l^T [E, out_l, in_l] for the dz chain / grad_x
-    keep.push_back(weights[l].transpose(1, 2).contiguous());
+    keep.push_back(transposed_last2(weights[l]));   // tiled: ~10x faster than ATen's strided copy
     args.wt[l] = keep.back().data_ptr<float>();
   }
   if (need_w || need_b) {   // the weight gradient reads the layer inputs: x with B_pad rows

@@ -14,10 +14,13 @@
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <tuple>
 #include <vector>
+
+#include "cpu/transpose.h"
 
 namespace pyscorepen {
 namespace {
@@ -165,31 +168,58 @@ Tensor sac_update_cpu(const Tensor& obs, const Tensor& actions, const Tensor& re
   // the actor's weights as [in, out] (the fused kernels' layout) and as a 1-member ensemble
   std::vector<Tensor> actor_w_io(La), actor_w_1(La), actor_b_1(La);
   for (size_t l = 0; l < La; ++l) {
-    actor_w_io[l] = actor_weights[l].t().contiguous();    // [in, out]
+    actor_w_io[l] = transposed_last2(actor_weights[l]);         // [in, out]
     actor_w_1[l] = actor_w_io[l].unsqueeze(0);            // [1, in, out]
     actor_b_1[l] = actor_biases[l].unsqueeze(0);          // [1, out]
   }
   const Tensor alpha = log_alpha.exp();                   // [] temperature before this step
-  const double alpha_value = alpha.item<double>();
-  const Tensor scale = action_scale.reshape({A}), offset = action_offset.reshape({A});
+  const float alpha_value = alpha.item<float>();
+  const Tensor scale = action_scale.reshape({A}).contiguous(), offset = action_offset.reshape({A}).contiguous();
+  const float* scale_p = scale.data_ptr<float>();
+  const float* offset_p = offset.data_ptr<float>();
+  const at::TensorOptions f32 = obs.options();
+  const float inv_b = 1.0f / static_cast<float>(B);
 
   // 1. Bellman target (SAC Eq. 3; ScorePen-MORL Eq. 20 / MOPO Alg. 2 stored penalty; MOBILE
   //    target penalty precomputed): y = r - penalty + gamma (1 - d) [min_k Q'_k(s', a') - alpha log pi(a'|s')]
   const Tensor next_v = call_soft_value(next_obs, target_noise, actor_w_io, actor_biases, target_weights,
                                         target_biases, scale, offset, alpha, log_std_min, log_std_max);   // [B]
-  Tensor reward = rewards - penalty;                                                                       // [B]
-  if (target_penalty.has_value()) reward = reward - *target_penalty;
-  const Tensor y = at::addcmul(reward, 1.0 - terminals, next_v, gamma);                                  // [B]
+  const Tensor y = at::empty({B}, f32);                                                                  // [B]
+  {
+    const Tensor r = rewards.contiguous(), d = terminals.contiguous(), p = penalty.contiguous(), v = next_v.contiguous();
+    const Tensor tp = target_penalty.has_value() ? target_penalty->contiguous() : Tensor();
+    const float *r_p = r.data_ptr<float>(), *d_p = d.data_ptr<float>(), *p_p = p.data_ptr<float>(),
+                *v_p = v.data_ptr<float>(), *tp_p = tp.defined() ? tp.data_ptr<float>() : nullptr;
+    float* y_p = y.data_ptr<float>();
+    const float g = static_cast<float>(gamma);
+    for (int64_t b = 0; b < B; ++b) {
+      float reward = r_p[b] - p_p[b];
+      if (tp_p != nullptr) reward -= tp_p[b];
+      y_p[b] = reward + g * (1.0f - d_p[b]) * v_p[b];
+    }
+  }
 
-  // 2. critic step: L_Q = sum_k mean_b (Q_k(s, a) - y)^2 (SAC Eq. 5, both critics)
+  // 2. critic step: L_Q = sum_k mean_b (Q_k(s, a) - y)^2 (SAC Eq. 5, every critic); dL/dQ = 2 (Q - y) / B
   const Tensor x = at::cat({obs, actions}, 1);                                                           // [B, S+A]
   auto [q, saved_q] = call_forward(x, critic_weights, critic_biases);                                    // [N, B, 1]
-  const Tensor diff = q.squeeze(-1) - y;                                                                 // [N, B]
-  const Tensor critic_loss = diff.square().mean(1).sum();
-  const Tensor q_mean = q.mean();
-  auto [unused_gx, grad_cw, grad_cb] =
-      call_backward(diff.mul(2.0 / static_cast<double>(B)).unsqueeze(-1), x, critic_weights, saved_q,
-                    {false, true, true});
+  const Tensor grad_q = at::empty({N, B, 1}, f32);
+  double critic_loss = 0.0, q_sum = 0.0;
+  {
+    const Tensor qc = q.contiguous();
+    const float *q_p = qc.data_ptr<float>(), *y_p = y.data_ptr<float>();
+    float* g_p = grad_q.data_ptr<float>();
+    for (int64_t k = 0; k < N; ++k) {
+      double sq = 0.0;
+      for (int64_t b = 0; b < B; ++b) {
+        const float diff = q_p[k * B + b] - y_p[b];
+        sq += static_cast<double>(diff) * diff;
+        q_sum += q_p[k * B + b];
+        g_p[k * B + b] = 2.0f * diff * inv_b;
+      }
+      critic_loss += sq / static_cast<double>(B);
+    }
+  }
+  auto [unused_gx, grad_cw, grad_cb] = call_backward(grad_q, x, critic_weights, saved_q, {false, true, true});
   std::vector<Tensor> critic_params, critic_grads;
   for (size_t l = 0; l < Lc; ++l) {
     critic_params.insert(critic_params.end(), {critic_weights[l], critic_biases[l]});
@@ -201,44 +231,90 @@ Tensor sac_update_cpu(const Tensor& obs, const Tensor& actions, const Tensor& re
   // 3. actor step through the updated critics: L_pi = mean_b [alpha log pi(a|s) - min_k Q_k(s, a)]
   //    (SAC Eq. 7), a = scale tanh(u) + offset, u = mu + exp(log_std) eps (reparameterized)
   auto [head, saved_pi] = call_forward(obs, actor_w_1, actor_b_1);                                       // [1, B, 2A]
-  const Tensor mu = head[0].narrow(1, 0, A), log_std_raw = head[0].narrow(1, A, A);                      // [B, A]
-  const Tensor log_std = log_std_raw.clamp(log_std_min, log_std_max);
-  const Tensor std_dev = log_std.exp();
-  const Tensor u = mu + std_dev * actor_noise;                                                           // [B, A]
-  const Tensor tanh_u = u.tanh();
-  const Tensor action = tanh_u * scale + offset;
-  // as TanhGaussianActor: log N(u; mu, std) - sum log(1 - tanh(u)^2), density on [-1, 1]^A
-  const double half_log_2pi = 0.5 * std::log(2.0 * M_PI), log_2 = std::log(2.0);
-  Tensor log_prob = (((u - mu) / std_dev).square().mul(-0.5) - log_std - half_log_2pi).sum(-1);
-  log_prob = log_prob - ((log_2 - u) - at::softplus(u * -2.0)).mul(2.0).sum(-1);                         // [B]
-  const Tensor x_pi = at::cat({obs, action}, 1);                                                         // [B, S+A]
+  const Tensor head_c = head.contiguous(), obs_c = obs.contiguous(), eps_c = actor_noise.contiguous();
+  const float *head_p = head_c.data_ptr<float>(), *obs_p = obs_c.data_ptr<float>(), *eps_p = eps_c.data_ptr<float>();
+  const Tensor x_pi = at::empty({B, S + A}, f32);                                                        // [B, S+A]
+  const Tensor log_prob = at::empty({B}, f32);                                                           // [B]
+  const Tensor std_dev = at::empty({B, A}, f32), tanh_u = at::empty({B, A}, f32);                        // for the backward
+  {
+    // as TanhGaussianActor: log N(u; mu, std) - sum log(1 - tanh(u)^2), density on [-1, 1]^A
+    const float half_log_2pi = static_cast<float>(0.5 * std::log(2.0 * M_PI)), log_2 = static_cast<float>(std::log(2.0));
+    const float lo = static_cast<float>(log_std_min), hi = static_cast<float>(log_std_max);
+    float *x_p = x_pi.data_ptr<float>(), *lp_p = log_prob.data_ptr<float>(), *sd_p = std_dev.data_ptr<float>(),
+          *t_p = tanh_u.data_ptr<float>();
+    for (int64_t b = 0; b < B; ++b) {
+      std::copy(obs_p + b * S, obs_p + (b + 1) * S, x_p + b * (S + A));
+      float gauss = 0.0f, squash = 0.0f;
+      for (int64_t j = 0; j < A; ++j) {
+        const float mu = head_p[b * 2 * A + j];
+        const float log_std = std::min(std::max(head_p[b * 2 * A + A + j], lo), hi);
+        const float sd = std::exp(log_std);
+        const float u = mu + sd * eps_p[b * A + j];
+        const float t = std::tanh(u);
+        const float z = (u - mu) / sd;
+        const float m2u = -2.0f * u;
+        const float softplus = m2u > 20.0f ? m2u : std::log1p(std::exp(m2u));   // torch's threshold
+        gauss += -0.5f * z * z - log_std - half_log_2pi;
+        squash += 2.0f * (log_2 - u - softplus);
+        x_p[b * (S + A) + S + j] = t * scale_p[j] + offset_p[j];
+        sd_p[b * A + j] = sd;
+        t_p[b * A + j] = t;
+      }
+      lp_p[b] = gauss - squash;
+    }
+  }
   auto [q_pi, saved_q_pi] = call_forward(x_pi, critic_weights, critic_biases);                           // [N, B, 1]
-  auto [q_min, argmin] = q_pi.squeeze(-1).min(0);                                                        // [B]
-  const Tensor actor_loss = (log_prob * alpha_value - q_min).mean();
-  // dL/dQ: -1/B on the critic that attained the min (torch's min backward), 0 elsewhere
-  const double inv_b = 1.0 / static_cast<double>(B);
-  const Tensor grad_q_pi = at::zeros({N, B}, obs.options()).scatter_(0, argmin.unsqueeze(0), -inv_b);    // [N, B]
+  // min over critics; dL/dQ = -1/B on the critic that attained the min (torch's min backward)
+  const Tensor grad_q_pi = at::zeros({N, B, 1}, f32);
+  double actor_loss = 0.0, log_prob_sum = 0.0;
+  {
+    const Tensor qc = q_pi.contiguous();
+    const float *q_p = qc.data_ptr<float>(), *lp_p = log_prob.data_ptr<float>();
+    float* g_p = grad_q_pi.data_ptr<float>();
+    for (int64_t b = 0; b < B; ++b) {
+      int64_t best = 0;
+      for (int64_t k = 1; k < N; ++k)
+        if (q_p[k * B + b] < q_p[best * B + b]) best = k;
+      g_p[best * B + b] = -inv_b;
+      actor_loss += alpha_value * lp_p[b] - q_p[best * B + b];
+      log_prob_sum += lp_p[b];
+    }
+    actor_loss /= static_cast<double>(B);
+  }
   auto [grad_x_pi, unused_w, unused_b] =
-      call_backward(grad_q_pi.unsqueeze(-1), x_pi, critic_weights, saved_q_pi, {true, false, false});    // [B, S+A]
-  // dlog pi/du = 2 tanh(u); dlog pi/dlog_std = -1 + 2 tanh(u) std eps (the Gaussian term's
-  // mu and std dependence cancels through u); da/du = scale (1 - tanh(u)^2)
-  const Tensor grad_u = tanh_u * (2.0 * alpha_value * inv_b) +
-                        grad_x_pi.narrow(1, S, A) * scale * (1.0 - tanh_u.square());                    // [B, A]
-  const Tensor in_range = (log_std_raw >= log_std_min).logical_and_(log_std_raw <= log_std_max);        // clamp's mask
-  const Tensor grad_log_std = (grad_u * std_dev * actor_noise - alpha_value * inv_b) * in_range;
-  const Tensor grad_head = at::cat({grad_u, grad_log_std}, 1).unsqueeze(0);                              // [1, B, 2A]
+      call_backward(grad_q_pi, x_pi, critic_weights, saved_q_pi, {true, false, false});                  // [B, S+A]
+  // dlog pi/du = 2 tanh(u); dlog pi/dlog_std = -1 + 2 tanh(u) std eps (the Gaussian term's mu and std
+  // dependence cancels through u); da/du = scale (1 - tanh(u)^2); clamp passes the gradient inside [lo, hi]
+  const Tensor grad_head = at::empty({1, B, 2 * A}, f32);                                                // [1, B, 2A]
+  {
+    const Tensor gx = grad_x_pi.contiguous();
+    const float *gx_p = gx.data_ptr<float>(), *sd_p = std_dev.data_ptr<float>(), *t_p = tanh_u.data_ptr<float>();
+    float* gh_p = grad_head.data_ptr<float>();
+    const float alpha_over_b = alpha_value * inv_b;
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t j = 0; j < A; ++j) {
+        const float t = t_p[b * A + j];
+        const float grad_u = 2.0f * alpha_over_b * t + gx_p[b * (S + A) + S + j] * scale_p[j] * (1.0f - t * t);
+        const float raw = head_p[b * 2 * A + A + j];
+        const bool inside = raw >= log_std_min && raw <= log_std_max;
+        gh_p[b * 2 * A + j] = grad_u;
+        gh_p[b * 2 * A + A + j] = inside ? grad_u * sd_p[b * A + j] * eps_p[b * A + j] - alpha_over_b : 0.0f;
+      }
+    }
+  }
   auto [unused_gobs, grad_aw, grad_ab] = call_backward(grad_head, obs, actor_w_1, saved_pi, {false, true, true});
   std::vector<Tensor> actor_params, actor_grads;
   for (size_t l = 0; l < La; ++l) {
     actor_params.insert(actor_params.end(), {actor_weights[l], actor_biases[l]});
-    actor_grads.insert(actor_grads.end(), {grad_aw[l][0].t().contiguous(), grad_ab[l][0]});   // back to [out, in]
+    actor_grads.insert(actor_grads.end(), {transposed_last2(grad_aw[l][0]), grad_ab[l][0]});   // back to [out, in]
   }
   adam_step(actor_params, actor_grads, exp_avgs, exp_avg_sqs, steps, 0, actor_lr, beta1, beta2, adam_eps,
             weight_decay);
 
   // 4. temperature (Haarnoja et al. 2018b, Eq. 18): L_alpha = -mean_b log_alpha (log pi + H_target)
   if (auto_alpha) {
-    const Tensor grad_log_alpha = (log_prob + target_entropy).mean().neg();
+    const Tensor grad_log_alpha =
+        at::full({}, static_cast<float>(-(log_prob_sum / static_cast<double>(B) + target_entropy)), f32);
     adam_step({log_alpha}, {grad_log_alpha}, exp_avgs, exp_avg_sqs, steps, 2 * La + 2 * Lc, alpha_lr, beta1, beta2,
               adam_eps, weight_decay);
   }
@@ -248,7 +324,11 @@ Tensor sac_update_cpu(const Tensor& obs, const Tensor& actions, const Tensor& re
   for (size_t l = 0; l < Lc; ++l) target_params.insert(target_params.end(), {target_weights[l], target_biases[l]});
   at::_foreach_lerp_(target_params, critic_params, tau);
 
-  return at::stack({critic_loss, actor_loss, q_mean});
+  const Tensor stats = at::empty({3}, f32);
+  stats[0].fill_(critic_loss);
+  stats[1].fill_(actor_loss);
+  stats[2].fill_(q_sum / static_cast<double>(N * B));
+  return stats;
 }
 
 }  // namespace
