@@ -20,6 +20,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/fused_mlp.h"
 #include "cpu/transpose.h"
 
 namespace pyscorepen {
@@ -264,25 +265,42 @@ Tensor sac_update_cpu(const Tensor& obs, const Tensor& actions, const Tensor& re
     }
   }
   auto [q_pi, saved_q_pi] = call_forward(x_pi, critic_weights, critic_biases);                           // [N, B, 1]
-  // min over critics; dL/dQ = -1/B on the critic that attained the min (torch's min backward)
-  const Tensor grad_q_pi = at::zeros({N, B, 1}, f32);
+  // min over critics; dL/dQ = -1/B on the critic that attained the min (torch's min backward), 0 on the others
+  std::vector<std::vector<int64_t>> rows_of(N);   // the rows whose min critic is k
   double actor_loss = 0.0, log_prob_sum = 0.0;
   {
     const Tensor qc = q_pi.contiguous();
     const float *q_p = qc.data_ptr<float>(), *lp_p = log_prob.data_ptr<float>();
-    float* g_p = grad_q_pi.data_ptr<float>();
     for (int64_t b = 0; b < B; ++b) {
       int64_t best = 0;
       for (int64_t k = 1; k < N; ++k)
         if (q_p[k * B + b] < q_p[best * B + b]) best = k;
-      g_p[best * B + b] = -inv_b;
+      rows_of[best].push_back(b);
       actor_loss += alpha_value * lp_p[b] - q_p[best * B + b];
       log_prob_sum += lp_p[b];
     }
     actor_loss /= static_cast<double>(B);
   }
-  auto [grad_x_pi, unused_w, unused_b] =
-      call_backward(grad_q_pi, x_pi, critic_weights, saved_q_pi, {true, false, false});                  // [B, S+A]
+  // dL/da: each critic's input-gradient chain runs on its own rows only (1/N of the dense work; the
+  // other rows would add exact zeros), on row-gathered copies of its saved activations
+  const Tensor grad_x_pi = at::empty({B, S + A}, f32);                                                   // [B, S+A]
+  for (int64_t k = 0; k < N; ++k) {
+    const int64_t n = static_cast<int64_t>(rows_of[k].size());
+    if (n == 0) continue;
+    const Tensor index = at::from_blob(rows_of[k].data(), {n}, at::kLong);
+    const int64_t n_pad = (n + cpu::kRowPad - 1) / cpu::kRowPad * cpu::kRowPad;   // the saved buffers' row padding
+    std::vector<Tensor> weights_k, saved_k;
+    for (size_t l = 0; l < Lc; ++l) weights_k.push_back(critic_weights[l].narrow(0, k, 1));             // [1, in, out]
+    for (const Tensor& saved : saved_q_pi) {                                                             // [N, B_pad, ld]
+      Tensor gathered = at::zeros({1, n_pad, saved.size(2)}, f32);
+      Tensor rows = gathered[0].narrow(0, 0, n);
+      at::index_select_out(rows, saved[k], 0, index);
+      saved_k.push_back(gathered);
+    }
+    auto [grad_x_k, unused_w, unused_b] = call_backward(at::full({1, n, 1}, -inv_b, f32), x_pi.index_select(0, index),
+                                                        weights_k, saved_k, {true, false, false});     // [n, S+A]
+    grad_x_pi.index_copy_(0, index, grad_x_k);
+  }
   // dlog pi/du = 2 tanh(u); dlog pi/dlog_std = -1 + 2 tanh(u) std eps (the Gaussian term's mu and std
   // dependence cancels through u); da/du = scale (1 - tanh(u)^2); clamp passes the gradient inside [lo, hi]
   const Tensor grad_head = at::empty({1, B, 2 * A}, f32);                                                // [1, B, 2A]
