@@ -18,6 +18,10 @@ Regression check: fast/ref measured in this run, never absolute times.
 """
 from __future__ import annotations
 
+import os
+import statistics
+import time
+
 import pytest
 import torch
 
@@ -33,8 +37,9 @@ THREADS = [1, 2]
 # fast / ref (best rounds, 1 thread), same run. Measured (2 cores shared with other jobs, load ~3):
 # sac 1.13-1.34x, combo 0.97-1.01x (its regularizer, 85 % of the FLOPs, is the same in both)
 SPEEDUP_FLOOR = {"sac": 1.0, "combo": 0.9}
-# fused / ref (best rounds, 1 thread), same run; the issue's target is 2x. Measured: see benches/README.md
-FUSED_SPEEDUP_FLOOR = 1.5
+# fused / ref (best rounds, 1 thread; and CPU-time medians), same run; the issue's target is 2x.
+# Measured on the shared Xeon (load ~9 on 2 cores): 1.5-2.3x wall (best rounds), 1.8x CPU time; benches/README.md
+FUSED_SPEEDUP_FLOOR = 1.4
 _BEST: dict[tuple[str, str, int], float] = {}   # best round: the least disturbed by other jobs
 
 
@@ -116,3 +121,36 @@ def test_fused_speedup():
                 print(f"\nsac update fused/{other} at {threads} threads: "
                       f"{_BEST[(other, 'sac', threads)] / _BEST[('fused', 'sac', threads)]:.2f}x")
     check_speedup(_BEST, ("fused", "sac", 1), ("ref", "sac", 1), FUSED_SPEEDUP_FLOOR, "sac update fused/ref at 1 thread")
+
+
+def test_fused_cpu_time(one_thread):
+    """CPU time (``time.process_time``) per SAC update, the three providers interleaved round by round on one
+    thread: unlike wall time it does not count the time other jobs hold the core, so its ratios hold on a
+    loaded shared machine (caches are still shared). Prints medians and ratios; asserts the floor on fused/ref."""
+    gen = torch.Generator().manual_seed(1)
+    batches = [make_batch(MODEL_FRACTION["sac"], gen) for _ in range(4)]
+    agents = {}
+    for provider in ("ref", "fast", "fused"):
+        agents[provider] = make_agent("sac", provider)
+    times: dict[str, list[float]] = {p: [] for p in agents}
+    before = os.environ.get("PYSCOREPEN_BACKEND")
+    try:
+        for rnd in range(43):
+            for provider, (_, update) in agents.items():
+                if provider == "ref":
+                    os.environ["PYSCOREPEN_BACKEND"] = "ref"
+                start = time.process_time()
+                update(batches[rnd % len(batches)])
+                times[provider].append(time.process_time() - start)
+                if provider == "ref":
+                    os.environ.pop("PYSCOREPEN_BACKEND")
+    finally:
+        if before is not None:
+            os.environ["PYSCOREPEN_BACKEND"] = before
+    median = {p: statistics.median(t[3:]) for p, t in times.items()}   # 3 warm-up rounds
+    print("\nSAC update CPU time per update, 1 thread: " +
+          ", ".join(f"{p} {1e3 * m:.2f} ms ({1 / m:.0f}/s)" for p, m in median.items()) +
+          f"; fused/ref {median['ref'] / median['fused']:.2f}x, fused/fast {median['fast'] / median['fused']:.2f}x")
+    if agents["fused"][0].fused_update_backend(batches[0]) is None:
+        pytest.skip("no fused update here (C++ extension not built)")
+    assert median["ref"] / median["fused"] >= FUSED_SPEEDUP_FLOOR
