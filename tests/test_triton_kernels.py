@@ -451,7 +451,7 @@ def test_ensemble_mlp_rejects_bad_arguments(kernels):
 
 SAC_UPDATE_CASES = {
     "B40-N2-2hidden-target-penalty": {},
-    "B50-N3-S11-A3-no-target-penalty-no-alpha": dict(obs_dim=11, act_dim=3, hidden=(40, 24), critics=3, batch=50,
+    "B30-N3-S11-A3-no-target-penalty-no-alpha": dict(obs_dim=11, act_dim=3, hidden=(24, 12), critics=3, batch=30,
                                                      target_penalty=False, auto_alpha=False),
     "B7-N1-1hidden": dict(hidden=(9,), critics=1, batch=7),
     "B30-no-hidden": dict(hidden=(), batch=30),
