@@ -301,3 +301,27 @@ def test_bad_arguments_are_clear_errors():
     args["exp_avgs"] = args["exp_avgs"][:-1]
     with pytest.raises(RuntimeError, match="Adam states"):
         sac_update(**args, backend="cpp")
+
+
+@needs_cpp
+def test_load_state_dict_into_a_used_agent(monkeypatch):
+    """The op's cached parameter / Adam-state lists follow load_state_dict (which replaces the optimizer states)."""
+    monkeypatch.delenv("PYSCOREPEN_BACKEND", raising=False)
+    gen = torch.Generator().manual_seed(8)
+    batches = [make_batch(11, 3, 64, gen) for _ in range(4)]
+    used, source = make_agent(11, 3, (32, 32), 2), make_agent(11, 3, (32, 32), 2)
+    torch.manual_seed(1)
+    used.update(batches[0])                    # builds the cache on the used agent's own states
+    torch.manual_seed(2)
+    for b in batches[:2]:
+        source.update(b)
+    used.load_state_dict(copy.deepcopy(source.state_dict()))
+    for agent in (used, source):
+        torch.manual_seed(3)
+        for b in batches[2:]:
+            agent.update(b)
+    for key in ("actor", "critic", "critic_target"):
+        for name, tensor in source.state_dict()[key].items():
+            assert torch.equal(tensor, used.state_dict()[key][name]), (key, name)
+    for index, state in source.critic_optim.state_dict()["state"].items():
+        assert torch.equal(state["exp_avg"], used.critic_optim.state_dict()["state"][index]["exp_avg"])

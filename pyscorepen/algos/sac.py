@@ -273,6 +273,30 @@ class SAC:
             out.append((state["exp_avg"], state["exp_avg_sq"], state["step"]))
         return out
 
+    def _fused_tensors(self) -> dict[str, list[Tensor]]:
+        """The parameter and Adam-state lists of the ``sac_update`` op, built once and reused while the
+        optimizers keep their state dicts (``load_state_dict`` replaces them: then they are rebuilt),
+        so an update runs no per-parameter Python."""
+        optims = (self.actor_optim, self.critic_optim, self.alpha_optim)
+        key = (*(o.state for o in optims), self.config.auto_alpha)
+        cached = getattr(self, "_fused_cache", None)
+        if cached is not None and len(cached[0]) == len(key) and all(a is b for a, b in zip(cached[0], key)):
+            return cached[1]
+        actor_layers = [m for m in self.actor.net if isinstance(m, torch.nn.Linear)]
+        actor_params = [p for m in actor_layers for p in (m.weight, m.bias)]
+        critic_params = [p for m in self.critic.layers for p in (m.weight, m.bias)]
+        states = self._adam_state(self.actor_optim, actor_params) + self._adam_state(self.critic_optim, critic_params)
+        if self.config.auto_alpha:
+            states += self._adam_state(self.alpha_optim, [self.log_alpha])
+        exp_avgs, exp_avg_sqs, steps = (list(t) for t in zip(*states))
+        tensors = dict(actor_weights=actor_params[0::2], actor_biases=actor_params[1::2],
+                       critic_weights=critic_params[0::2], critic_biases=critic_params[1::2],
+                       target_weights=[m.weight for m in self.critic_target.layers],
+                       target_biases=[m.bias for m in self.critic_target.layers],
+                       exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs, steps=steps)
+        self._fused_cache = (key, tensors)
+        return tensors
+
     def _update_fused(self, batch: Batch, backend: str) -> dict[str, float]:
         """:meth:`update` as one ``sac_update`` op; same random draws, in the same order, as :meth:`update_ref`."""
         config, (B, A) = self.config, batch.actions.shape
@@ -284,21 +308,14 @@ class SAC:
                 target_penalty = extra if target_penalty is None else target_penalty + extra
                 info[f"penalty/{plugin.name}"] = extra.mean()
             actor_noise = torch.randn(B, A, device=batch.obs.device)           # [B, A] the draw of actor(obs)
-            actor_layers = [m for m in self.actor.net if isinstance(m, torch.nn.Linear)]
-            actor_params = [p for m in actor_layers for p in (m.weight, m.bias)]
-            critic_params = [p for m in self.critic.layers for p in (m.weight, m.bias)]
-            states = self._adam_state(self.actor_optim, actor_params) + self._adam_state(self.critic_optim,
-                                                                                         critic_params)
-            if config.auto_alpha:
-                states += self._adam_state(self.alpha_optim, [self.log_alpha])
-            exp_avgs, exp_avg_sqs, steps = (list(t) for t in zip(*states))
+            t = self._fused_tensors()
             lr = [float(o.param_groups[0]["lr"]) for o in (self.actor_optim, self.critic_optim, self.alpha_optim)]
             group = self.critic_optim.param_groups[0]
             stats = _sac_update.run(
                 backend, batch.obs, batch.actions, batch.rewards, batch.next_obs, batch.terminals, batch.penalty,
-                target_penalty, target_noise, actor_noise, actor_params[0::2], actor_params[1::2],
-                critic_params[0::2], critic_params[1::2], [m.weight for m in self.critic_target.layers],
-                [m.bias for m in self.critic_target.layers], self.log_alpha, exp_avgs, exp_avg_sqs, steps,
+                target_penalty, target_noise, actor_noise, t["actor_weights"], t["actor_biases"],
+                t["critic_weights"], t["critic_biases"], t["target_weights"], t["target_biases"], self.log_alpha,
+                t["exp_avgs"], t["exp_avg_sqs"], t["steps"],
                 self.actor.action_scale, self.actor.action_offset, config.gamma, config.tau, self.target_entropy,
                 config.auto_alpha, *lr, *group["betas"], group["eps"], group["weight_decay"],
                 self.actor.LOG_STD_MIN, self.actor.LOG_STD_MAX)                # [3] critic loss, actor loss, mean Q
