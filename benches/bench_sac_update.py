@@ -120,7 +120,8 @@ def test_fused_speedup():
             if ("fused", "sac", threads) in _BEST and (other, "sac", threads) in _BEST:
                 print(f"\nsac update fused/{other} at {threads} threads: "
                       f"{_BEST[(other, 'sac', threads)] / _BEST[('fused', 'sac', threads)]:.2f}x")
-    check_speedup(_BEST, ("fused", "sac", 1), ("ref", "sac", 1), FUSED_SPEEDUP_FLOOR, "sac update fused/ref at 1 thread")
+    check_speedup(_BEST, ("fused", "sac", 1), ("ref", "sac", 1), FUSED_SPEEDUP_FLOOR,
+                  "sac update fused/ref at 1 thread")
 
 
 def test_fused_cpu_time(one_thread):

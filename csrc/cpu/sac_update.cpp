@@ -187,7 +187,8 @@ Tensor sac_update_cpu(const Tensor& obs, const Tensor& actions, const Tensor& re
                                         target_biases, scale, offset, alpha, log_std_min, log_std_max);   // [B]
   const Tensor y = at::empty({B}, f32);                                                                  // [B]
   {
-    const Tensor r = rewards.contiguous(), d = terminals.contiguous(), p = penalty.contiguous(), v = next_v.contiguous();
+    const Tensor r = rewards.contiguous(), d = terminals.contiguous(), p = penalty.contiguous();
+    const Tensor v = next_v.contiguous();
     const Tensor tp = target_penalty.has_value() ? target_penalty->contiguous() : Tensor();
     const float *r_p = r.data_ptr<float>(), *d_p = d.data_ptr<float>(), *p_p = p.data_ptr<float>(),
                 *v_p = v.data_ptr<float>(), *tp_p = tp.defined() ? tp.data_ptr<float>() : nullptr;
@@ -236,10 +237,11 @@ Tensor sac_update_cpu(const Tensor& obs, const Tensor& actions, const Tensor& re
   const float *head_p = head_c.data_ptr<float>(), *obs_p = obs_c.data_ptr<float>(), *eps_p = eps_c.data_ptr<float>();
   const Tensor x_pi = at::empty({B, S + A}, f32);                                                        // [B, S+A]
   const Tensor log_prob = at::empty({B}, f32);                                                           // [B]
-  const Tensor std_dev = at::empty({B, A}, f32), tanh_u = at::empty({B, A}, f32);                        // for the backward
+  const Tensor std_dev = at::empty({B, A}, f32), tanh_u = at::empty({B, A}, f32);   // [B, A] for the backward
   {
     // as TanhGaussianActor: log N(u; mu, std) - sum log(1 - tanh(u)^2), density on [-1, 1]^A
-    const float half_log_2pi = static_cast<float>(0.5 * std::log(2.0 * M_PI)), log_2 = static_cast<float>(std::log(2.0));
+    const float half_log_2pi = static_cast<float>(0.5 * std::log(2.0 * M_PI));
+    const float log_2 = static_cast<float>(std::log(2.0));
     const float lo = static_cast<float>(log_std_min), hi = static_cast<float>(log_std_max);
     float *x_p = x_pi.data_ptr<float>(), *lp_p = log_prob.data_ptr<float>(), *sd_p = std_dev.data_ptr<float>(),
           *t_p = tanh_u.data_ptr<float>();
@@ -291,7 +293,7 @@ Tensor sac_update_cpu(const Tensor& obs, const Tensor& actions, const Tensor& re
     const int64_t n_pad = (n + cpu::kRowPad - 1) / cpu::kRowPad * cpu::kRowPad;   // the saved buffers' row padding
     std::vector<Tensor> weights_k, saved_k;
     for (size_t l = 0; l < Lc; ++l) weights_k.push_back(critic_weights[l].narrow(0, k, 1));             // [1, in, out]
-    for (const Tensor& saved : saved_q_pi) {                                                             // [N, B_pad, ld]
+    for (const Tensor& saved : saved_q_pi) {                                                   // [N, B_pad, ld]
       Tensor gathered = at::zeros({1, n_pad, saved.size(2)}, f32);
       Tensor rows = gathered[0].narrow(0, 0, n);
       at::index_select_out(rows, saved[k], 0, index);
