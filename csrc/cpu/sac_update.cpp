@@ -294,9 +294,10 @@ Tensor sac_update_cpu(const Tensor& obs, const Tensor& actions, const Tensor& re
     std::vector<Tensor> weights_k, saved_k;
     for (size_t l = 0; l < Lc; ++l) weights_k.push_back(critic_weights[l].narrow(0, k, 1));             // [1, in, out]
     for (const Tensor& saved : saved_q_pi) {                                                   // [N, B_pad, ld]
-      Tensor gathered = at::zeros({1, n_pad, saved.size(2)}, f32);
+      Tensor gathered = at::empty({1, n_pad, saved.size(2)}, f32);
       Tensor rows = gathered[0].narrow(0, 0, n);
       at::index_select_out(rows, saved[k], 0, index);
+      gathered[0].narrow(0, n, n_pad - n).zero_();   // pad rows as the forward leaves them
       saved_k.push_back(gathered);
     }
     auto [grad_x_k, unused_w, unused_b] = call_backward(at::full({1, n, 1}, -inv_b, f32), x_pi.index_select(0, index),
