@@ -232,11 +232,11 @@ class SAC:
 
         Returns "cpp" when the op's backend resolves to cpp for this batch (extension built, float32
         CPU tensors, no ``PYSCOREPEN_BACKEND`` other than cpp; "triton" only when requested by name)
-        and the algorithm's hooks have a fused
-        form: the stored penalty (fused) and :attr:`target_penalties` (computed before the step and
-        passed in, MOBILE). None (the module path) when ``config.fused_update`` is off, a subclass overrides
-        :meth:`critic_regularizer` (COMBO) or :meth:`compute_target`, the networks are not the
-        standard actor / Q ensemble, or an optimizer uses an Adam option the op does not have.
+        and the algorithm's hooks have a fused form: the stored penalty (fused) and
+        :attr:`target_penalties` (computed before the step and passed in, MOBILE). None (the module
+        path) when ``config.fused_update`` is off, a subclass overrides :meth:`critic_regularizer`
+        (COMBO) or :meth:`compute_target`, the networks are not the standard actor / Q ensemble, or an
+        optimizer uses an Adam option the op does not have (amsgrad, maximize, per-optimizer betas).
         """
         cls = type(self)
         if not self.config.fused_update:
