@@ -25,7 +25,7 @@ from torch import Tensor
 from pyscorepen.data import Batch
 from pyscorepen.models.nets import QEnsemble, TanhGaussianActor, mlp_weights
 from pyscorepen.ops import sac_update as _sac_update
-from pyscorepen.ops.backend import BackendUnavailableError, resolve_backend
+from pyscorepen.ops.backend import BackendUnavailableError
 from pyscorepen.ops.soft_value import soft_value
 
 
@@ -231,7 +231,8 @@ class SAC:
         """The one place that decides whether :meth:`update` runs the fused ``sac_update`` op.
 
         Returns "cpp" when the op's backend resolves to cpp for this batch (extension built, float32
-        CPU tensors, no ``PYSCOREPEN_BACKEND`` other than cpp; "triton" only when requested by name)
+        CPU tensors, no ``PYSCOREPEN_BACKEND`` other than cpp, the batch within the op's measured
+        per-ISA limit :data:`pyscorepen.ops.sac_update.MAX_CPP_ROWS`; "triton" only when requested by name)
         and the algorithm's hooks have a fused form: the stored penalty (fused) and
         :attr:`target_penalties` (computed before the step and passed in, MOBILE). None (the module
         path) when ``config.fused_update`` is off, a subclass overrides :meth:`critic_regularizer`
@@ -253,8 +254,8 @@ class SAC:
         if any(g.get("amsgrad") or g.get("maximize") or g.get("differentiable") or g.get("capturable")
                or g.get("decoupled_weight_decay") or any(g[k] != groups[0][k] for k in shared) for g in groups):
             return None
-        try:   # auto: cpp only (the Triton step has run under the interpreter, not yet on a GPU)
-            backend = resolve_backend("sac_update", batch.obs, auto_skip=("triton",))
+        try:   # auto: cpp up to the op's measured per-ISA batch limit (pyscorepen.ops.sac_update.MAX_CPP_ROWS)
+            backend = _sac_update.resolve(batch.obs)
         except BackendUnavailableError:   # an explicit request this op cannot serve: the modules' ops honour it
             return None
         return backend if backend in ("cpp", "triton") else None

@@ -150,6 +150,34 @@ def sac_update_ref(
 _backend.register_reference("sac_update", sac_update_ref)
 
 
+# Automatic choice on CPU (backend= / $PYSCOREPEN_BACKEND run whatever they name): the cpp op only up
+# to the batch size where it beat the module path it replaces (SAC.update with fused_update=False:
+# the per-ISA auto choice of every op, fused Adam) on the ISA the C++ ops run (backend.cpu_isa()).
+# Measured 2026-12-02, CPU time per update (median of 9-22 interleaved rounds), 1 thread, Intel
+# Xeon (AVX-512; "avx2" / "generic" forced with forced_cpu_isa), 2 vCPUs shared with ~9 other jobs,
+# S=17, A=6, (256, 256) nets; fused / module path (fused / update_ref):
+#   avx512   B=1: 1.74x (2.34x)  32: 1.72x (2.16x)  256: 1.53x (1.83x)  1024: 1.21x (1.61x)
+#   avx2     B=1: 1.47x (1.97x)  32: 1.40x (1.71x)  256: 1.09x (1.29x)  1024: 0.94x (1.08x)
+#   generic  B=1: 2.15x (2.83x)  32: 1.74x (2.20x)  256: 1.07x (1.21x)  1024: 0.79x (0.94x)
+# (avx2 / generic: the op's critic passes run the ensemble_mlp kernels, which lose to MKL there at
+# large batches; the module path runs MKL for them.) None: no limit. An unmeasured ISA uses "generic".
+MAX_CPP_ROWS: dict[str, int | None] = {"avx512": None, "avx2": 256, "generic": 256}
+
+
+def resolve(obs: Tensor, backend: str | None = None) -> str:
+    """Backend of :func:`sac_update` for a batch like ``obs`` [B, S]: :func:`pyscorepen.ops.backend.
+    resolve_backend` with the policy above (auto skips cpp above ``MAX_CPP_ROWS`` on the current ISA)
+    and without ``triton`` in the automatic order (the Triton step has run under the interpreter
+    only, not yet on a GPU; ``backend="triton"`` / ``PYSCOREPEN_BACKEND=triton`` still select it)."""
+    skip: tuple[str, ...] = ("triton",)
+    if not obs.is_cuda:
+        isa = _backend.cpu_isa()
+        limit = MAX_CPP_ROWS.get(isa, MAX_CPP_ROWS["generic"]) if isa is not None else None
+        if limit is not None and obs.shape[0] > limit:
+            skip = (*skip, "cpp")
+    return _backend.resolve_backend("sac_update", obs, backend, auto_skip=skip)
+
+
 def sac_update(*args, backend: str | None = None, **kwargs) -> Tensor:
     """:func:`sac_update_ref`'s step on the chosen backend (``ref`` or ``cpp``; default:
     ``$PYSCOREPEN_BACKEND`` or automatic, see :mod:`pyscorepen.ops.backend`). Same arguments.
@@ -159,8 +187,7 @@ def sac_update(*args, backend: str | None = None, **kwargs) -> Tensor:
     graph, and ATen's fused Adam; it is deterministic and independent of the thread count.
     """
     obs = args[0] if args else kwargs["obs"]
-    name = _backend.resolve_backend("sac_update", obs, backend)
-    return run(name, *args, **kwargs)
+    return run(resolve(obs, backend), *args, **kwargs)
 
 
 def run(name: str, *args, **kwargs) -> Tensor:
