@@ -9,7 +9,7 @@
 //                 E ReLU/SiLU MLPs for training (SAC critics, dynamics ensemble), see
 //                 pyscorepen/ops/ensemble_mlp.py
 //   sac_update    one whole SAC step (critic, actor, alpha, Adam, Polyak) in place; kernel in
-//                 csrc/cpu/sac_update.cpp, see pyscorepen/ops/sac_update.py
+//                 csrc/sac_update.cpp, see pyscorepen/ops/sac_update.py
 //
 // rollout_step / score_penalty / soft_value are inference-only (frozen nets under no_grad).
 // Fake (meta) kernels and the autograd of ensemble_mlp_forward are registered from Python.
@@ -40,7 +40,7 @@
 #include <vector>
 
 #include "cpu/fused_mlp.h"
-#include "cpu/transpose.h"
+#include "transpose.h"
 
 namespace pyscorepen {
 namespace {
@@ -737,7 +737,7 @@ TORCH_LIBRARY(pyscorepen, m) {
       "ensemble_mlp_backward(Tensor grad_out, Tensor x, Tensor[] weights, Tensor[] saved, str activation, "
       "bool[3] output_mask) -> (Tensor, Tensor[], Tensor[])");
   m.def("ensemble_mlp(Tensor x, Tensor[] weights, Tensor[] biases, str activation) -> Tensor");
-  // one whole SAC step in place (kernel: csrc/cpu/sac_update.cpp, see pyscorepen/ops/sac_update.py)
+  // one whole SAC step in place (kernel: csrc/sac_update.cpp, see pyscorepen/ops/sac_update.py)
   m.def(
       "sac_update(Tensor obs, Tensor actions, Tensor rewards, Tensor next_obs, Tensor terminals, Tensor penalty, "
       "Tensor? target_penalty, Tensor target_noise, Tensor actor_noise, Tensor(a!)[] actor_weights, "

@@ -182,7 +182,7 @@ def sac_update(*args, backend: str | None = None, **kwargs) -> Tensor:
     """:func:`sac_update_ref`'s step on the chosen backend (``ref`` or ``cpp``; default:
     ``$PYSCOREPEN_BACKEND`` or automatic, see :mod:`pyscorepen.ops.backend`). Same arguments.
 
-    The cpp kernel (csrc/cpu/sac_update.cpp) runs every MLP pass through the ISA-dispatching
+    The cpp kernel (csrc/sac_update.cpp) runs every MLP pass through the ISA-dispatching
     ``soft_value`` / ``ensemble_mlp_forward`` / ``ensemble_mlp_backward`` kernels, with no autograd
     graph, and ATen's fused Adam; it is deterministic and independent of the thread count.
     """

@@ -2,8 +2,8 @@
 // see pyscorepen/ops/sac_update.py for the math, the argument layout and the population note.
 //
 // Every MLP pass goes through the ISA-dispatching ops of this extension (soft_value,
-// ensemble_mlp_forward, ensemble_mlp_backward: AVX-512, AVX2 or the generic ATen path, chosen
-// per call by PYSCOREPEN_CPU_ISA / the CPU), called through the dispatcher below autograd: no
+// ensemble_mlp_forward, ensemble_mlp_backward: AVX-512, AVX2 or the generic ATen path, as
+// pyscorepen.ops.set_cpu_isa / $PYSCOREPEN_CPU_ISA / the CPU chose), called through the dispatcher below autograd: no
 // autograd graph is recorded and no Python runs between the passes. The optimizer is ATen's
 // fused Adam (the kernel torch.optim.Adam(fused=True) runs) on the caller's parameter and state
 // tensors, in place; the Polyak average is one _foreach_lerp_. Everything here is deterministic
@@ -21,7 +21,7 @@
 #include <vector>
 
 #include "cpu/fused_mlp.h"
-#include "cpu/transpose.h"
+#include "transpose.h"
 
 namespace pyscorepen {
 namespace {
