@@ -52,5 +52,5 @@ def test_kernel_sources_compile_without_x86_kernels():
 @pytest.mark.slow  # ATen headers: ~70 s on 2 shared cores
 @pytest.mark.skipif(CROSS is None, reason="no aarch64 cross compiler (apt-get install g++-aarch64-linux-gnu)")
 def test_op_wrappers_compile_for_aarch64():
-    """csrc/pyscorepen.cpp (ATen op wrappers, ISA choice, Python module) for aarch64."""
-    _compile(CROSS, [os.path.join(ROOT, "csrc", "pyscorepen.cpp")], ["-Wno-error", *_torch_includes()])
+    """csrc/*.cpp (ATen op wrappers, ISA choice, Python module, the fused SAC step) for aarch64."""
+    _compile(CROSS, sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cpp"))), ["-Wno-error", *_torch_includes()])

@@ -71,6 +71,9 @@ def kernels():
         rollout_module = importlib.reload(rollout_module)
         soft_value_module = importlib.reload(soft_value_module)   # imports from both modules above
         ensemble_module = importlib.reload(ensemble_module)       # imports from score_penalty
+    sac_update_module = importlib.import_module(package.__name__ + ".sac_update")
+    if sac_update_module._forward is not ensemble_module._forward:   # built against the replaced modules
+        sac_update_module = importlib.reload(sac_update_module)
     assert score_module.interpreter_consistent()
     if not ON_GPU and not score_module.INTERPRET:
         pytest.skip("no CUDA device and TRITON_INTERPRET is not 1: Triton kernels cannot run here")
@@ -81,6 +84,7 @@ def kernels():
         soft_value=soft_value_module.soft_value_triton,
         ensemble_mlp=ensemble_module.ensemble_mlp_triton,
         ensemble_mlp_module=ensemble_module,
+        sac_update=sac_update_module.sac_update_triton,
         device=torch.device("cpu" if score_module.INTERPRET else "cuda"),
         rtol=rtol, atol=atol,
     )
@@ -438,3 +442,69 @@ def test_ensemble_mlp_rejects_bad_arguments(kernels):
         kernels.ensemble_mlp(x, weights, [biases[0], biases[0]], "relu")
     with pytest.raises(ValueError, match="x must be"):
         kernels.ensemble_mlp(x.expand(3, 5, 5), weights, biases, "relu")
+
+
+# --- sac_update (one whole SAC step, in place) ------------------------------------------------------
+# Against sac_update_ref after one step: parameters within 1 % of one Adam step (0.01 lr; see
+# tests/test_ops_sac_update.py for why Adam needs a step-relative tolerance), Adam moments rtol 1e-3.
+# Observed under the interpreter: parameters <= 1e-9 apart, statistics equal to ~1e-7.
+
+SAC_UPDATE_CASES = {
+    "B40-N2-2hidden-target-penalty": {},
+    "B30-N3-S11-A3-no-target-penalty-no-alpha": dict(obs_dim=11, act_dim=3, hidden=(24, 12), critics=3, batch=30,
+                                                     target_penalty=False, auto_alpha=False),
+    "B7-N1-1hidden": dict(hidden=(9,), critics=1, batch=7),
+    "B30-no-hidden": dict(hidden=(), batch=30),
+}
+
+
+@pytest.mark.parametrize("case", SAC_UPDATE_CASES.values(), ids=SAC_UPDATE_CASES.keys())
+def test_sac_update_matches_ref(kernels, case):
+    from pyscorepen.ops.sac_update import sac_update_ref
+    from tests.test_ops_sac_update import MUTATED, clone_args, op_args
+
+    def to_device(args):
+        return {k: ([t.to(kernels.device) for t in v] if isinstance(v, list) else
+                    v.to(kernels.device) if isinstance(v, torch.Tensor) and k != "steps" else v)
+                for k, v in args.items()}
+
+    args = op_args(**case)
+    got_args, want_args = to_device(clone_args(args)), clone_args(args)
+    got = kernels.sac_update(**got_args)
+    want = sac_update_ref(**want_args)
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-5)
+    atol = 0.01 * max(args["actor_lr"], args["critic_lr"])
+    for key in MUTATED:
+        got_list = got_args[key] if isinstance(got_args[key], list) else [got_args[key]]
+        want_list = want_args[key] if isinstance(want_args[key], list) else [want_args[key]]
+        for index, (g, w) in enumerate(zip(got_list, want_list)):
+            tol = dict(rtol=1e-3, atol=1e-3 * float(w.abs().max())) if key.startswith("exp_avg") else dict(
+                rtol=0, atol=atol)
+            torch.testing.assert_close(g.cpu(), w, **tol, msg=lambda m: f"{key}[{index}]: {m}")
+
+
+def test_sac_agent_runs_the_triton_step_when_requested(kernels, monkeypatch):
+    """PYSCOREPEN_BACKEND=triton: SAC.update runs sac_update_triton and still matches update_ref."""
+    import copy
+
+    from pyscorepen.algos.sac import SAC, SACConfig
+    from pyscorepen.ops import backend as ops_backend
+    from tests.test_ops_sac_update import make_batch
+
+    monkeypatch.delitem(ops_backend._triton_cache, "sac_update", raising=False)
+    monkeypatch.setenv("PYSCOREPEN_BACKEND", "triton")
+    torch.manual_seed(0)
+    agent = SAC(5, 2, SACConfig(hidden_dims=(16,)), -torch.ones(2), torch.ones(2), device=kernels.device)
+    ref = copy.deepcopy(agent)
+    gen = torch.Generator().manual_seed(1)
+    batches = [make_batch(5, 2, 20, gen).to(kernels.device) for _ in range(2)]
+    assert agent.fused_update_backend(batches[0]) == "triton"
+    torch.manual_seed(3)
+    for b in batches:
+        agent.update(b)
+    torch.manual_seed(3)
+    for b in batches:
+        ref.update_ref(b)
+    for name in ("actor", "critic", "critic_target"):
+        for key, value in getattr(ref, name).state_dict().items():
+            torch.testing.assert_close(getattr(agent, name).state_dict()[key], value, rtol=0, atol=0.01 * 3e-4 * 2)

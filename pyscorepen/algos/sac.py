@@ -8,6 +8,11 @@ deltas on this class:
   penalty lambda*u(s,a); ScorePen-MORL Eq. 20 beta*||h(s,a)||^2), see :meth:`compute_target`;
 * COMBO overrides :meth:`critic_regularizer` (COMBO Eq. 2);
 * :class:`TargetPenalty` plug-ins (MOBILE) add to the target at update time.
+
+:meth:`SAC.update` runs the whole step as one fused op (:func:`pyscorepen.ops.sac_update`: forward,
+backward, Adam and Polyak in C++, no autograd graph) when :meth:`SAC.fused_update_backend` allows:
+the cpp backend, the stored penalty (fused) and target-time plug-ins (precomputed, passed in), but
+no critic regulariser (COMBO keeps the module path). :meth:`SAC.update_ref` specifies both paths.
 """
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ from torch import Tensor
 
 from pyscorepen.data import Batch
 from pyscorepen.models.nets import QEnsemble, TanhGaussianActor, mlp_weights
+from pyscorepen.ops import sac_update as _sac_update
+from pyscorepen.ops.backend import BackendUnavailableError
 from pyscorepen.ops.soft_value import soft_value
 
 
@@ -54,6 +61,9 @@ class SACConfig:
     """Cosine-anneal the actor learning rate from ``actor_lr`` to 0 over the run's gradient steps (the
     reference MOPO/COMBO/MOBILE scripts' ``CosineAnnealingLR(actor_optim, epochs)``). Off by default:
     no gain measured on the cliff task (docs/mujoco.md, "Defaults and their sources"); not yet measured on MuJoCo."""
+    fused_update: bool = True
+    """Run :meth:`SAC.update` as the one fused ``sac_update`` op where :meth:`SAC.fused_update_backend`
+    allows it (C++ backend, no critic regulariser); False: always the module path."""
 
 
 class SAC:
@@ -166,7 +176,12 @@ class SAC:
 
     # ----------------------------------------------------------------------------- update
     def update(self, batch: Batch) -> dict[str, float]:
-        """One critic, actor and alpha step and the Polyak update; returns float statistics."""
+        """One critic, actor and alpha step and the Polyak update; returns float statistics.
+
+        One fused op when :meth:`fused_update_backend` allows (:meth:`_update_fused`), else the modules."""
+        fused_backend = self.fused_update_backend(batch)
+        if fused_backend is not None:
+            return self._update_fused(batch, fused_backend)
         target, info = self.compute_target(batch)                           # [B]
         q_pred = self.critic(batch.obs, batch.actions)                       # [N, B]
         critic_loss = (q_pred - target).square().mean(1).sum()
@@ -241,6 +256,113 @@ class SAC:
                 "alpha": self.alpha.item(), "q_mean": q_pred.detach().mean().item(),
                 "penalty/stored_mean": batch.penalty.mean().item(),
                 **{k: float(v) for k, v in {**info, **reg_info}.items()}}
+
+    # ----------------------------------------------------------------------------- fused step
+    def fused_update_backend(self, batch: Batch) -> str | None:
+        """The one place that decides whether :meth:`update` runs the fused ``sac_update`` op.
+
+        Returns "cpp" when the op's backend resolves to cpp for this batch (extension built, float32
+        CPU tensors, no ``PYSCOREPEN_BACKEND`` other than cpp, the batch within the op's measured
+        per-ISA limit :data:`pyscorepen.ops.sac_update.MAX_CPP_ROWS`; "triton" only when requested by name)
+        and the algorithm's hooks have a fused form: the stored penalty (fused) and
+        :attr:`target_penalties` (computed before the step and passed in, MOBILE). None (the module
+        path) when ``config.fused_update`` is off, with ``deterministic_backup`` or a clamped target
+        (MOBILE's ``target_min``), when a subclass overrides :meth:`critic_regularizer`
+        (COMBO) or :meth:`compute_target`, the networks are not the standard actor / Q ensemble, or an
+        optimizer uses an Adam option the op does not have (amsgrad, maximize, per-optimizer betas).
+        """
+        cls = type(self)
+        if not self.config.fused_update:
+            return None
+        # no fused form (yet): the entropy-free backup (COMBO's default) and a clamped target (MOBILE's target_min)
+        if self.config.deterministic_backup or any(getattr(p, "target_min", None) is not None
+                                                   for p in self.target_penalties):
+            return None
+        if cls.critic_regularizer is not SAC.critic_regularizer or cls.compute_target is not SAC.compute_target:
+            return None
+        if type(self.actor) is not TanhGaussianActor or type(self.critic) is not QEnsemble:
+            return None
+        groups = [optim.param_groups for optim in (self.actor_optim, self.critic_optim, self.alpha_optim)]
+        if any(len(g) != 1 for g in groups):
+            return None
+        groups = [g[0] for g in groups]
+        shared = ("betas", "eps", "weight_decay")
+        if any(g.get("amsgrad") or g.get("maximize") or g.get("differentiable") or g.get("capturable")
+               or g.get("decoupled_weight_decay") or any(g[k] != groups[0][k] for k in shared) for g in groups):
+            return None
+        try:   # auto: cpp up to the op's measured per-ISA batch limit (pyscorepen.ops.sac_update.MAX_CPP_ROWS)
+            backend = _sac_update.resolve(batch.obs)
+        except BackendUnavailableError:   # an explicit request this op cannot serve: the modules' ops honour it
+            return None
+        return backend if backend in ("cpp", "triton") else None
+
+    @staticmethod
+    def _adam_state(optimizer: torch.optim.Optimizer, params: list[Tensor]) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """(exp_avg, exp_avg_sq, step) of each parameter, created as torch.optim.Adam's lazy init does."""
+        group, out = optimizer.param_groups[0], []
+        for p in params:
+            state = optimizer.state[p]
+            if len(state) == 0:
+                state["step"] = (torch.zeros((), dtype=torch.float32, device=p.device) if group["fused"]
+                                 else torch.tensor(0.0, dtype=torch.float32))
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            out.append((state["exp_avg"], state["exp_avg_sq"], state["step"]))
+        return out
+
+    def _fused_tensors(self) -> dict[str, list[Tensor]]:
+        """The parameter and Adam-state lists of the ``sac_update`` op, built once and reused while the
+        optimizers keep their state dicts (``load_state_dict`` replaces them: then they are rebuilt),
+        so an update runs no per-parameter Python."""
+        optims = (self.actor_optim, self.critic_optim, self.alpha_optim)
+        key = (*(o.state for o in optims), self.config.auto_alpha)
+        cached = getattr(self, "_fused_cache", None)
+        if cached is not None and len(cached[0]) == len(key) and all(a is b for a, b in zip(cached[0], key)):
+            return cached[1]
+        actor_layers = [m for m in self.actor.net if isinstance(m, torch.nn.Linear)]
+        actor_params = [p for m in actor_layers for p in (m.weight, m.bias)]
+        critic_params = [p for m in self.critic.layers for p in (m.weight, m.bias)]
+        states = self._adam_state(self.actor_optim, actor_params) + self._adam_state(self.critic_optim, critic_params)
+        if self.config.auto_alpha:
+            states += self._adam_state(self.alpha_optim, [self.log_alpha])
+        exp_avgs, exp_avg_sqs, steps = (list(t) for t in zip(*states))
+        tensors = dict(actor_weights=actor_params[0::2], actor_biases=actor_params[1::2],
+                       critic_weights=critic_params[0::2], critic_biases=critic_params[1::2],
+                       target_weights=[m.weight for m in self.critic_target.layers],
+                       target_biases=[m.bias for m in self.critic_target.layers],
+                       exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs, steps=steps)
+        self._fused_cache = (key, tensors)
+        return tensors
+
+    def _update_fused(self, batch: Batch, backend: str) -> dict[str, float]:
+        """:meth:`update` as one ``sac_update`` op; same random draws, in the same order, as :meth:`update_ref`."""
+        config, (B, A) = self.config, batch.actions.shape
+        with torch.no_grad():
+            target_noise = torch.randn(B, A, device=batch.obs.device)          # [B, A] the draw of compute_target
+            target_penalty, info = None, {}
+            for plugin in self.target_penalties:                               # MOBILE: before the step
+                extra = plugin(self, batch)                                    # [B]
+                target_penalty = extra if target_penalty is None else target_penalty + extra
+                info[f"penalty/{plugin.name}"] = extra.mean()
+            actor_noise = torch.randn(B, A, device=batch.obs.device)           # [B, A] the draw of actor(obs)
+            t = self._fused_tensors()
+            self.anneal_actor_lr()                                             # as the module path does
+            lr = [float(o.param_groups[0]["lr"]) for o in (self.actor_optim, self.critic_optim, self.alpha_optim)]
+            group = self.critic_optim.param_groups[0]
+            stats = _sac_update.run(
+                backend, batch.obs, batch.actions, batch.rewards, batch.next_obs, batch.terminals, batch.penalty,
+                target_penalty, target_noise, actor_noise, t["actor_weights"], t["actor_biases"],
+                t["critic_weights"], t["critic_biases"], t["target_weights"], t["target_biases"], self.log_alpha,
+                t["exp_avgs"], t["exp_avg_sqs"], t["steps"],
+                self.actor.action_scale, self.actor.action_offset, config.gamma, config.tau, self.target_entropy,
+                config.auto_alpha, *lr, *group["betas"], group["eps"], group["weight_decay"],
+                self.actor.LOG_STD_MIN, self.actor.LOG_STD_MAX)                # [3] critic loss, actor loss, mean Q
+            self.num_updates += 1
+            extra_values = [v.reshape(1) for v in info.values()]
+            values = torch.cat([stats, self.alpha.reshape(1), batch.penalty.mean().reshape(1), *extra_values]).tolist()
+        critic_loss, actor_loss, q_mean, alpha, stored = values[:5]
+        return {"loss/critic": critic_loss, "loss/actor": actor_loss, "alpha": alpha, "q_mean": q_mean,
+                "penalty/stored_mean": stored, **dict(zip(info, values[5:]))}
 
     # ----------------------------------------------------------------------------- state
     def state_dict(self) -> dict:

@@ -2,7 +2,8 @@
 
 Importing this module (``import pyscorepen.ops`` does) makes ``torch.ops.pyscorepen.rollout_step``,
 ``score_penalty``, ``soft_value`` and the ensemble-MLP training ops (``ensemble_mlp_forward``,
-``ensemble_mlp_backward`` and their composition ``ensemble_mlp``) exist, with or without the
+``ensemble_mlp_backward`` and their composition ``ensemble_mlp``) and the whole-step
+``sac_update`` (in place on the parameters and Adam states, no autograd) exist, with or without the
 compiled extension:
 
 * with ``pyscorepen._C`` built, its ``TORCH_LIBRARY(pyscorepen, m)`` declares the schemas
@@ -33,6 +34,7 @@ from torch import Tensor
 
 from pyscorepen.ops.ensemble_mlp import ACTIVATIONS, COL_PAD, ROW_PAD
 from pyscorepen.ops.rollout_step import rollout_step_ref
+from pyscorepen.ops.sac_update import sac_update_ref
 from pyscorepen.ops.score_penalty import score_penalty_ref
 from pyscorepen.ops.soft_value import soft_value_ref
 
@@ -58,6 +60,15 @@ SCHEMAS = {
     "ensemble_mlp_backward": (
         "ensemble_mlp_backward(Tensor grad_out, Tensor x, Tensor[] weights, Tensor[] saved, str activation, "
         "bool[3] output_mask) -> (Tensor, Tensor[], Tensor[])"
+    ),
+    "sac_update": (
+        "sac_update(Tensor obs, Tensor actions, Tensor rewards, Tensor next_obs, Tensor terminals, Tensor penalty, "
+        "Tensor? target_penalty, Tensor target_noise, Tensor actor_noise, Tensor(a!)[] actor_weights, "
+        "Tensor(b!)[] actor_biases, Tensor(c!)[] critic_weights, Tensor(d!)[] critic_biases, "
+        "Tensor(e!)[] target_weights, Tensor(f!)[] target_biases, Tensor(g!) log_alpha, Tensor(h!)[] exp_avgs, "
+        "Tensor(i!)[] exp_avg_sqs, Tensor(j!)[] steps, Tensor action_scale, Tensor action_offset, float gamma, "
+        "float tau, float target_entropy, bool auto_alpha, float actor_lr, float critic_lr, float alpha_lr, "
+        "float beta1, float beta2, float adam_eps, float weight_decay, float log_std_min, float log_std_max) -> Tensor"
     ),
 }
 # CompositeImplicitAutograd ops (no CPU/Meta kernel of their own): name -> (schema, the ops it is made of).
@@ -190,9 +201,13 @@ def _ensemble_mlp_composite(x: Tensor, weights: list[Tensor], biases: list[Tenso
     return torch.ops.pyscorepen.ensemble_mlp_forward(x, weights, biases, activation)[0]
 
 
+def _sac_update_ref_kernel(*args) -> Tensor:
+    return sac_update_ref(*args)   # updates the parameters / Adam states in place; [3] statistics
+
+
 _REF_KERNELS = {"rollout_step": _rollout_step_ref_kernel, "score_penalty": _score_penalty_ref_kernel,
                 "soft_value": _soft_value_ref_kernel, "ensemble_mlp_forward": _ensemble_mlp_forward_ref_kernel,
-                "ensemble_mlp_backward": _ensemble_mlp_backward_ref_kernel}
+                "ensemble_mlp_backward": _ensemble_mlp_backward_ref_kernel, "sac_update": _sac_update_ref_kernel}
 _COMPOSITE_KERNELS = {"ensemble_mlp": _ensemble_mlp_composite}
 
 # Ops whose CUDA kernel comes from the compiled extension (before we add reference fallbacks).
@@ -255,6 +270,12 @@ def _ensemble_mlp_backward_fake(grad_out, x, weights, saved, activation, output_
     grad_weights = [w.new_empty(w.shape) for w in weights] if output_mask[1] else []
     grad_biases = [w.new_empty(w.shape[0], w.shape[2]) for w in weights] if output_mask[2] else []
     return grad_x, grad_weights, grad_biases
+
+
+@torch.library.register_fake(f"{NAMESPACE}::sac_update")
+def _sac_update_fake(obs, *args):
+    torch._check(obs.dim() == 2)
+    return obs.new_empty(3)   # (critic loss, actor loss, mean Q); the parameters are updated in place
 
 
 # ------------------------------------------------------------------ autograd
