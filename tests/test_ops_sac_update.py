@@ -338,3 +338,38 @@ def test_batch_size_policy(monkeypatch, cpu_isa):
     big = make_batch(5, 2, 1024, gen)
     assert agent.fused_update_backend(big) == ("cpp" if limit is None or limit >= 1024 else None)
     assert sac_update(**op_args(batch=300), backend="cpp").shape == (3,)   # an explicit request ignores the policy
+
+
+def test_fused_path_declines_hooks_without_a_fused_form():
+    """The entropy-free backup and MOBILE's clamped target have no fused form: the module path runs."""
+    from pyscorepen.algos.sac import SAC, SACConfig
+    from pyscorepen.data import Batch
+    torch.manual_seed(0)
+    batch = Batch(torch.randn(256, 5), torch.rand(256, 2) * 2 - 1, torch.randn(256), torch.randn(256, 5),
+                  torch.zeros(256), torch.zeros(256), torch.zeros(256, dtype=torch.bool))
+    plain = SAC(5, 2, SACConfig(hidden_dims=(32, 32)), -torch.ones(2), torch.ones(2))
+    backup = SAC(5, 2, SACConfig(hidden_dims=(32, 32), deterministic_backup=True), -torch.ones(2), torch.ones(2))
+    assert backup.fused_update_backend(batch) is None
+    clamp = type("Clamp", (), {"target_min": 0.0, "name": "clamp", "coef": 1.0,
+                               "__call__": lambda self, agent, b: torch.zeros_like(b.rewards)})()
+    plain.target_penalties = [clamp]
+    assert plain.fused_update_backend(batch) is None
+
+
+def test_fused_update_follows_the_actor_lr_cosine_schedule():
+    from pyscorepen.algos.sac import SAC, SACConfig
+    from pyscorepen.data import Batch
+    torch.manual_seed(0)
+    batch = Batch(torch.randn(256, 5), torch.rand(256, 2) * 2 - 1, torch.randn(256), torch.randn(256, 5),
+                  torch.zeros(256), torch.zeros(256), torch.zeros(256, dtype=torch.bool))
+    agent = SAC(5, 2, SACConfig(hidden_dims=(32, 32), actor_lr_cosine=True), -torch.ones(2), torch.ones(2),
+                total_steps=4)
+    from pyscorepen.ops import available_backends
+    if "cpp" in available_backends("sac_update", batch.obs):
+        assert agent.fused_update_backend(batch) == "cpp"      # the schedule is checked on the fused path
+    for _ in range(2):
+        agent.update(batch)
+    # after 2 of 4 updates the schedule is at its middle: lr_1 = actor_lr * (1 + cos(pi / 4)) / 2
+    import math
+    assert agent.actor_optim.param_groups[0]["lr"] == pytest.approx(
+        agent.config.actor_lr * (1 + math.cos(math.pi / 4)) / 2)
