@@ -79,6 +79,9 @@ class TrainConfig:
     """Torch device."""
     progress: bool = True
     """Show progress bars."""
+    pretrain_only: bool = False
+    """Only train (or resume, or reuse) the dynamics ensemble and the score model into the run folder,
+    then stop: the shared models that ``--pretrained-from`` runs reuse (one per dataset)."""
     tensorboard: bool = False
     """Also write every metrics.jsonl row as TensorBoard scalars to <run>/tb/ (pip install -e .[tensorboard])."""
     ref_min: float | None = None

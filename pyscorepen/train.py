@@ -20,7 +20,8 @@ from pyscorepen.tasks import make_task
 log = logging.getLogger("pyscorepen")
 
 
-IGNORED_ON_RESUME = {"steps", "progress", "eval_interval", "eval_episodes", "device", "out", "tensorboard"}
+IGNORED_ON_RESUME = {"steps", "progress", "eval_interval", "eval_episodes", "device", "out", "tensorboard",
+                     "pretrain_only"}
 """Fields that may change when a run folder is resumed (a larger ``steps`` extends the run)."""
 
 
@@ -94,6 +95,9 @@ def build(config: TrainConfig):
 
 def run(config: TrainConfig) -> dict:
     """Train according to ``config``; returns the summary (also written to summary.json)."""
+    if config.pretrain_only:
+        run_dir = pretrain_only(config)
+        return {"pretrained": str(run_dir)}
     trainer = build(config)
     prepare_run_dir(config)
     log.info("run folder %s | task %s | %d transitions", trainer.run_dir, trainer.task.name, len(trainer.dataset))

@@ -75,3 +75,16 @@ def test_train_help_lists_generated_flags():
     for flag in ("--algo", "--goal", "--boxes", "--rollout.length", "--dynamics.hidden-dims", "--sac.gamma",
                  "--score.sigmas", "--penalties"):
         assert flag in out, flag
+
+
+def test_pretrain_only_writes_shared_models_then_a_run_reuses_them(tmp_path):
+    """--pretrain-only: dynamics.pt + score.pt (no policy), the models that --pretrained-from runs share."""
+    pre = tmp_path / "pre"
+    cli("pyscorepen.train", "--algo", "scorepen", "--pretrain-only", "--out", str(pre), *tiny_args())
+    assert (pre / "dynamics.pt").is_file() and (pre / "score.pt").is_file()
+    assert not (pre / "policy.pt").exists() and not (pre / "summary.json").exists()
+    run = tmp_path / "run"
+    cli("pyscorepen.train", "--algo", "scorepen", "--pretrained-from", str(pre), "--out", str(run),
+               *tiny_args(steps=10))
+    assert (run / "policy.pt").is_file()
+    assert (run / "dynamics.pt").read_bytes() == (pre / "dynamics.pt").read_bytes()
