@@ -11,6 +11,6 @@ steps=${STEPS:-5000}
 task=pyscorepen/hopper/${level}-v0
 common="--dynamics.max-epochs ${epochs} --rollout.batch-size 10000 --eval-episodes 5"
 pre=runs/hopper-${level}-pretrained
-[ -f "$pre/summary.json" ] || python -m pyscorepen.train --algo scorepen --task "$task" --steps 0 --out "$pre" --no-progress $common
+python -m pyscorepen.train --algo scorepen --task "$task" --pretrain-only --out "$pre" --no-progress $common
 python -m pyscorepen.suite --algos mopo combo scorepen --tasks "$task" --seeds 0 1 --steps "$steps" --eval-interval 1000 \
   --out runs/hopper_suite --extra-args="--pretrained-from $pre $common"
