@@ -97,20 +97,65 @@ class EnsembleDynamics(nn.Module):
     @torch.no_grad()
     def step(self, obs: Tensor, actions: Tensor,
              score_params: tuple[list[Tensor], list[Tensor]] | None = None,
-             generator: torch.Generator | None = None, deterministic: bool = False) -> RolloutStepOut:
+             generator: torch.Generator | None = None, deterministic: bool = False,
+             all_members: bool = True) -> RolloutStepOut:
         """One model step from one random elite per sample, with both penalties (fused op).
 
         ``score_params``: (weights [in, out], biases [out]) of the frozen score MLP, see
         :func:`pyscorepen.models.nets.mlp_weights`; None computes no score penalty.
+        ``all_members=False`` evaluates only the sampled elite of each row (:meth:`step_members`):
+        the same (s', r) and score penalty, ~E times fewer ensemble FLOPs, but no MOPO penalty
+        (``mopo_penalty`` is NaN).
         """
         B = obs.shape[0]
         member = self.elites[torch.randint(len(self.elites), (B,), generator=generator, device=obs.device)]
         noise = (torch.zeros(B, self.obs_dim + 1, device=obs.device) if deterministic else
                  torch.randn(B, self.obs_dim + 1, generator=generator, device=obs.device))
+        if not all_members:
+            return self.step_members(obs, actions, member, noise, score_params)
         score_w, score_b = score_params if score_params is not None else ([], [])
         return rollout_step(obs, actions, self.input_mean, self.input_std,
                             [w.detach() for w in self.net.weights()], [b.detach() for b in self.net.biases()],
                             self.max_logvar.detach(), self.min_logvar.detach(), member, noise, score_w, score_b)
+
+    @torch.no_grad()
+    def step_members(self, obs: Tensor, actions: Tensor, member: Tensor, noise: Tensor,
+                     score_params: tuple[list[Tensor], list[Tensor]] | None = None) -> RolloutStepOut:
+        """Model step that evaluates only member ``member[b]`` on row b (plus the score net).
+
+        obs [B, S], actions [B, A], member [B] int64, noise [B, S+1]. Same (s', r) and score
+        penalty as the all-member :func:`rollout_step` with this ``member`` and ``noise``, at
+        1/E of the ensemble FLOPs; ``mopo_penalty`` (max over *all* members) is not computed
+        and comes back as NaN, so a penalty that needs it cannot silently read a wrong value.
+
+        Rows are grouped by member (one stable argsort); each member present runs the same fused
+        ``rollout_step`` op on its contiguous rows with its own weights ``[1, in, out]`` (a view,
+        no copy): a loop over the <= E members, none over rows. Results are scattered back to
+        the original row order.
+        """
+        B, E = obs.shape[0], self.config.ensemble_size
+        order = torch.argsort(member, stable=True)                                       # [B]
+        counts = torch.bincount(member, minlength=E).tolist()                            # one host sync
+        obs_sorted, actions_sorted, noise_sorted = obs[order], actions[order], noise[order]
+        score_w, score_b = score_params if score_params is not None else ([], [])
+        weights = [w.detach() for w in self.net.weights()]                               # [E, in, out]
+        biases = [b.detach() for b in self.net.biases()]                                 # [E, out]
+        parts, start = [], 0
+        for m, count in enumerate(counts):
+            if count == 0:
+                continue
+            rows = slice(start, start + count)
+            parts.append(rollout_step(
+                obs_sorted[rows], actions_sorted[rows], self.input_mean, self.input_std,
+                [w[m:m + 1] for w in weights], [b[m:m + 1] for b in biases],             # [1, in, out], [1, out]
+                self.max_logvar.detach(), self.min_logvar.detach(),
+                member.new_zeros(count), noise_sorted[rows], score_w, score_b))
+            start += count
+        next_obs, rewards, score = (torch.empty_like(obs), obs.new_empty(B), obs.new_empty(B))
+        next_obs[order] = torch.cat([p.next_obs for p in parts])                         # [B, S]
+        rewards[order] = torch.cat([p.rewards for p in parts])                           # [B]
+        score[order] = torch.cat([p.score_penalty for p in parts])                       # [B]
+        return RolloutStepOut(next_obs, rewards, torch.full_like(rewards, float("nan")), score)
 
     # ------------------------------------------------------------------------------ training
     def loss(self, x_norm: Tensor, target: Tensor, l2: bool = True) -> Tensor:
@@ -248,10 +293,17 @@ class EnsembleDynamics(nn.Module):
         return (mean - y_hold).square().mean(dim=(1, 2))                                # [E]
 
 
+def requires_all_members(penalties) -> bool:
+    """Whether any generation-time penalty needs every ensemble member evaluated on each row
+    (plug-ins without a ``requires_all_members`` attribute are assumed to, the safe side)."""
+    return any(getattr(p, "requires_all_members", True) for p in penalties)
+
+
 @torch.no_grad()
 def rollout(dynamics: EnsembleDynamics, policy, start_obs: Tensor, rollout_length: int, buffer: ReplayBuffer,
             penalties=(), termination_fn=None, score_params: tuple[list[Tensor], list[Tensor]] | None = None,
-            chunk_size: int = 4096, generator: torch.Generator | None = None) -> dict[str, float]:
+            chunk_size: int = 4096, generator: torch.Generator | None = None,
+            all_members: bool | None = None) -> dict[str, float]:
     """h-step branched rollouts from dataset states (MOPO Alg. 2 / ScorePen Alg. 1, line 4).
 
     For each chunk of start states and each step: a ~ pi(s); one fused ``rollout_step`` gives
@@ -259,7 +311,15 @@ def rollout(dynamics: EnsembleDynamics, policy, start_obs: Tensor, rollout_lengt
     plug-ins turn them into a stored per-transition penalty sum_k c_k p_k(s, a); transitions
     go straight into ``buffer``; terminated rollouts stop.
     ``policy``: obs [B, S] -> actions [B, A].
+
+    Penalty-aware: unless a penalty plug-in says ``requires_all_members`` (MOPO's max-std
+    uncertainty; a plug-in without the attribute counts as needing them), each row evaluates
+    only its sampled elite (:meth:`EnsembleDynamics.step_members`): the same distribution of
+    (s', r), about E times fewer ensemble FLOPs. ``all_members`` forces one path (None: decide
+    from ``penalties``).
     """
+    if all_members is None:
+        all_members = requires_all_members(penalties)
     zero = start_obs.new_zeros(())
     sums = {"reward": zero.clone(), "penalty": zero.clone(), **{f"raw_{p.name}": zero.clone() for p in penalties}}
     transitions = 0
@@ -267,7 +327,8 @@ def rollout(dynamics: EnsembleDynamics, policy, start_obs: Tensor, rollout_lengt
         obs = chunk                                                                     # [B, S]
         for _ in range(rollout_length):
             actions = policy(obs)                                                       # [B, A]
-            out = dynamics.step(obs, actions, score_params=score_params, generator=generator)
+            out = dynamics.step(obs, actions, score_params=score_params, generator=generator,
+                                all_members=all_members)
             penalty = torch.zeros_like(out.rewards)                                     # [B]
             for p in penalties:
                 raw = p(obs, actions, out)

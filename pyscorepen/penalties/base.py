@@ -12,6 +12,9 @@ class RolloutPenalty(Protocol):
     name: str
     coef: float
     requires_score: bool   # the fused rollout op must evaluate the score network
+    requires_all_members: bool   # the rollout must evaluate every ensemble member on each row
+    # (MOPO's max_i ||sigma_i||); False lets rollouts run only each row's sampled elite
+    # (EnsembleDynamics.step_members, ~E x fewer ensemble FLOPs). Missing attribute = True.
 
     def __call__(self, obs: Tensor, actions: Tensor, step: RolloutStepOut) -> Tensor: ...
 

@@ -94,6 +94,10 @@ class MobilePenalty:
     """Next-state values through the fused :meth:`pyscorepen.algos.sac.SAC.soft_value`; False: the loop
     reference :func:`mobile_penalty_ref` on the modules (the benches' ``ref`` provider)."""
     name: str = "mobile"
+    requires_all_members: bool = True
+    """MOBILE's disagreement needs every elite's prediction, but it evaluates them itself at target
+    time (``dynamics.predict``); rollouts only consult the generation-time penalties' flag, so
+    ``--penalties score mobile`` still rolls out elite-only."""
 
     @torch.no_grad()
     def __call__(self, agent, batch) -> Tensor:

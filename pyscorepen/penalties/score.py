@@ -15,6 +15,7 @@ class ScorePenalty:
     coef: float
     name: str = "score"
     requires_score: bool = True
+    requires_all_members: bool = False   # only the sampled elite's (s', r): elite-only rollouts
 
     def __call__(self, obs: Tensor, actions: Tensor, step: RolloutStepOut) -> Tensor:
         return step.score_penalty

@@ -15,6 +15,7 @@ class UncertaintyPenalty:
     coef: float
     name: str = "uncertainty"
     requires_score: bool = False
+    requires_all_members: bool = True    # max over every member's sigma: full-ensemble rollouts
 
     def __call__(self, obs: Tensor, actions: Tensor, step: RolloutStepOut) -> Tensor:
         return step.mopo_penalty
