@@ -77,6 +77,9 @@ class TrainConfig:
     """Run folder whose trained dynamics.pt / score.pt are reused (same task), e.g. for sweeps."""
     device: str = "cpu"
     """Torch device."""
+    threads: int | None = None
+    """Torch intra-op CPU threads (inter-op: 1). None: $OMP_NUM_THREADS if set, else the cores this
+    process may use (os.sched_getaffinity); see pyscorepen/threads.py. Range: [1, inf)."""
     progress: bool = True
     """Show progress bars."""
     pretrain_only: bool = False

@@ -80,12 +80,17 @@ class SuiteConfig:
     """Run each (algorithm, dataset, seed) as a Ray task (pyscorepen.suite_ray): a cluster address
     (auto, host:6379, ray://host:10001), or a bare --ray (= local) to start Ray on this machine.
     Needs `pip install -e .[ray]`; every node must see --out at the same path."""
-    threads_per_run: int = 1
-    """Threads per run: the Ray CPU request and OMP/MKL_NUM_THREADS of its train process
-    (a --threads N in --extra-args wins). Range: [1, inf)."""
+    threads_per_run: int | None = None
+    """Threads per run (--threads of its train process; with --ray also its CPU request and
+    OMP/MKL_NUM_THREADS). None: local runs share the cores this process may use, cores//parallel
+    each; Ray runs 1. A --threads N in --extra-args wins. Range: [1, inf)."""
     ray_max_retries: int = 3
     """Ray: relaunches of a run whose worker died or whose train process was killed by a signal;
     each relaunch resumes from the run's last checkpoint. Range: [0, inf)."""
+    parallel: int = 1
+    """Local runs trained at the same time. The cores this process may use are divided among them:
+    each run gets --threads cores//parallel (at least 1), so parallel runs never oversubscribe the
+    CPU with OpenMP threads (see pyscorepen/threads.py). Range: [1, inf)."""
 
 
 def slug(task: str) -> str:
@@ -107,7 +112,9 @@ def run_dir(config: SuiteConfig, algo: str, task: str, seed: int) -> Path:
     return Path(config.out) / re.sub(r"[^A-Za-z0-9_.+-]+", "_", algo) / slug(task) / f"seed{seed}"
 
 
-def train_command(config: SuiteConfig, algo: str, task: str, seed: int, defaults: dict) -> list[str]:
+def train_command(config: SuiteConfig, algo: str, task: str, seed: int, defaults: dict,
+                  cores: int | None = None) -> list[str]:
+    """The train CLI command of one run; ``cores``: the cores the suite divides (default: this process's)."""
     cmd = [sys.executable, "-m", "pyscorepen.train", *preset_args(algo, defaults), "--task", task,
            "--seed", str(seed), "--out", str(run_dir(config, algo, task, seed))]
     if config.use_dataset_defaults:
@@ -119,15 +126,18 @@ def train_command(config: SuiteConfig, algo: str, task: str, seed: int, defaults
     if not config.progress:
         cmd.append("--no-progress")
     extra = shlex.split(config.extra_args)
-    if config.threads_per_run != 1 and not any(a.split("=")[0] == "--threads" for a in extra) and _train_has_threads():
-        cmd += ["--threads", str(config.threads_per_run)]
+    if not any(a.split("=")[0] == "--threads" for a in extra):
+        cmd += ["--threads", str(run_threads(config, cores))]
     return cmd + extra
 
 
-def _train_has_threads() -> bool:
-    """Whether the train CLI has a --threads flag (otherwise OMP_NUM_THREADS sets the threads)."""
-    from pyscorepen.config import TrainConfig
-    return "threads" in TrainConfig.__dataclass_fields__
+def run_threads(config: SuiteConfig, cores: int | None = None) -> int:
+    """--threads of every run: --threads-per-run if given; else Ray runs 1 and local runs
+    cores // parallel (``cores``: default the cores this process may use)."""
+    from pyscorepen.threads import divide_cores
+    if config.threads_per_run is not None:
+        return config.threads_per_run
+    return 1 if config.ray is not None else divide_cores(config.parallel, cores)
 
 
 def validate(config: SuiteConfig, defaults: dict) -> None:
@@ -149,9 +159,10 @@ def validate(config: SuiteConfig, defaults: dict) -> None:
 def run_suite(config: SuiteConfig) -> dict:
     """Launch the missing runs, then aggregate. Returns {'table': markdown, 'rows': [...], 'failed': [...]}."""
     from pyscorepen.errors import PyScorePenError
-    if config.threads_per_run < 1 or config.ray_max_retries < 0:
-        raise PyScorePenError(f"--threads-per-run must be >= 1 (got {config.threads_per_run}) and "
-                              f"--ray-max-retries >= 0 (got {config.ray_max_retries}).")
+    if (config.threads_per_run is not None and config.threads_per_run < 1) or config.ray_max_retries < 0 \
+            or config.parallel < 1:
+        raise PyScorePenError(f"--threads-per-run must be >= 1 (got {config.threads_per_run}), --parallel >= 1 "
+                              f"(got {config.parallel}) and --ray-max-retries >= 0 (got {config.ray_max_retries}).")
     defaults = load_defaults(config.defaults_file)
     if config.ray is not None and not (config.dry_run or config.aggregate_only):
         from pyscorepen.suite_ray import import_ray
@@ -169,18 +180,11 @@ def run_suite(config: SuiteConfig) -> dict:
         if config.ray is not None and not config.dry_run:
             failed += launch_on_ray(config, todo, defaults, out)
             todo = []   # all ran as Ray tasks
-        for i, (algo, task, seed) in enumerate(todo):
-            cmd = train_command(config, algo, task, seed, defaults)
-            if config.dry_run:
-                print(" ".join(cmd))
-                continue
-            print(f"[suite] ({i + 1}/{len(todo)}) {algo} {task} seed {seed}", file=sys.stderr)
-            t0 = time.perf_counter()
-            result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            failed += log_run(out, algo, task, seed, cmd, result.returncode, time.perf_counter() - t0,
-                              "\n".join(result.stderr.strip().splitlines()[-5:]))
         if config.dry_run:
+            for algo, task, seed in todo:
+                print(" ".join(train_command(config, algo, task, seed, defaults)))
             return {"table": "", "rows": [], "failed": []}
+        failed += launch_runs(config, todo, defaults, out)
     (out / SUITE_CONFIG).write_text(json.dumps(asdict(config), indent=2) + "\n")
     rows = aggregate(config)
     table = markdown_table(rows, config.algos, config.tasks)
@@ -213,7 +217,7 @@ def launch_on_ray(config: SuiteConfig, todo: list[tuple[str, str, int]], default
     jobs = []
     for algo, task, seed in todo:
         cmd = train_command(absolute, algo, task, seed, defaults)
-        jobs.append(((algo, task, seed), cmd, threads_of(cmd, config.threads_per_run)))
+        jobs.append(((algo, task, seed), cmd, threads_of(cmd, run_threads(config))))
     commands = {key: cmd for key, cmd, _ in jobs}
     failed = []
     print(f"[suite] {len(jobs)} run(s) as Ray tasks on {config.ray}", file=sys.stderr)
@@ -221,6 +225,38 @@ def launch_on_ray(config: SuiteConfig, todo: list[tuple[str, str, int]], default
         print(f"[suite] done: {algo} {task} seed {seed} (exit {result['returncode']})", file=sys.stderr)
         failed += log_run(out, algo, task, seed, commands[(algo, task, seed)], result["returncode"],
                           result["wall_s"], result["stderr_tail"], backend="ray")
+    return failed
+
+
+def launch_runs(config: SuiteConfig, todo: list[tuple[str, str, int]], defaults: dict, out: Path) -> list[dict]:
+    """Train ``todo`` with up to ``config.parallel`` train subprocesses at a time (each with its share
+    of the cores as --threads); one line per run in suite_log.jsonl. Returns the failed runs."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pyscorepen.threads import available_cores
+    cores = available_cores()
+    threads = run_threads(config, cores)
+    if config.parallel * threads > cores:
+        print(f"[suite] {config.parallel} run(s) x {threads} thread(s) is more than the {cores} cores available: "
+              "runs will share cores", file=sys.stderr)
+    elif config.parallel > 1:
+        print(f"[suite] {config.parallel} runs at a time, {threads} thread(s) each ({cores} cores)", file=sys.stderr)
+    lock, failed = threading.Lock(), []
+
+    def one(i: int, algo: str, task: str, seed: int) -> None:
+        cmd = train_command(config, algo, task, seed, defaults, cores)
+        with lock:
+            print(f"[suite] ({i + 1}/{len(todo)}) {algo} {task} seed {seed}", file=sys.stderr)
+        t0 = time.perf_counter()
+        result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with lock:
+            failed.extend(log_run(out, algo, task, seed, cmd, result.returncode, time.perf_counter() - t0,
+                                  "\n".join(result.stderr.strip().splitlines()[-5:])))
+
+    with ThreadPoolExecutor(max_workers=max(1, config.parallel)) as pool:
+        for future in [pool.submit(one, i, *run) for i, run in enumerate(todo)]:
+            future.result()
     return failed
 
 

@@ -21,7 +21,7 @@ log = logging.getLogger("pyscorepen")
 
 
 IGNORED_ON_RESUME = {"steps", "progress", "eval_interval", "eval_episodes", "device", "out", "tensorboard",
-                     "pretrain_only"}
+                     "pretrain_only", "threads"}
 """Fields that may change when a run folder is resumed (a larger ``steps`` extends the run)."""
 
 
@@ -98,14 +98,19 @@ def run(config: TrainConfig) -> dict:
     if config.pretrain_only:
         run_dir = pretrain_only(config)
         return {"pretrained": str(run_dir)}
+    from pyscorepen.threads import configure_threads
+    threads = configure_threads(config.threads)
     trainer = build(config)
     prepare_run_dir(config)
-    log.info("run folder %s | task %s | %d transitions", trainer.run_dir, trainer.task.name, len(trainer.dataset))
+    log.info("run folder %s | task %s | %d transitions | %d torch threads", trainer.run_dir, trainer.task.name,
+             len(trainer.dataset), threads)
     return trainer.train()
 
 
 def pretrain_only(config: TrainConfig) -> Path:
     """Train (or reuse) the dynamics and score models of ``config`` into its run folder, no policy."""
+    from pyscorepen.threads import configure_threads
+    configure_threads(config.threads)
     trainer = build(config)
     prepare_run_dir(config)
     trainer.pretrain()
