@@ -87,6 +87,8 @@ class ProfileConfig:
     """Dynamics minibatches timed (x members x batch 256); projected to whole epochs."""
     score_batches: int = 40
     """Score-model steps timed; projected to score.train_steps."""
+    device: str = "cpu"
+    """Torch device of the run (cuda: every timer waits for the GPU first)."""
     threads: int | None = None
     """Torch intra-op threads (None: $OMP_NUM_THREADS or the cores this process may use)."""
     seed: int = 0
@@ -161,7 +163,7 @@ def _backend_env(mode: str):
 def _train_config(config: ProfileConfig):
     from pyscorepen.config import TrainConfig, defaults_for
     train = defaults_for(config.algo, config.task) if config.task != "synthetic" else TrainConfig(algo=config.algo)
-    train = replace(train, task=config.task, seed=config.seed, batch_size=config.batch_size, progress=False,
+    train = replace(train, task=config.task, seed=config.seed, device=config.device, batch_size=config.batch_size, progress=False,
                     eval_interval=config.eval_interval, eval_episodes=config.eval_episodes,
                     rollout=replace(train.rollout, batch_size=config.rollout_batch_size,
                                     length=config.rollout_length, freq=config.rollout_freq))
@@ -185,11 +187,14 @@ def _time_dynamics(trainer, config: ProfileConfig) -> tuple[float, float]:
     else:
         optim, l2_in_loss = torch.optim.Adam(dynamics.parameters(), lr=cfg.lr), True
     gen = torch.Generator().manual_seed(config.seed)
-    warm = torch.randperm(n_train, generator=gen)[: 2 * cfg.batch_size]
+    warm = torch.randperm(n_train, generator=gen)[: 2 * cfg.batch_size].to(x.device)
     dynamics.train_epoch(x, y, warm, optim, gen, l2_in_loss=l2_in_loss)            # warm-up
-    idx = torch.randperm(n_train, generator=gen)[: timed * cfg.batch_size]
+    idx = torch.randperm(n_train, generator=gen)[: timed * cfg.batch_size].to(x.device)
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    sync()
     t0 = time.perf_counter()
     dynamics.train_epoch(x, y, idx, optim, gen, l2_in_loss=l2_in_loss)
+    sync()
     return (time.perf_counter() - t0) / timed, per_epoch
 
 
@@ -199,8 +204,10 @@ def _time_score(trainer, config: ProfileConfig) -> float:
     x = score.normalize(data.obs, data.actions)                                     # [N, D]
     optim = torch.optim.Adam(score.net.parameters(), lr=score.config.lr)
 
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+
     def one():
-        idx = torch.randint(x.shape[0], (score.config.batch_size,))
+        idx = torch.randint(x.shape[0], (score.config.batch_size,), device=x.device)
         loss = score.dsm_loss(x[idx])
         optim.zero_grad(set_to_none=True)
         loss.backward()
@@ -208,9 +215,11 @@ def _time_score(trainer, config: ProfileConfig) -> float:
 
     for _ in range(3):
         one()
+    sync()
     t0 = time.perf_counter()
     for _ in range(config.score_batches):
         one()
+    sync()
     return (time.perf_counter() - t0) / config.score_batches
 
 
@@ -228,6 +237,9 @@ def profile_run(config: ProfileConfig, task=None) -> dict:
         raise PyScorePenError("--steps and --target-steps must be at least 1.")
     threads = configure_threads(config.threads)
     torch.manual_seed(config.seed)
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise PyScorePenError(f"--device {config.device}: no CUDA device here.")
+    sync = torch.cuda.synchronize if config.device.startswith("cuda") else (lambda: None)
     if task is None:
         task = (synthetic_task(config.obs_dim, config.action_dim, config.dataset_size, config.seed)
                 if config.task == "synthetic" else make_task(config.task))
@@ -256,17 +268,21 @@ def profile_run(config: ProfileConfig, task=None) -> dict:
         rounds, r = 0, train_cfg.rollout
         for step in range(config.steps):
             if trainer.algorithm.uses_model and (step % r.freq == 0 or len(trainer.model_buffer) == 0):
-                idx = torch.randint(len(trainer.dataset), (r.batch_size,))
+                idx = torch.randint(len(trainer.dataset), (r.batch_size,), device=trainer.device)
+                sync()
                 t0 = time.perf_counter()
                 rollout(trainer.dynamics, trainer.policy, trainer.dataset.obs[idx], r.length, trainer.model_buffer,
                         penalties=trainer.rollout_penalties, termination_fn=task.termination_fn,
                         score_params=trainer.score_params, chunk_size=r.chunk_size, all_members=all_members)
+                sync()
                 measured["rollout"] += time.perf_counter() - t0
                 rounds += 1
             t0 = time.perf_counter()
             batch = trainer.sample_batch()
+            sync()
             t1 = time.perf_counter()
             update(batch)
+            sync()
             t2 = time.perf_counter()
             measured["sampling"] += t1 - t0
             measured["update"] += t2 - t1

@@ -168,6 +168,17 @@ class SAC:
         for group in self.actor_optim.param_groups:
             group["lr"] = lr
 
+    @staticmethod
+    def stats_to_floats(stats: dict) -> dict[str, float]:
+        """The statistics of :meth:`update` as floats: one conversion (one device sync) for all tensor
+        values instead of one ``.item()`` each. The only host sync of the module path: a CUDA-graph
+        capture (:mod:`pyscorepen.algos.cuda_graph`) swaps it for the identity and keeps tensors."""
+        keys = [k for k, v in stats.items() if isinstance(v, Tensor)]
+        with torch.no_grad():
+            values = torch.stack([stats[k].float().reshape(()) for k in keys]).tolist() if keys else []
+        converted = dict(zip(keys, values))
+        return {k: converted[k] if k in converted else float(v) for k, v in stats.items()}
+
     def critic_regularizer(self, batch: Batch, q_pred: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Extra critic loss term; zero for SAC. COMBO overrides this (COMBO Eq. 2).
 
@@ -217,11 +228,7 @@ class SAC:
             stats = {"loss/critic": critic_loss.detach(), "loss/actor": actor_loss.detach(), "alpha": self.alpha,
                      "q_mean": q_pred.detach().mean(), "penalty/stored_mean": batch.penalty.mean(),
                      **info, **reg_info}
-            # one conversion for all tensor statistics instead of one .item() (a device sync) each
-            keys = [k for k, v in stats.items() if isinstance(v, Tensor)]
-            values = torch.stack([stats[k].float().reshape(()) for k in keys]).tolist() if keys else []
-        converted = dict(zip(keys, values))
-        return {k: converted[k] if k in converted else float(v) for k, v in stats.items()}
+        return self.stats_to_floats(stats)
 
     def update_ref(self, batch: Batch) -> dict[str, float]:
         """Readable reference of :meth:`update` (the benches' ``ref`` provider): the critic gets
