@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from pyscorepen.data import Normalizer, ReplayBuffer, TransitionDataset
 from pyscorepen.models.nets import EnsembleMLP
 from pyscorepen.ops.rollout_step import RolloutStepOut, soft_bound_logvar
+from pyscorepen.ops.score_penalty import score_penalty
 
 try:  # dispatching op (cpp / triton / ref); the reference is always there
     from pyscorepen.ops.rollout_step import rollout_step
@@ -131,13 +132,13 @@ class EnsembleDynamics(nn.Module):
         Rows are grouped by member (one stable argsort); each member present runs the same fused
         ``rollout_step`` op on its contiguous rows with its own weights ``[1, in, out]`` (a view,
         no copy): a loop over the <= E members, none over rows. Results are scattered back to
-        the original row order.
+        the original row order. The score penalty is one :func:`pyscorepen.ops.score_penalty` call
+        on the whole batch (the same normalized x the fused op would use).
         """
         B, E = obs.shape[0], self.config.ensemble_size
         order = torch.argsort(member, stable=True)                                       # [B]
         counts = torch.bincount(member, minlength=E).tolist()                            # one host sync
         obs_sorted, actions_sorted, noise_sorted = obs[order], actions[order], noise[order]
-        score_w, score_b = score_params if score_params is not None else ([], [])
         weights = [w.detach() for w in self.net.weights()]                               # [E, in, out]
         biases = [b.detach() for b in self.net.biases()]                                 # [E, out]
         parts, start = [], 0
@@ -149,12 +150,15 @@ class EnsembleDynamics(nn.Module):
                 obs_sorted[rows], actions_sorted[rows], self.input_mean, self.input_std,
                 [w[m:m + 1] for w in weights], [b[m:m + 1] for b in biases],             # [1, in, out], [1, out]
                 self.max_logvar.detach(), self.min_logvar.detach(),
-                member.new_zeros(count), noise_sorted[rows], score_w, score_b))
+                member.new_zeros(count), noise_sorted[rows], [], []))
             start += count
-        next_obs, rewards, score = (torch.empty_like(obs), obs.new_empty(B), obs.new_empty(B))
+        next_obs, rewards = torch.empty_like(obs), obs.new_empty(B)
         next_obs[order] = torch.cat([p.next_obs for p in parts])                         # [B, S]
         rewards[order] = torch.cat([p.rewards for p in parts])                           # [B]
-        score[order] = torch.cat([p.score_penalty for p in parts])                       # [B]
+        if score_params is not None:   # one call over the whole batch (faster than per member)
+            score = score_penalty(self.normalize(obs, actions), *score_params)           # [B]
+        else:
+            score = torch.zeros_like(rewards)
         return RolloutStepOut(next_obs, rewards, torch.full_like(rewards, float("nan")), score)
 
     # ------------------------------------------------------------------------------ training
