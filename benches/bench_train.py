@@ -14,8 +14,8 @@ What is measured and what is extrapolated (say so when quoting the numbers):
 * pretraining: 40 dynamics minibatches on the 1M set, projected to 30 full epochs (OfflineRL-Kit's
   MOBILE cap; see :class:`pyscorepen.profile.ProfileConfig`), and 40 score-model steps projected
   to the 5 000 of ``ScoreConfig.train_steps``;
-* evaluation: one 10-episode evaluation on Hopper-v5 (MuJoCo), per env step, projected to
-  full 1 000-step episodes every 2 000 steps.
+* evaluation: 10 full 1 000-step Hopper-v5 (MuJoCo) episodes every 2 000 steps, built from the
+  measured env creation, batched policy call and env step.
 
 Threads: ``$PYSCOREPEN_BENCH_TRAIN_THREADS`` (default: every core this process may use, the
 issue's "2 cores" on this machine). extra_info: the breakdown (``measured_s``, ``per_unit_s``,

@@ -13,9 +13,9 @@ MOPO Algorithm 2) and projects them to a run of ``--target-steps`` (default 1M) 
   every ``--rollout-freq`` steps);
 * **sampling**: drawing each SAC batch from D and D_model;
 * **update**: the SAC (critic + actor + alpha + Polyak) update;
-* **evaluation**: one evaluation of ``--eval-episodes`` episodes, projected per environment step
-  to full-length (1000-step) episodes every ``--eval-interval`` steps (an untrained policy falls
-  early; a good Hopper policy runs the full episode).
+* **evaluation**: ``--eval-episodes`` full-length (1000-step) episodes every ``--eval-interval``
+  steps, from measured parts: env creation, the batched policy call and one env step (an
+  untrained policy falls within a few steps; a good Hopper policy runs the whole episode).
 
 ``--mode fast`` is the library's default path (automatic kernel choice, fused optimizers,
 penalty-aware elite-only rollouts); ``--mode ref`` the reference path everything is tested
@@ -223,6 +223,36 @@ def _time_score(trainer, config: ProfileConfig) -> float:
     return (time.perf_counter() - t0) / config.score_batches
 
 
+def _time_evaluation(trainer, task, config: ProfileConfig) -> float:
+    """Seconds of one evaluation of full-length episodes, built from measured parts (an untrained
+    policy falls within a few steps, so timing a real evaluation would mostly time env creation):
+    creating and resetting ``eval_episodes`` envs + FULL_EPISODE x (one batched deterministic
+    policy call on ``eval_episodes`` rows + ``eval_episodes`` env steps)."""
+    episodes = config.eval_episodes
+    t0 = time.perf_counter()
+    envs = [task.make_env() for _ in range(episodes)]
+    obs = [env.reset(seed=i)[0] for i, env in enumerate(envs)]
+    create = time.perf_counter() - t0
+    batch = torch.as_tensor(np.stack(obs), dtype=torch.float32)                       # [episodes, S]
+    with torch.no_grad():
+        trainer.agent.act(batch.to(trainer.device), deterministic=True)
+        reps = 100
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            trainer.agent.act(batch.to(trainer.device), deterministic=True).cpu()
+        policy = (time.perf_counter() - t0) / reps
+    env, steps = envs[0], 300
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        if terminated or truncated:
+            env.reset()
+    env_step = (time.perf_counter() - t0) / steps
+    for env in envs:
+        env.close()
+    return create + FULL_EPISODE * (policy + episodes * env_step)
+
+
 def profile_run(config: ProfileConfig, task=None) -> dict:
     """Measure every phase and project a ``config.target_steps`` run. Returns a dict with
     ``measured_s`` / ``per_unit_s`` / ``projected_s`` per phase, ``projected_1m_steps_hours``
@@ -292,16 +322,14 @@ def profile_run(config: ProfileConfig, task=None) -> dict:
         per_unit["update"] = measured["update"] / config.steps
         # ---------------------------------------------------------------- evaluation
         t0 = time.perf_counter()
-        result = trainer.evaluate(config.eval_episodes)
+        per_unit["evaluation"] = _time_evaluation(trainer, task, config)
         measured["evaluation"] = time.perf_counter() - t0
-        env_steps = max(sum(result.lengths), 1)
-        per_unit["evaluation"] = measured["evaluation"] / env_steps              # per episode step
     T = config.target_steps
 
     def units(steps: int) -> dict[str, float]:
         """How many of each phase's units a run of ``steps`` policy steps has."""
         per_run = {**counts, "rollout": math.ceil(steps / r.freq), "sampling": steps, "update": steps,
-                   "evaluation": (steps // config.eval_interval + 1) * config.eval_episodes * FULL_EPISODE}
+                   "evaluation": steps // config.eval_interval + 1}
         return {k: per_run[k] for k in per_unit}
 
     projected = {k: per_unit[k] * n for k, n in units(T).items()}
@@ -319,7 +347,7 @@ def profile_run(config: ProfileConfig, task=None) -> dict:
 
 
 UNIT_NAMES = {"pretrain_dynamics": "batch", "pretrain_score": "step", "rollout": "round",
-              "sampling": "step", "update": "step", "evaluation": "envstep"}
+              "sampling": "step", "update": "step", "evaluation": "eval"}
 
 
 def format_table(result: dict) -> str:
@@ -327,16 +355,16 @@ def format_table(result: dict) -> str:
     T = result["target_steps"]
     head = (f"{result['algo']} on {result['task']} ({result['mode']} path, {result['threads']} thread(s)); "
             f"{result['steps_measured']} steps measured, projected to {T:,} steps")
-    rows = [f"{'phase':<18}{'measured s':>11}{'per unit':>19}{'units':>13}{'projected h':>13}{'share':>8}"]
+    rows = [f"{'phase':<18}{'measured s':>11}{'per unit':>22}{'units':>13}{'projected h':>13}{'share':>8}"]
     total = sum(result["projected_s"].values())
     for phase in PHASES:
         if phase not in result["per_unit_s"]:
             continue
         per = result["per_unit_s"][phase]
         proj = result["projected_s"][phase]
-        rows.append(f"{phase:<18}{result['measured_s'][phase]:>11.2f}{per * 1e3:>9.3f} ms/{UNIT_NAMES[phase]:<7}"
+        rows.append(f"{phase:<18}{result['measured_s'][phase]:>11.2f}{per * 1e3:>13.2f} ms/{UNIT_NAMES[phase]:<6}"
                     f"{result['units'][phase]:>13,.0f}{proj / 3600:>13.3f}{100 * proj / max(total, 1e-12):>7.1f}%")
-    rows.append(f"{'total':<18}{'':>11}{'':>19}{'':>13}{total / 3600:>13.3f}{'100.0%':>8}")
+    rows.append(f"{'total':<18}{'':>11}{'':>22}{'':>13}{total / 3600:>13.3f}{'100.0%':>8}")
     notes = [f"updates/s {result['updates_per_s']:.1f}"]
     if result["rollout_transitions_per_s"]:
         notes.append(f"rollout {result['rollout_transitions_per_s']:,.0f} transitions/s "
