@@ -64,6 +64,11 @@ def test_suite_passes_each_run_its_share(monkeypatch):
                         defaults)
     assert cmd[-2:] == ["--threads", "1"]
     assert tyro.cli(TrainConfig, args=cmd[cmd.index("--task"):]).threads == 1
+    # an explicit --threads-per-run wins over the division; Ray runs default to 1 thread each
+    cmd = train_command(SuiteConfig(out="o", parallel=2, threads_per_run=3), "mopo", "x/hopper/medium-v0", 0, defaults)
+    assert cmd[cmd.index("--threads") + 1] == "3"
+    cmd = train_command(SuiteConfig(out="o", ray="local"), "mopo", "x/hopper/medium-v0", 0, defaults)
+    assert cmd[cmd.index("--threads") + 1] == "1"
 
 
 def test_suite_runs_in_parallel_with_divided_threads(tmp_path, monkeypatch):
