@@ -43,7 +43,6 @@ from typing import Literal
 import numpy as np
 import torch
 
-from pyscorepen.errors import PyScorePenError
 
 PHASES = ("pretrain_dynamics", "pretrain_score", "rollout", "sampling", "update", "evaluation")
 FULL_EPISODE = 1000   # steps of a full MuJoCo episode (time limit)
@@ -58,41 +57,41 @@ class ProfileConfig:
     mode: Literal["fast", "ref"] = "fast"
     """fast: default kernels, fused optimizers, elite-only rollouts; ref: the reference path everywhere."""
     steps: int = 1000
-    """Policy-learning steps measured (rollout rounds included every --rollout-freq steps)."""
+    """Policy-learning steps measured (rollout rounds included every --rollout-freq steps). Range: [1, inf)."""
     target_steps: int = 1_000_000
-    """Steps of the run whose wall time is projected."""
+    """Steps of the run whose wall time is projected. Range: [1, inf)."""
     obs_dim: int = 11
-    """Synthetic task: observation size (Hopper: 11)."""
+    """Synthetic task: observation size (Hopper: 11). Range: [1, inf)."""
     action_dim: int = 3
-    """Synthetic task: action size (Hopper: 3)."""
+    """Synthetic task: action size (Hopper: 3). Range: [1, inf)."""
     dataset_size: int = 1_000_000
-    """Synthetic task: transitions in the offline dataset (D4RL hopper-medium: 1M)."""
+    """Synthetic task: transitions in the offline dataset (D4RL hopper-medium: 1M). Range: [2, inf)."""
     batch_size: int = 256
-    """SAC minibatch size."""
+    """SAC minibatch size. Range: [1, inf)."""
     rollout_batch_size: int = 50_000
-    """Start states per rollout round (MOPO: 50k)."""
+    """Start states per rollout round (MOPO: 50k). Range: [1, inf)."""
     rollout_length: int = 5
-    """Rollout horizon h."""
+    """Rollout horizon h. Range: [1, inf)."""
     rollout_freq: int = 1000
-    """Steps between rollout rounds."""
+    """Steps between rollout rounds. Range: [1, inf)."""
     eval_interval: int = 2000
-    """Steps between evaluations in the projected run (train's default)."""
+    """Steps between evaluations in the projected run (train's default). Range: [1, inf)."""
     eval_episodes: int = 10
-    """Episodes per evaluation."""
+    """Episodes per evaluation. Range: [1, inf)."""
     dynamics_epochs: int = 30
     """Dynamics-fit epochs the projection assumes: 30, the cap of OfflineRL-Kit's MOBILE example
     (--dynamics-max-epochs 30) and what this README's hopper-medium-replay fit ran; early stopping
-    (5 epochs without a 1% holdout gain) may end a fit sooner or, uncapped, later."""
+    (5 epochs without a 1% holdout gain) may end a fit sooner or, uncapped, later. Range: [1, inf)."""
     dynamics_batches: int = 40
-    """Dynamics minibatches timed (x members x batch 256); projected to whole epochs."""
+    """Dynamics minibatches timed (x members x batch 256); projected to whole epochs. Range: [1, inf)."""
     score_batches: int = 40
-    """Score-model steps timed; projected to score.train_steps."""
+    """Score-model steps timed; projected to score.train_steps. Range: [1, inf)."""
     device: str = "cpu"
     """Torch device of the run (cuda: every timer waits for the GPU first)."""
     threads: int | None = None
-    """Torch intra-op threads (None: $OMP_NUM_THREADS or the cores this process may use)."""
+    """Torch intra-op threads (None: $OMP_NUM_THREADS or the cores this process may use). Range: [1, inf)."""
     seed: int = 0
-    """Seed of the synthetic data and the networks."""
+    """Seed of the synthetic data and the networks. Range: [0, 4294967295]."""
 
 
 # ------------------------------------------------------------------------------------ synthetic task
@@ -263,12 +262,11 @@ def profile_run(config: ProfileConfig, task=None) -> dict:
     from pyscorepen.threads import configure_threads
     from pyscorepen.trainer import Trainer
 
-    if config.steps < 1 or config.target_steps < 1:
-        raise PyScorePenError("--steps and --target-steps must be at least 1.")
+    from pyscorepen.validation import check_ranges, device_problems, raise_problems
+    check_ranges(config)
+    raise_problems(device_problems(config.device))
     threads = configure_threads(config.threads)
     torch.manual_seed(config.seed)
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise PyScorePenError(f"--device {config.device}: no CUDA device here.")
     sync = torch.cuda.synchronize if config.device.startswith("cuda") else (lambda: None)
     if task is None:
         task = (synthetic_task(config.obs_dim, config.action_dim, config.dataset_size, config.seed)

@@ -54,4 +54,10 @@ def test_projection_is_per_unit_times_units(algo, mode):
 
 def test_profile_rejects_bad_steps(capsys):
     assert main(["--steps", "0", "--dataset-size", "500"]) == 2
-    assert "at least 1" in capsys.readouterr().err
+    assert "--steps 0: must be in [1, inf)" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_profile_cuda_without_a_gpu_is_a_clean_error(capsys):
+    assert main(["--device", "cuda", "--dataset-size", "500"]) == 2
+    assert "sees no CUDA device" in capsys.readouterr().err
