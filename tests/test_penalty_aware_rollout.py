@@ -5,11 +5,12 @@ import math
 import pytest
 import torch
 
-from pyscorepen.data import ReplayBuffer
+from pyscorepen.config import TrainConfig
+from pyscorepen.data import ReplayBuffer, TransitionDataset
 from pyscorepen.models.dynamics import DynamicsConfig, EnsembleDynamics, requires_all_members, rollout
 from pyscorepen.models.nets import mlp, mlp_weights
 from pyscorepen.ops import available_backends, rollout_step
-from pyscorepen.penalties import MobilePenalty, ScorePenalty, UncertaintyPenalty
+from pyscorepen.penalties import PENALTIES, MobilePenalty, ScorePenalty, UncertaintyPenalty
 
 OBS, ACT = 5, 2
 
@@ -107,6 +108,12 @@ def test_rollout_chooses_the_path_from_the_penalties(monkeypatch):
     assert requires_all_members([ScorePenalty(1.0), UncertaintyPenalty(1.0)])
     assert requires_all_members([object()])                           # unknown plug-in: the safe side
     assert MobilePenalty.requires_all_members                         # evaluated at target time by itself
+    # every registered plug-in declares it; only MOPO's uncertainty (and MOBILE, at target time) needs all
+    data = TransitionDataset(torch.randn(50, OBS), torch.randn(50, ACT), torch.randn(50), torch.randn(50, OBS),
+                             torch.zeros(50))
+    context = {"dynamics": make_dynamics(), "dataset": data, "config": TrainConfig()}
+    declared = {name: factory(1.0, **context).requires_all_members for name, factory in PENALTIES.items()}
+    assert declared == {**dict.fromkeys(PENALTIES, False), "uncertainty": True, "mobile": True}
 
     dyn = make_dynamics(3)
     calls = {"members": 0}

@@ -73,6 +73,7 @@ class CountPenalty:
     counter: SimHashCounter
     name: str = "count"
     requires_score: bool = False
+    requires_all_members: bool = False   # a function of (s, a) alone: elite-only rollouts
 
     def __call__(self, obs: Tensor, actions: Tensor, step: RolloutStepOut) -> Tensor:
         n = self.counter.count(torch.cat([obs, actions], -1))                  # [B]
