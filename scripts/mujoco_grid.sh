@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Issue 10's required grid: MOPO, MOBILE and ScorePen-MORL x {halfcheetah-medium, hopper-medium-replay}
+# x 3 seeds at one gradient-step budget, with ONE dynamics ensemble + score model per dataset (trained
+# to convergence: no epoch cap) shared by every run. Everything resumes: rerun the same command.
+#
+#   MINARI_DATASETS_PATH=/path/to/datasets STEPS=200000 PARALLEL=2 bash scripts/mujoco_grid.sh
+#
+# The datasets come from (see docs/mujoco.md):
+#   python -m pyscorepen.collect --env-id HalfCheetah-v5 --levels random medium medium-replay --expert-return 12135.0 --steps 400000
+#   python -m pyscorepen.collect --env-id Hopper-v5 --levels random medium medium-replay --expert-return 3234.3 \
+#       --medium-replay-size 400000 --steps 1000000
+set -euo pipefail
+steps=${STEPS:-200000}
+parallel=${PARALLEL:-2}
+out=${OUT:-runs/grid}
+tasks=${TASKS:-"pyscorepen/halfcheetah/medium-v0 pyscorepen/hopper/medium-replay-v0"}
+algos=${ALGOS:-"mopo mobile scorepen"}
+for task in $tasks; do
+  slug=$(echo "$task" | tr '/' '_')
+  pre="$out/pretrained/$slug"
+  # one thread: the shared fit may run next to another process (no oversubscription)
+  python -m pyscorepen.train --algo scorepen --task "$task" --pretrain-only --out "$pre" --no-progress --threads 1
+done
+for task in $tasks; do
+  slug=$(echo "$task" | tr '/' '_')
+  python -m pyscorepen.suite --algos $algos --tasks "$task" --seeds 0 1 2 --steps "$steps" \
+    --out "$out/suite" --parallel "$parallel" --extra-args="--pretrained-from $out/pretrained/$slug --no-progress"
+done
+python -m pyscorepen.suite --algos $algos --tasks $tasks --seeds 0 1 2 --steps "$steps" --out "$out/suite" --aggregate-only
