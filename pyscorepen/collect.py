@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pyscorepen import runs
 from pyscorepen.data import ReplayBuffer
 from pyscorepen.evaluation_metrics import REF_SCORES_FILE
 from pyscorepen.algos.sac import SAC, SACConfig
@@ -361,9 +362,7 @@ class Collector:
                  "timeouts": self.timeouts[: self.buffer.size].clone(), "step": self.step, "evals": self.evals,
                  "train_seconds": self.train_seconds, "episode_returns": self.episode_returns[-100:],
                  "torch_rng": torch.get_rng_state(), "numpy_rng": self.random_policy.rng.bit_generator.state}
-        tmp = self.run_dir / "state.pt.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, self.run_dir / "state.pt")
+        runs.atomic_torch_save(state, self.run_dir / "state.pt")
 
     def policy(self, deterministic: bool | None = None) -> ActorPolicy:
         return ActorPolicy(self.sac, self.config.deterministic_policy if deterministic is None else deterministic)
@@ -382,10 +381,10 @@ class Collector:
                                seed=10_000 + self.config.seed * 1000 + len(self.evals) * self.config.eval_episodes)
         record = {"step": self.step, "return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
                   "train_seconds": round(self.train_seconds, 2)}
-        torch.save(self.sac.actor.state_dict(), self.snapshot_path(self.step))
+        runs.atomic_torch_save(self.sac.actor.state_dict(), self.snapshot_path(self.step))
         self.evals.append(record)
         with open(self.run_dir / "evals.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(runs.dumps_json(record) + "\n")
         return record
 
     # ---- loop
@@ -467,10 +466,7 @@ def _load_json(path: Path) -> dict:
 
 
 def _save_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    runs.write_json(path, data)
 
 
 def expert_return_from_run(run_dir: str | Path) -> float:

@@ -91,6 +91,17 @@ class TrainConfig:
     """Override of the random-policy reference return (normalized score). Range: (-inf, inf)."""
     ref_max: float | None = None
     """Override of the expert reference return (normalized score). Range: (-inf, inf)."""
+    keep_checkpoints: int = 2
+    """Newest checkpoint-<step>.pt files kept (older ones are deleted); a corrupt newest one falls
+    back to the next. Also applies to the pretraining checkpoints. Range: [1, inf)."""
+    dynamics_checkpoint_interval: int = 1
+    """Dynamics-fit epochs between pretraining checkpoints (dynamics-fit-<epoch>.pt). Range: [1, inf)."""
+    score_checkpoint_interval: int = 500
+    """Score-fit steps between pretraining checkpoints (score-fit-<step>.pt). Range: [1, inf)."""
+    divergence_limit: float = 1e12
+    """Divergence guard: a training loss, Q-value, alpha or rollout statistic beyond +-this (or
+    NaN/inf anywhere) stops the run with a debug checkpoint. No sane run comes near 1e12; inf
+    keeps only the NaN/inf check. Range: (0, inf]."""
     drop_invalid_episodes: bool = False
     """Minari datasets: skip (and list) episodes with NaN/inf or inconsistent fields instead of failing."""
     cliff: Annotated[CliffConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=CliffConfig)

@@ -35,9 +35,8 @@ def _finite(values: torch.Tensor) -> tuple[list[float], int]:
 
 
 def write_json(path: Path, obj: dict) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(obj, allow_nan=False) + "\n")
-    tmp.replace(path)
+    from pyscorepen import runs
+    runs.atomic_write_text(path, runs.dumps_json(obj) + "\n")
 
 
 def eval_returns(result) -> dict:

@@ -46,6 +46,28 @@ def cli_main(fn, argv: list[str] | None, print_result: bool = True) -> int:
     return 0
 
 
+class DivergenceError(PyScorePenError):
+    """A loss, Q-value, rollout statistic or evaluation return became NaN or infinite."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped training after a checkpoint; the same command resumes.
+
+    Not a :class:`PyScorePenError`: the CLI exits 0 after SIGINT and 143 (128 + 15) after SIGTERM.
+    """
+
+    def __init__(self, signum: int, where: str, run_dir):
+        import signal
+        self.signum, self.where, self.run_dir = signum, where, run_dir
+        self.signal_name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {self.signal_name} during {where}")
+
+    @property
+    def exit_code(self) -> int:
+        import signal
+        return 143 if self.signum == signal.SIGTERM else 0
+
+
 def report(fn, *args) -> int:
     """Run ``fn(*args)`` for a CLI: print its JSON-able result, or a user error as one line (exit 2)."""
     return cli_main(lambda _argv: fn(*args), [])

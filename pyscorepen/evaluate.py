@@ -1,7 +1,7 @@
 """``python -m pyscorepen.evaluate RUN_DIR [--episodes K]``: re-evaluate a saved run.
 
 Rebuilds the task and agent from ``RUN_DIR/config.json``, loads ``policy.pt`` (or the
-latest ``checkpoint.pt`` of an unfinished run) and prints the same summary as training.
+newest good ``checkpoint-<step>.pt`` of an unfinished run) and prints the same summary as training.
 
 With ``--cdsa CDSA_RUN [--k1 K1 --k2 K2 --iterations n]`` the run's policy is evaluated with and
 without CDSA's test-time action correction (CDSA Algorithm 2, Eq. 10) on the same initial states:
@@ -19,7 +19,7 @@ import tyro
 
 from pyscorepen import runs
 from pyscorepen.config import TrainConfig
-from pyscorepen.errors import DEBUG_HELP, PyScorePenError, cli_main
+from pyscorepen.errors import DEBUG_HELP, DivergenceError, PyScorePenError, cli_main
 
 
 @dataclass
@@ -90,6 +90,9 @@ def evaluate_run(args: EvaluateArgs) -> dict:
     result = trainer.evaluate(args.episodes)
     summary = {"algo": trainer.config.algo, "task": trainer.config.task, "seed": trainer.config.seed,
                "steps": trainer.step, **trainer.return_stats(result)}
+    bad = runs.first_nonfinite(summary)
+    if bad is not None:
+        raise DivergenceError(f"{args.run_dir}: the evaluation gives {bad[0]} = {bad[1]}; the policy has diverged")
     if args.write:
         runs.write_summary(args.run_dir, summary)
     return summary

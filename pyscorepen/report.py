@@ -265,11 +265,11 @@ def cliff_heatmap(run_dir: Path, config: dict) -> tuple[str, str]:
     cfg.progress, cfg.device, cfg.tensorboard = False, "cpu", False
     if (run_dir / runs.POLICY).is_file():
         agent_state = runs.load_torch_file(run_dir / runs.POLICY, "the final agent")
-    elif (run_dir / runs.CHECKPOINT).is_file():
-        agent_state = runs.load_torch_file(run_dir / runs.CHECKPOINT, "the training checkpoint",
-                                           weights_only=False)["agent"]
+    elif (state := runs.load_latest_checkpoint(run_dir, ("agent",), map_location="cpu",
+                                                         quarantine=False)) is not None:
+        agent_state = state["agent"]
     else:
-        return "", "no heatmap: the run has no policy.pt or checkpoint.pt yet."
+        return "", "no heatmap: the run has no policy.pt or readable checkpoint-<step>.pt yet."
     task = make_task(cfg.task, cliff=cfg.cliff)
     trainer = Trainer(cfg, task, run_dir)
     trainer.agent.load_state_dict(agent_state)

@@ -7,7 +7,10 @@
                         (every key, its unit and meaning: docs/metrics.md)
       summary.json      algo, task, seed, steps, return_mean, return_std, normalized_score_*,
                         (cliff) final_distance_to_goal_mean
-      checkpoint.pt     latest training state (agent, model buffer, RNG) for resuming
+      checkpoint-<step>.pt  the last K training states (agent, model buffer, RNG, logging
+                        state) for resuming; the newest readable one is used
+      dynamics-fit-<epoch>.pt, score-fit-<step>.pt  in-progress pretraining (removed when done)
+      debug-<step>.pt   state at a divergence (NaN/inf); never used for resuming
       dynamics.pt       trained dynamics ensemble      score.pt   trained score model
                         (each {'fingerprint', 'state_dict'}: see model_fingerprint)
       pretrain.json     their training statistics (epochs, holdout MSE, DSM loss, samples/s)
@@ -20,11 +23,17 @@
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import math
+import os
 import re
+import signal
+import tempfile
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -33,10 +42,13 @@ from pyscorepen.errors import PyScorePenError
 log = logging.getLogger(__name__)
 
 CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
-CHECKPOINT, DYNAMICS, SCORE, POLICY = "checkpoint.pt", "dynamics.pt", "score.pt", "policy.pt"
+CHECKPOINT, DYNAMICS, SCORE, POLICY = "checkpoint-<step>.pt", "dynamics.pt", "score.pt", "policy.pt"
 PRETRAIN = "pretrain.json"
+CHECKPOINT_PREFIX, DYNAMICS_FIT, SCORE_FIT, DEBUG = "checkpoint", "dynamics-fit", "score-fit", "debug"
 HEATMAP, CURVE = "penalty_heatmap.png", "learning_curve.png"
 EVAL_RETURNS, PENALTY_SAMPLE = "eval_returns.json", "penalty_sample.json"
+
+log = logging.getLogger(__name__)
 
 
 def default_run_dir(algo: str, task: str, seed: int) -> Path:
@@ -44,9 +56,79 @@ def default_run_dir(algo: str, task: str, seed: int) -> Path:
     return Path("runs") / f"{algo}-{slug}-s{seed}"
 
 
+# ------------------------------------------------------------------------------ durable writes
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (no-op where directories cannot be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable) -> None:
+    """Write ``path`` all-or-nothing: ``write(f)`` fills a temp file in the same folder, which
+    is flushed, fsynced and renamed over ``path`` (then the folder is fsynced). A crash at any
+    point leaves either the old file or the new one, never a torn one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    import torch
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def dumps_json(obj, **kwargs) -> str:
+    """The one JSON encoder of the library: strict JSON, so NaN/inf raise ValueError instead of
+    writing ``NaN``/``Infinity`` that other tools cannot read."""
+    return json.dumps(obj, allow_nan=False, **kwargs)
+
+
+def write_json(path: Path, obj) -> None:
+    """Strict, atomic, indented JSON file (config.json, summary.json, pretrain.json)."""
+    atomic_write_text(path, dumps_json(obj, indent=2) + "\n")
+
+
+def first_nonfinite(values: dict, limit: float = math.inf) -> tuple[str, float] | None:
+    """The first (key, value) of ``values`` whose number is NaN, +-inf or beyond +-``limit``;
+    None if all are fine."""
+    for key, value in values.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not abs(value) <= limit:
+            return key, value
+    return None
+
+
+def remove_stale_temps(run_dir: Path) -> None:
+    """Delete temp files left by a write that a SIGKILL cut short (see :func:`atomic_write`)."""
+    for tmp in Path(run_dir).glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+# ------------------------------------------------------------------------------ metrics, summary
 def append_metrics(run_dir: Path, row: dict) -> None:
+    line = dumps_json(row) + "\n"          # raises on NaN/inf before anything is written
     with open(Path(run_dir) / METRICS, "a") as f:
-        f.write(json.dumps(row) + "\n")
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 class RunFileError(PyScorePenError):
@@ -111,13 +193,125 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def truncate_metrics(run_dir: Path, step: int) -> None:
-    """Drop metric rows logged after the checkpoint we resume from."""
+    """Drop metric rows logged after the checkpoint we resume from (and a line cut by a kill)."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return
     rows = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
-    (Path(run_dir) / METRICS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(path, "".join(dumps_json(r) + "\n" for r in rows))
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:
-    (Path(run_dir) / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(Path(run_dir) / SUMMARY, summary)
+
+
+# ------------------------------------------------------------------------------ rotated checkpoints
+def checkpoint_files(run_dir: Path, prefix: str = CHECKPOINT_PREFIX) -> list[tuple[int, Path]]:
+    """``<prefix>-<index>.pt`` files of ``run_dir``, newest (highest index) first."""
+    pattern = re.compile(rf"{re.escape(prefix)}-(\d+)\.pt")
+    found = [(int(m.group(1)), p) for p in Path(run_dir).glob(f"{prefix}-*.pt")
+             if (m := pattern.fullmatch(p.name))]
+    return sorted(found, reverse=True)
+
+
+def latest_checkpoint(run_dir: Path, prefix: str = CHECKPOINT_PREFIX) -> Path | None:
+    """The newest ``<prefix>-<index>.pt`` of ``run_dir`` (unvalidated), or None."""
+    found = checkpoint_files(run_dir, prefix)
+    return found[0][1] if found else None
+
+
+def save_checkpoint(state: dict, run_dir: Path, index: int, keep: int, prefix: str = CHECKPOINT_PREFIX) -> Path:
+    """Atomically write ``<prefix>-<index>.pt`` and delete all but the newest ``keep`` of them."""
+    path = Path(run_dir) / f"{prefix}-{index}.pt"
+    atomic_torch_save(state, path)
+    for _, old in checkpoint_files(run_dir, prefix)[max(keep, 1):]:
+        with contextlib.suppress(OSError):
+            old.unlink()
+    return path
+
+
+def remove_checkpoints(run_dir: Path, prefix: str) -> None:
+    for _, path in checkpoint_files(run_dir, prefix):
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def load_latest_checkpoint(run_dir: Path, required: Iterable[str], prefix: str = CHECKPOINT_PREFIX,
+                           map_location=None, quarantine: bool = True) -> dict | None:
+    """The newest ``<prefix>-<index>.pt`` that loads and holds the ``required`` keys; None if none.
+
+    An unreadable or incomplete one is renamed to ``*.pt.corrupt`` (out of the rotation; not with
+    ``quarantine=False``, for read-only tools) with a one-line warning saying which older
+    checkpoint is used instead.
+    """
+    import torch
+    candidates = checkpoint_files(run_dir, prefix)
+    for i, (_, path) in enumerate(candidates):
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=False)
+            missing = [k for k in required if k not in state] if isinstance(state, dict) else ["(not a dict)"]
+            if missing:
+                raise ValueError(f"missing {', '.join(missing)}")
+            return state
+        except Exception as err:  # noqa: BLE001 - any failure means "not a good checkpoint"
+            reason = (str(err).splitlines() or [type(err).__name__])[0][:120]
+            later = (f"falling back to {candidates[i + 1][1].name}" if i + 1 < len(candidates)
+                     else "no older one left; starting this stage over")
+            moved = f"moved to {path.name}.corrupt, " if quarantine else ""
+            log.warning("%s is unreadable (%s); %s%s", path, reason, moved, later)
+            if quarantine:
+                with contextlib.suppress(OSError):
+                    path.rename(path.with_name(path.name + ".corrupt"))
+    return None
+
+
+def save_debug_checkpoint(state: dict, run_dir: Path, index: int | str) -> Path:
+    """``debug-<index>.pt`` (a step, or a pretraining stage): the state at a divergence, kept
+    apart from the resumable checkpoints."""
+    path = Path(run_dir) / f"{DEBUG}-{index}.pt"
+    atomic_torch_save(state, path)
+    return path
+
+
+# ------------------------------------------------------------------------------ interrupts
+class GracefulInterrupt:
+    """While active, SIGINT/SIGTERM only set :attr:`signum`; the training loops poll
+    :attr:`requested` after each update, checkpoint and stop. A second signal exits at once
+    (the newest checkpoint is intact: every write is atomic)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            os._exit(128 + signum)
+        self.signum = signum
+
+    def __enter__(self) -> "GracefulInterrupt":
+        with contextlib.suppress(ValueError):          # not the main thread: leave signals alone
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+def fault_injection_point(point: str, index: int) -> None:
+    """Fault injection for the kill-and-resume tests: with ``PYSCOREPEN_TEST_KILL_AT=point:index``
+    (e.g. ``dynamics_epoch:3``), the process sends itself ``PYSCOREPEN_TEST_SIGNAL`` (KILL, TERM
+    or INT; default KILL) when it reaches that point."""
+    target = os.environ.get("PYSCOREPEN_TEST_KILL_AT")
+    if target and target == f"{point}:{index}":
+        sig = getattr(signal, "SIG" + os.environ.get("PYSCOREPEN_TEST_SIGNAL", "KILL"))
+        os.kill(os.getpid(), sig)
 
 
 def summarize(result, task) -> dict[str, float]:
@@ -192,12 +386,8 @@ def model_fingerprint(kind: str, identity: dict, model_config) -> dict:
 
 
 def save_model(path: Path, state_dict: dict, fingerprint: dict) -> None:
-    """dynamics.pt / score.pt: ``{'fingerprint', 'state_dict'}``, written to a temp file and renamed."""
-    import torch
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"fingerprint": fingerprint, "state_dict": state_dict}, tmp)
-    tmp.replace(path)
+    """dynamics.pt / score.pt: ``{'fingerprint', 'state_dict'}``, written atomically (:func:`atomic_write`)."""
+    atomic_torch_save({"fingerprint": fingerprint, "state_dict": state_dict}, path)
 
 
 def load_model(path: Path, what: str, fingerprint: dict | None, map_location="cpu", hint: str = "") -> dict:

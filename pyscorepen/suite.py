@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from pyscorepen.configs import dataset_defaults, dataset_key, load_defaults, preset_args, to_cli_args
+from pyscorepen.runs import dumps_json
 
 SUMMARY, METRICS, SUITE_CONFIG = "summary.json", "metrics.jsonl", "suite.json"
 
@@ -185,7 +186,7 @@ def run_suite(config: SuiteConfig) -> dict:
                 print(" ".join(train_command(config, algo, task, seed, defaults)))
             return {"table": "", "rows": [], "failed": []}
         failed += launch_runs(config, todo, defaults, out)
-    (out / SUITE_CONFIG).write_text(json.dumps(asdict(config), indent=2) + "\n")
+    (out / SUITE_CONFIG).write_text(dumps_json(asdict(config), indent=2) + "\n")
     rows = aggregate(config)
     table = markdown_table(rows, config.algos, config.tasks)
     (out / "results.md").write_text(table + "\n")
@@ -201,7 +202,7 @@ def log_run(out: Path, algo: str, task: str, seed: int, cmd: list[str], returnco
     record = {"algo": algo, "task": task, "seed": seed, "cmd": cmd, "returncode": returncode,
               "wall_s": round(wall_s, 2), **extra}
     with open(out / "suite_log.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(dumps_json(record) + "\n")
     if returncode == 0:
         return []
     print(f"[suite] FAILED (exit {returncode}): {' '.join(cmd)}\n{stderr_tail}", file=sys.stderr)
@@ -268,6 +269,13 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
+def _finite(value) -> bool:
+    try:
+        return value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def behaviour_score(task: str, summaries: list[dict], cache: dict) -> float | None:
     """The dataset's behaviour normalized score: from the runs' summaries (written by the trainer)
     or, for runs made before it did, computed once per task by loading the dataset (None if that
@@ -301,6 +309,12 @@ def aggregate(config: SuiteConfig) -> list[dict]:
         for task in config.tasks:
             summaries = [(s, _read_json(run_dir(config, algo, task, s) / SUMMARY)) for s in config.seeds]
             summaries = [(s, d) for s, d in summaries if d is not None]
+            for s, d in summaries:
+                if d.get("return_mean") is not None and not _finite(d.get("return_mean")):
+                    print(f"[suite] skipped {run_dir(config, algo, task, s)}: non-finite return_mean "
+                          f"{d.get('return_mean')!r} (diverged run)", file=sys.stderr)
+            summaries = [(s, d) for s, d in summaries
+                         if d.get("return_mean") is None or _finite(d.get("return_mean"))]
             done = [d for _, d in summaries]
             norm = [d.get("normalized_score_mean") for _, d in summaries]
             norm = [float(x) for x in norm if x is not None and math.isfinite(float(x))]
@@ -379,7 +393,7 @@ def read_curve(run: Path) -> tuple[np.ndarray, np.ndarray, str] | None:
     if not rows:
         return None
     metric = "normalized_score_mean" if all(r.get("normalized_score_mean") is not None for r in rows) else "return_mean"
-    rows = [r for r in rows if r.get(metric) is not None]
+    rows = [r for r in rows if _finite(r.get(metric))]      # NaN/inf rows of diverged runs: not plotted
     if not rows:
         return None
     return np.array([r["step"] for r in rows], float), np.array([r[metric] for r in rows], float), metric

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -14,14 +15,15 @@ import tyro
 
 from pyscorepen import runs
 from pyscorepen.config import TrainConfig, defaults_for
-from pyscorepen.errors import DEBUG_HELP, PyScorePenError, cli_main
+from pyscorepen.errors import DEBUG_HELP, PyScorePenError, TrainingInterrupted, cli_main
 from pyscorepen.tasks import make_task
 
 log = logging.getLogger("pyscorepen")
 
 
 IGNORED_ON_RESUME = {"steps", "progress", "eval_interval", "eval_episodes", "device", "out", "tensorboard",
-                     "pretrain_only", "threads"}
+                     "pretrain_only", "threads", "keep_checkpoints", "dynamics_checkpoint_interval",
+                     "score_checkpoint_interval", "divergence_limit"}
 """Fields that may change when a run folder is resumed (a larger ``steps`` extends the run)."""
 
 
@@ -60,9 +62,7 @@ def prepare_run_dir(config: TrainConfig) -> Path:
     new["out"] = str(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / (runs.CONFIG + ".tmp")
-        tmp.write_text(json.dumps(new, indent=2) + "\n")
-        tmp.replace(run_dir / runs.CONFIG)
+        runs.write_json(run_dir / runs.CONFIG, new)      # atomic (temp file, fsync, rename), strict JSON
     except OSError as err:
         try:   # leave nothing behind
             (run_dir / (runs.CONFIG + ".tmp")).unlink(missing_ok=True)
@@ -142,7 +142,16 @@ def parse_config(argv: list[str]) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return cli_main(lambda args: run(parse_config(args)), argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return cli_main(lambda args: run(parse_config(args)), argv)
+    except TrainingInterrupted as stop:   # SIGINT/SIGTERM: a checkpoint was written
+        print(f"{stop}; checkpoint saved in {stop.run_dir}. Resume with: "
+              f"python -m pyscorepen.train {shlex.join(argv)}".rstrip(), file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt:             # before training started: nothing to save
+        print("interrupted before training started; nothing was saved", file=sys.stderr)
+        return 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -21,10 +22,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pyscorepen import runs
+from pyscorepen import rng, runs
 from pyscorepen.algos import ALGORITHMS, COMBO, SAC
 from pyscorepen.config import TrainConfig
 from pyscorepen.data import Batch, ReplayBuffer
+from pyscorepen.errors import DivergenceError, TrainingInterrupted
 from pyscorepen.models.dynamics import EnsembleDynamics, rollout
 from pyscorepen.evaluation import EvalResult, evaluate_policy
 from pyscorepen.models.nets import mlp_weights
@@ -83,6 +85,10 @@ class Trainer:
         self.real_ratio = self.algorithm.real_ratio if config.real_ratio is None else config.real_ratio
         self.step = 0
         self.score_params = None
+        self.running: dict[str, float] = {}        # running means of the update statistics (logged)
+        self.last_rollout: dict[str, float] = {}   # statistics of the latest rollout round (logged)
+        self.interrupt = runs.GracefulInterrupt()  # replaced by the active one in train()
+        self.tb = None                             # TensorBoard sink while train() runs (--tensorboard)
 
     # --------------------------------------------------------------------------- pretraining
     def fingerprint(self, kind: str) -> dict:
@@ -121,42 +127,84 @@ class Trainer:
                                     f"{', '.join(self.needed_models())}, so there is nothing to reuse")
 
     def pretrain(self) -> dict[str, float]:
-        """Dynamics ensemble and score model, each trained once and saved in the run folder."""
-        info: dict[str, float] = {}
-        progress = self.config.progress
-        if self.config.pretrained_from:   # checked by check_saved_models before the folder was made
-            import shutil
-            for name in self.needed_models():
-                src = Path(self.config.pretrained_from) / name
+        """Dynamics ensemble and score model, each trained once and saved in the run folder.
+
+        Each fit checkpoints itself (``dynamics-fit-<epoch>.pt`` every
+        ``dynamics_checkpoint_interval`` epochs, ``score-fit-<step>.pt`` every
+        ``score_checkpoint_interval`` steps, and on SIGINT/SIGTERM) and resumes from there; each
+        starts from its own seed (:func:`pyscorepen.rng.stage_seed`), so a resumed or reloaded
+        stage gives bit-identical models. Returns the statistics of pretrain.json.
+        """
+        cfg = self.config
+        info = self._read_pretrain_stats()
+        if cfg.pretrained_from:
+            for name in self.needed_models():   # checked by check_saved_models before
+                src = Path(cfg.pretrained_from) / name
                 if src.exists() and not (self.run_dir / name).exists():
-                    shutil.copyfile(src, self.run_dir / name)
+                    runs.atomic_write(self.run_dir / name, lambda f: f.write(src.read_bytes()))
         if self.algorithm.uses_model:
-            path = self.run_dir / runs.DYNAMICS
-            if path.exists():
-                hint = f"Delete {path} to retrain it."
-                state = runs.load_model(path, "the dynamics model", self.fingerprint("dynamics"),
-                                        map_location=self.device, hint=hint)
-                runs.load_state(self.dynamics, state, path, "the dynamics model", hint)
-            else:
-                info.update(self.dynamics.fit(self.dataset, progress=progress))
-                runs.save_model(path, self.dynamics.state_dict(), self.fingerprint("dynamics"))
-                log.info("dynamics: %s", info)
+            info.update(self._pretrain_stage("dynamics", self.dynamics, runs.DYNAMICS, runs.DYNAMICS_FIT,
+                                             cfg.dynamics_checkpoint_interval, "on_epoch", "dynamics_epoch",
+                                             stop=lambda: self.interrupt.requested))
         if self.score is not None:
-            path = self.run_dir / runs.SCORE
-            if path.exists():
-                hint = f"Delete {path} to retrain it."
-                state = runs.load_model(path, "the score model", self.fingerprint("score"), map_location=self.device,
-                                        hint=hint)
-                runs.load_state(self.score, state, path, "the score model", hint)
-                self.score.requires_grad_(False)
-            else:
-                info.update(self.score.fit(self.dataset, progress=progress))
-                runs.save_model(path, self.score.state_dict(), self.fingerprint("score"))
-                log.info("score: %s", info)
+            info.update(self._pretrain_stage("score", self.score, runs.SCORE, runs.SCORE_FIT,
+                                             cfg.score_checkpoint_interval, "on_step", "score_step"))
+            self.score.requires_grad_(False)
             self.score_params = mlp_weights(self.score.penalty_net())
-        if info:   # statistics of the models trained in this run (epochs, holdout error, samples/s)
-            (self.run_dir / runs.PRETRAIN).write_text(json.dumps(info, indent=2) + "\n")
         return info
+
+    def _pretrain_stage(self, stage: str, model, final_name: str, prefix: str, interval: int,
+                        hook_arg: str, point: str, **fit_kwargs) -> dict[str, float]:
+        """Load ``final_name`` if it exists; else fit ``model`` (resuming from the newest good
+        ``<prefix>-<i>.pt``), save it atomically and record its statistics in pretrain.json."""
+        path = self.run_dir / final_name
+        if path.exists():
+            self.load_pretrained(stage, model, path)
+            runs.remove_checkpoints(self.run_dir, prefix)
+            return {}
+        resume = runs.load_latest_checkpoint(self.run_dir, model.FIT_STATE_KEYS, prefix, map_location=self.device)
+        if resume is None:
+            rng.seed_all(rng.stage_seed(self.config.seed, stage))
+        else:
+            log.info("resuming the %s fit from %s-%d.pt", stage, prefix, resume.get("epoch", resume.get("step")))
+
+        def on_progress(index: int, state_fn) -> None:
+            runs.fault_injection_point(point, index)
+            if index % interval == 0 or self.interrupt.requested:
+                runs.save_checkpoint(state_fn(), self.run_dir, index, self.config.keep_checkpoints, prefix)
+            if self.interrupt.requested:
+                raise TrainingInterrupted(self.interrupt.signum, f"{stage} pretraining ({prefix}-{index}.pt)",
+                                          self.run_dir)
+
+        try:
+            stats = model.fit(self.dataset, progress=self.config.progress, resume=resume,
+                              **{hook_arg: on_progress}, **fit_kwargs)
+        except DivergenceError as err:
+            debug = runs.save_debug_checkpoint({"stage": stage, "model": model.state_dict()}, self.run_dir, stage)
+            raise DivergenceError(f"{err}. The model at that point is in {debug} (for debugging; never resumed "
+                                  "from).") from None
+        self.save_pretrained(stage, model, path)
+        runs.remove_checkpoints(self.run_dir, prefix)
+        log.info("%s: %s", stage, stats)
+        merged = {**self._read_pretrain_stats(), **stats}
+        runs.write_json(self.run_dir / runs.PRETRAIN, merged)
+        return stats
+
+    def load_pretrained(self, kind: str, model, path: Path) -> None:
+        """``dynamics.pt`` / ``score.pt`` into ``model``, refused if its fingerprint differs."""
+        hint = f"Delete {path} to retrain it."
+        state = runs.load_model(path, f"the {kind} model", self.fingerprint(kind), map_location=self.device, hint=hint)
+        runs.load_state(model, state, path, f"the {kind} model", hint)
+
+    def save_pretrained(self, kind: str, model, path: Path) -> None:
+        runs.save_model(path, model.state_dict(), self.fingerprint(kind))
+
+    def _read_pretrain_stats(self) -> dict[str, float]:
+        path = self.run_dir / runs.PRETRAIN
+        try:
+            return json.loads(path.read_text()) if path.exists() else {}
+        except (OSError, json.JSONDecodeError):
+            return {}
 
     # --------------------------------------------------------------------------- loop pieces
     def policy(self, obs: torch.Tensor) -> torch.Tensor:
@@ -185,82 +233,124 @@ class Trainer:
                                keep_trajectories=keep_trajectories)
 
     # --------------------------------------------------------------------------- checkpoints
-    def save_checkpoint(self) -> None:
-        state = {"step": self.step, "agent": self.agent.state_dict(),
-                 "model_buffer": self.model_buffer.state_dict(), "torch_rng": torch.get_rng_state(),
-                 "numpy_rng": np.random.get_state()}
-        tmp = self.run_dir / (runs.CHECKPOINT + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.run_dir / runs.CHECKPOINT)
+    CHECKPOINT_KEYS = ("step", "agent", "model_buffer", "rng", "logging")
+
+    def training_state(self) -> dict:
+        """Everything policy learning needs to continue bit-identically, metrics included."""
+        return {"step": self.step, "agent": self.agent.state_dict(), "model_buffer": self.model_buffer.state_dict(),
+                "rng": rng.get_rng_state(), "logging": {"running": dict(self.running),
+                                                        "last_rollout": dict(self.last_rollout)}}
+
+    def save_checkpoint(self) -> Path:
+        return runs.save_checkpoint(self.training_state(), self.run_dir, self.step, self.config.keep_checkpoints)
 
     def load_checkpoint(self) -> bool:
-        path = self.run_dir / runs.CHECKPOINT
-        if not path.exists():
+        """Load the newest good ``checkpoint-<step>.pt`` (older ones are fallbacks); False if none."""
+        state = runs.load_latest_checkpoint(self.run_dir, self.CHECKPOINT_KEYS, map_location=self.device)
+        legacy = self.run_dir / "checkpoint.pt"     # written by versions before the rotation
+        if state is None and legacy.exists():
+            state = runs.load_torch_file(legacy, "the training checkpoint", map_location=self.device,
+                                         weights_only=False, hint=f"Delete {legacy} to restart policy learning.")
+            state.update(rng={"torch": state["torch_rng"], "numpy": state["numpy_rng"]},
+                         logging={"running": {}, "last_rollout": {}})
+        if state is None:
             return False
-        state = runs.load_torch_file(path, "the training checkpoint", map_location=self.device, weights_only=False,
-                                     hint=f"Delete {path} to restart policy learning from step 0.")
         self.step = state["step"]
         self.agent.load_state_dict(state["agent"])
         self.model_buffer.load_state_dict(state["model_buffer"])
-        torch.set_rng_state(state["torch_rng"])
-        np.random.set_state(state["numpy_rng"])
-        runs.truncate_metrics(self.run_dir, self.step)
+        rng.set_rng_state(state["rng"])
+        self.running, self.last_rollout = dict(state["logging"]["running"]), dict(state["logging"]["last_rollout"])
         return True
+
+    def check_finite(self, values: dict, what: str, limit: float = float("inf")) -> None:
+        """Divergence guard: stop at the first NaN/inf (or value beyond +-``limit``), keeping the
+        state in debug-<step>.pt."""
+        bad = runs.first_nonfinite(values, limit)
+        if bad is None:
+            return
+        debug = runs.save_debug_checkpoint(self.training_state(), self.run_dir, self.step)
+        good = runs.checkpoint_files(self.run_dir)
+        raise DivergenceError(
+            f"training diverged at step {self.step}: {what} '{bad[0]}' is {bad[1]}"
+            f"{'' if not math.isfinite(limit) or not math.isfinite(bad[1]) else f' (beyond --divergence-limit {limit:g})'}"
+            f". The state at that step is in "
+            f"{debug} (for debugging; never resumed from); the last good checkpoint is "
+            f"{good[0][1].name if good else 'none'}. Lower the learning rates (--sac.actor-lr, --sac.critic-lr) "
+            "or the penalty coefficients (--beta, --mopo-lambda) and start a new run with another --out.")
 
     # --------------------------------------------------------------------------- main loop
     def train(self) -> dict:
+        """Pretrain, then learn the policy; SIGINT/SIGTERM checkpoint and raise TrainingInterrupted."""
+        with runs.GracefulInterrupt() as self.interrupt:
+            try:
+                return self._train()
+            finally:
+                if self.tb is not None:
+                    self.tb.close()
+                    self.tb = None
+
+    def _train(self) -> dict:
         cfg = self.config
-        resumed = self.load_checkpoint()
+        runs.remove_stale_temps(self.run_dir)
         pre = self.pretrain()
-        tb = None
+        resumed = self.load_checkpoint()
+        if resumed:
+            runs.truncate_metrics(self.run_dir, self.step)
+            log.info("resuming %s from %s-%d.pt (step %d)", self.run_dir, runs.CHECKPOINT_PREFIX, self.step, self.step)
+        else:
+            rng.seed_all(rng.stage_seed(cfg.seed, "policy"))
+            runs.truncate_metrics(self.run_dir, 0)
         if cfg.tensorboard:   # optional scalars sink (pyscorepen.tensorboard_log)
             from pyscorepen.tensorboard_log import TensorBoardLog
-            tb = TensorBoardLog(self.run_dir, resume_step=self.step if resumed else None)
-        if resumed:
-            log.info("resuming %s from step %d", self.run_dir, self.step)
+            self.tb = TensorBoardLog(self.run_dir, resume_step=self.step if resumed else None)
         t_start, t_updates, updates = time.perf_counter(), 0.0, 0
-        last_rollout: dict[str, float] = {}
-        running: dict[str, float] = {}
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.algo}", unit="step",
                    disable=not cfg.progress, dynamic_ncols=True)
         while self.step < cfg.steps:
             if self.algorithm.uses_model and (self.step % cfg.rollout.freq == 0 or len(self.model_buffer) == 0):
-                last_rollout = self.rollout_round()
+                self.last_rollout = self.rollout_round()
+                self.check_finite(self.last_rollout, "the model rollout statistic", cfg.divergence_limit)
             t0 = time.perf_counter()
             info = self.agent.update(self.sample_batch())
             t_updates += time.perf_counter() - t0
             updates += 1
-            for k, v in info.items():   # exponential running mean for logging
-                running[k] = v if k not in running else 0.99 * running[k] + 0.01 * v
             self.step += 1
+            self.check_finite(info, "the training statistic", cfg.divergence_limit)
+            for k, v in info.items():   # exponential running mean for logging
+                self.running[k] = v if k not in self.running else 0.99 * self.running[k] + 0.01 * v
             bar.update(1)
+            saved = False
             if self.step % cfg.eval_interval == 0 or self.step == cfg.steps:
                 # an agent without a policy (CDSA) logs its losses only
                 result = self.return_stats(self.evaluate(cfg.eval_episodes)) if self.algorithm.has_policy else {}
-                row = {"step": self.step, **result, **running, **last_rollout,
+                row = {"step": self.step, **result, **self.running, **self.last_rollout,
                        **({} if self.step > cfg.eval_interval else pre),
                        "updates_per_s": updates / max(t_updates, 1e-9)}
+                self.check_finite(row, "the logged value")
                 runs.append_metrics(self.run_dir, row)
-                if tb is not None:
-                    tb.write(row)
+                if self.tb is not None:
+                    self.tb.write(row)
                 self.save_checkpoint()
+                saved = True
                 if result:
-                    bar.set_postfix(ret=f"{row['return_mean']:.2f}", q=f"{running.get('q_mean', 0):.1f}")
+                    bar.set_postfix(ret=f"{row['return_mean']:.2f}", q=f"{self.running.get('q_mean', 0):.1f}")
                 else:
-                    bar.set_postfix({k.removeprefix("loss/"): f"{v:.3g}" for k, v in running.items()})
+                    bar.set_postfix({k.removeprefix("loss/"): f"{v:.3g}" for k, v in self.running.items()})
+            runs.fault_injection_point("policy_step", self.step)
+            if self.interrupt.requested and self.step < cfg.steps:
+                path = self.run_dir / f"{runs.CHECKPOINT_PREFIX}-{self.step}.pt" if saved else self.save_checkpoint()
+                raise TrainingInterrupted(self.interrupt.signum, f"policy training ({path.name})", self.run_dir)
         bar.close()
-        if tb is not None:
-            tb.close()
         final = self.evaluate(cfg.eval_episodes, keep_trajectories=True) if self.algorithm.has_policy else None
         summary = {"algo": cfg.algo, "task": cfg.task, "seed": cfg.seed, "steps": self.step,
-                   **(self.return_stats(final) if final is not None else running), **self.behaviour_stats(),
+                   **(self.return_stats(final) if final is not None else self.running), **self.behaviour_stats(),
                    "train_seconds": time.perf_counter() - t_start}
+        self.check_finite(summary, "the final evaluation")
+        runs.atomic_torch_save(self.agent.state_dict(), self.run_dir / runs.POLICY)
         if final is not None:
-            self.write_diagnostics(final)   # before summary.json, which marks the run finished
-        runs.write_summary(self.run_dir, summary)
-        torch.save(self.agent.state_dict(), self.run_dir / runs.POLICY)
-        if final is not None:
+            self.write_diagnostics(final)
             self.make_plots(final)
+        runs.write_summary(self.run_dir, summary)   # last: a folder with summary.json is complete
         return summary
 
     def return_stats(self, result: EvalResult) -> dict[str, float]:

@@ -29,7 +29,7 @@ def test_train_cli_writes_run_folder_and_resumes(tmp_path):
     out = tmp_path / "run"
     cli("pyscorepen.train", "--algo", "scorepen", "--task", "cliff", "--goal", "0.1", "0.3", "--seed", "3",
         "--beta", "0.02", "--out", str(out), *tiny_args(steps=10))
-    for name in ("config.json", "metrics.jsonl", "summary.json", "checkpoint.pt", "dynamics.pt", "score.pt", "pretrain.json",
+    for name in ("config.json", "metrics.jsonl", "summary.json", "checkpoint-10.pt", "dynamics.pt", "score.pt", "pretrain.json",
                  "policy.pt", "learning_curve.png", "penalty_heatmap.png"):
         assert (out / name).exists(), name
     config = json.loads((out / "config.json").read_text())

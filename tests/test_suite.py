@@ -108,3 +108,20 @@ def test_suite_smoke_run_and_skip(tmp_path, minari_root):
     # a second call finds the run finished and launches nothing
     assert main(argv) == 0
     assert len((out / "suite_log.jsonl").read_text().splitlines()) == 1
+
+
+def test_aggregate_skips_diverged_runs_with_nan_or_infinity(tmp_path, capsys):
+    """Summaries written before the divergence guard (NaN/Infinity in the JSON) are skipped with a
+    warning, never averaged in; their NaN curve rows are not plotted."""
+    task = "mujoco/hopper/medium-v0"
+    config = SuiteConfig(algos=("mopo",), tasks=(task,), seeds=(0, 1, 2), out=str(tmp_path / "suite"),
+                         aggregate_only=True)
+    fake_run(config, "mopo", task, 0, 50.0, [(10, 25.0), (20, 50.0)])
+    fake_run(config, "mopo", task, 1, float("nan"), [(10, 30.0), (20, float("nan"))])
+    fake_run(config, "mopo", task, 2, float("inf"), [(10, 30.0), (20, float("inf"))])
+    result = run_suite(config)
+    row = result["rows"][0]
+    assert row["seeds_done"] == 1 and row["seeds"] == "0"
+    assert row["normalized_score_mean"] == 50.0 and row["return_mean"] == 500.0
+    err = capsys.readouterr().err
+    assert err.count("non-finite return_mean") == 2 and "seed1" in err and "seed2" in err

@@ -97,14 +97,14 @@ def test_ray_suite_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
         deadline = time.monotonic() + 420
         while len(killed) < len(SEEDS) and suite.poll() is None and time.monotonic() < deadline:
             for seed, folder in folders.items():
-                if seed in killed or not (folder / runs.CHECKPOINT).is_file():
+                if seed in killed or runs.latest_checkpoint(folder) is None:
                     continue
                 pid = train_pid(folder)
                 if pid is None or (folder / runs.SUMMARY).exists():
                     continue
                 victim = pid if how[seed] == "train process" else parent_pid(pid)
                 os.kill(victim, signal.SIGKILL)       # a process this test's suite started
-                step = torch.load(folder / runs.CHECKPOINT, weights_only=False)["step"]
+                step = torch.load(runs.latest_checkpoint(folder), weights_only=False)["step"]
                 killed[seed] = {"train_pid": pid, "victim": victim, "checkpoint_step": step,
                                 "dynamics_mtime": (folder / runs.DYNAMICS).stat().st_mtime_ns}
                 assert not (folder / runs.SUMMARY).exists(), "the run finished before it could be killed"

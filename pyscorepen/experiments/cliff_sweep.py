@@ -11,6 +11,7 @@ interrupted sweep continues where it stopped. Writes ``sweep.csv``, ``sweep.md``
 from __future__ import annotations
 
 import csv
+import shlex
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 
 from pyscorepen import runs
 from pyscorepen.config import TrainConfig, defaults_for
-from pyscorepen.errors import DEBUG_HELP, cli_main
+from pyscorepen.errors import DEBUG_HELP, TrainingInterrupted, cli_main
 from pyscorepen.train import pretrain_only, run
 
 
@@ -121,7 +122,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def go(argv: list[str]) -> int:
         args = tyro.cli(SweepArgs, args=argv, description=__doc__ + DEBUG_HELP)
-        sweep(args)
+        try:
+            sweep(args)
+        except TrainingInterrupted as stop:   # the current run checkpointed; finished runs are kept
+            print(f"{stop}; checkpoint saved in {stop.run_dir}. Resume with: "
+                  f"python -m pyscorepen.experiments.cliff_sweep {shlex.join(argv)}".rstrip(), file=sys.stderr)
+            return stop.exit_code
         print((args.out / "sweep.md").read_text())
         return 0
     return cli_main(go, argv)

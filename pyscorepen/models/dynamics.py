@@ -13,6 +13,7 @@ import copy
 import logging
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +23,7 @@ from pyscorepen.data import Normalizer, ReplayBuffer, TransitionDataset
 from pyscorepen.models.nets import EnsembleMLP
 from pyscorepen.ops.rollout_step import RolloutStepOut, soft_bound_logvar
 from pyscorepen.ops.score_penalty import score_penalty
+from pyscorepen.rng import get_rng_state, set_rng_state
 
 try:  # dispatching op (cpp / triton / ref); the reference is always there
     from pyscorepen.ops.rollout_step import rollout_step
@@ -67,6 +69,10 @@ class DynamicsConfig:
 
 
 class EnsembleDynamics(nn.Module):
+    FIT_STATE_KEYS = ("epoch", "epochs_since_update", "best", "best_state", "model", "optimizer", "fit_rng",
+                      "samples", "seconds", "batches_done", "rng")
+    """Keys of the resumable :meth:`fit` state (a saved one lacking any is not used)."""
+
     def __init__(self, obs_dim: int, action_dim: int, config: DynamicsConfig,
                  input_normalizer: Normalizer | None = None):
         super().__init__()
@@ -193,10 +199,24 @@ class EnsembleDynamics(nn.Module):
         return torch.optim.Adam(groups, lr=lr, fused=True)
 
     def fit(self, dataset: TransitionDataset, generator: torch.Generator | None = None,
-            progress: bool = True, log=None) -> dict[str, float]:
-        """Train on D with holdout early stopping; pick elites. Returns training statistics."""
+            progress: bool = True, log=None, resume: dict | None = None,
+            on_epoch: Callable[[int, Callable[[], dict]], None] | None = None,
+            stop: Callable[[], bool] | None = None) -> dict[str, float]:
+        """Train on D with holdout early stopping; pick elites. Returns training statistics.
+
+        Resumable: after every epoch that does not stop training, ``on_epoch(epoch, state_fn)``
+        is called; ``state_fn()`` returns the whole fit state (weights, optimizer, early-stopping
+        state, RNG states; the holdout split and bootstrap draws are redrawn from the RNG state
+        at the start of the fit). Passing that dict back as ``resume`` continues exactly where it
+        left off: the result is bit-identical to an uninterrupted fit. ``stop()`` is polled after
+        every minibatch; when it is true, ``on_epoch`` is called at once with the state in the
+        middle of the epoch (the caller saves it and raises; a resume finishes that epoch).
+        Raises :class:`~pyscorepen.errors.DivergenceError` when the training loss is NaN/inf.
+        """
         cfg, device = self.config, self.input_mean.device
         N, E = len(dataset), cfg.ensemble_size
+        fit_rng = get_rng_state(generator) if resume is None else resume["fit_rng"]
+        set_rng_state(fit_rng, generator)        # the split and bootstrap draws come from here
         train_idx, hold_idx = self.holdout_split(N, generator)
         train_idx, hold_idx = train_idx.to(dataset.obs.device), hold_idx.to(dataset.obs.device)
         # input statistics of the training split only (OfflineRL-Kit: scaler.fit(train_inputs)),
@@ -210,13 +230,46 @@ class EnsembleDynamics(nn.Module):
         x_hold, y_hold = x[hold_idx], y[hold_idx]
         member_idx = self.member_indices(train_idx, generator)                          # [E, n_train]
         optim = self.make_optimizer(cfg.lr)
-        best = torch.full((E,), float("inf"), device=device)
-        best_state = copy.deepcopy(self.state_dict())
-        epochs_since_update, epoch, samples, t0 = 0, 0, 0, time.perf_counter()
-        bar = tqdm(desc="dynamics", unit="epoch", disable=not progress, leave=False)
+        if resume is None:
+            best = torch.full((E,), float("inf"), device=device)
+            best_state = copy.deepcopy(self.state_dict())
+            epochs_since_update, epoch, samples, seconds, batches_done = 0, 0, 0, 0.0, 0
+        else:
+            self.load_state_dict(resume["model"])
+            optim.load_state_dict(resume["optimizer"])
+            best, best_state = resume["best"].to(device), resume["best_state"]
+            epochs_since_update, epoch = resume["epochs_since_update"], resume["epoch"]
+            samples, seconds = resume["samples"], resume["seconds"]
+            batches_done = resume["batches_done"]                     # of the epoch in progress
+            set_rng_state(resume["rng"], generator)
+
+        def state_fn() -> dict:
+            check_finite(loss)                      # never checkpoint a diverged model
+            # mid-epoch, "rng" is the state before the epoch's shuffle (redrawn on resume)
+            return {"epoch": epoch, "epochs_since_update": epochs_since_update, "best": best,
+                    "best_state": best_state, "model": self.state_dict(), "optimizer": optim.state_dict(),
+                    "fit_rng": fit_rng, "samples": samples, "seconds": seconds + time.perf_counter() - t0,
+                    "batches_done": batches_done, "rng": epoch_rng if batches_done else get_rng_state(generator)}
+
+        def check_finite(value: Tensor) -> None:
+            if not torch.isfinite(value):
+                from pyscorepen.errors import DivergenceError
+                raise DivergenceError(f"the dynamics training loss is {value.item()} in epoch {epoch + 1}; "
+                                      "lower --dynamics.lr")
+
+        t0 = time.perf_counter()
+        n_batches = -(-member_idx.shape[-1] // cfg.batch_size)
+        bar = tqdm(desc="dynamics", unit="epoch", initial=epoch, disable=not progress, leave=False)
         while True:
-            loss, epoch_samples = self.train_epoch(x, y, member_idx, optim, generator)
-            samples += epoch_samples
+            epoch_rng = get_rng_state(generator)
+            idx = self.shuffle(member_idx, generator)                                   # [E, n_train]
+            for loss, batch_samples in self.train_batches(x, y, idx, optim, first_batch=batches_done):
+                samples += batch_samples
+                batches_done += 1
+                if stop is not None and on_epoch is not None and batches_done < n_batches and stop():
+                    on_epoch(epoch, state_fn)          # mid-epoch state; the caller saves it and raises
+            check_finite(loss)
+            batches_done = 0
             epoch += 1
             mse = self.holdout_error(x_hold, y_hold)                                    # [E]
             improved = mse < 0.99 * best                      # >1% better (MBPO); inf-safe
@@ -235,20 +288,22 @@ class EnsembleDynamics(nn.Module):
                 with torch.no_grad():
                     shown = loss + self.l2_penalty()
                 bar.set_postfix(loss=f"{shown.item():.3f}", holdout_mse=f"{mse.mean().item():.4g}")
-            stop = epochs_since_update >= cfg.max_epochs_since_update or bool(cfg.max_epochs and epoch >= cfg.max_epochs)
-            if not progress and (epoch % LOG_EVERY_EPOCHS == 0 or stop):
+            done = epochs_since_update >= cfg.max_epochs_since_update or bool(cfg.max_epochs and epoch >= cfg.max_epochs)
+            if not progress and (epoch % LOG_EVERY_EPOCHS == 0 or done):
                 elites = torch.argsort(best)[: cfg.num_elites]
                 logger.info("dynamics epoch %d: holdout MSE mean %.4g, best of elites %s %.4g, %d epoch(s) since an "
                          "improvement, %.0f s", epoch, mse.mean().item(), elites.tolist(), best[elites].mean().item(),
-                         epochs_since_update, time.perf_counter() - t0)
-            if stop:
+                         epochs_since_update, seconds + time.perf_counter() - t0)
+            if done:
                 break
+            if on_epoch is not None:
+                on_epoch(epoch, state_fn)
         bar.close()
         self.load_state_dict(best_state)
         final = self.holdout_error(x_hold, y_hold)
         self.holdout_mse.copy_(final)
         self.elites.copy_(torch.argsort(final)[: cfg.num_elites])
-        seconds = time.perf_counter() - t0
+        seconds += time.perf_counter() - t0
         return {"dynamics/epochs": epoch, "dynamics/holdout_mse_elites": final[self.elites].mean().item(),
                 "dynamics/samples_per_s": samples / seconds, "dynamics/seconds": seconds}
 
@@ -277,19 +332,30 @@ class EnsembleDynamics(nn.Module):
         to the loss (any optimizer; the benches' reference). Returns the last loss (without L2
         when ``l2_in_loss`` is False) and the number of member-samples seen.
         """
-        E, n_train, batch_size = self.config.ensemble_size, train_idx.shape[-1], self.config.batch_size
-        rows = train_idx.expand(E, n_train)                                              # [E, n_train]
-        # each member sees its own shuffle of its rows: idx [E, n_train]
-        idx = rows.gather(1, torch.argsort(torch.rand(E, n_train, generator=generator), dim=1).to(x.device))
         samples = 0
-        for start in range(0, n_train, batch_size):
+        for loss, batch_samples in self.train_batches(x, y, self.shuffle(train_idx, generator), optim, l2_in_loss):
+            samples += batch_samples
+        return loss, samples
+
+    def shuffle(self, train_idx: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Each member's own shuffle of its rows (``train_idx`` [n_train] or [E, n_train]):
+        [E, n_train] (the epoch's only RNG draw)."""
+        E, n_train = self.config.ensemble_size, train_idx.shape[-1]
+        rows = train_idx.expand(E, n_train)                                              # [E, n_train]
+        return rows.gather(1, torch.argsort(torch.rand(E, n_train, generator=generator), dim=1).to(rows.device))
+
+    def train_batches(self, x: Tensor, y: Tensor, idx: Tensor, optim: torch.optim.Optimizer,
+                      l2_in_loss: bool = False, first_batch: int = 0):
+        """Minibatch updates over the shuffle ``idx`` [E, n_train] from batch ``first_batch`` on;
+        yields (loss, member-samples) after each update."""
+        batch_size = self.config.batch_size
+        for start in range(first_batch * batch_size, idx.shape[1], batch_size):
             b = idx[:, start:start + batch_size]                                         # [E, b]
             loss = self.loss(x[b], y[b], l2=l2_in_loss)                                  # x[b] [E, b, S+A]
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
-            samples += b.numel()
-        return loss.detach(), samples
+            yield loss.detach(), b.numel()
 
     @torch.no_grad()
     def holdout_error(self, x_hold: Tensor, y_hold: Tensor) -> Tensor:

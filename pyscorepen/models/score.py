@@ -16,8 +16,10 @@ the score in the env's units (the normalized score divided by the coordinates' s
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +28,7 @@ from tqdm.auto import tqdm
 from pyscorepen.data import Normalizer, TransitionDataset
 from pyscorepen.models.nets import mlp, mlp_weights
 from pyscorepen.ops.score_penalty import score_penalty
+from pyscorepen.rng import get_rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,9 @@ class ScoreConfig:
 class ScoreModel(nn.Module):
     """``perturbed``: the (start, stop) range of x's coordinates that are noised and whose score is
     output (default: all of x); ``activation``: the hidden activation's factory (default SiLU)."""
+
+    FIT_STATE_KEYS = ("step", "net", "optimizer", "scheduler", "losses", "seconds", "rng")
+    """Keys of the resumable :meth:`fit` state (a saved one lacking any is not used)."""
 
     def __init__(self, input_dim: int, config: ScoreConfig, normalizer: Normalizer | None = None,
                  perturbed: tuple[int, int] | None = None, activation=nn.SiLU):
@@ -123,7 +129,15 @@ class ScoreModel(nn.Module):
         return score_penalty(self.normalize(obs, actions), weights, biases)
 
     def fit(self, dataset: TransitionDataset, generator: torch.Generator | None = None,
-            progress: bool = True) -> dict[str, float]:
+            progress: bool = True, resume: dict | None = None,
+            on_step: Callable[[int, Callable[[], dict]], None] | None = None) -> dict[str, float]:
+        """Train with Eq. 10 for ``train_steps`` steps, then freeze. Returns training statistics.
+
+        Resumable: after every step but the last, ``on_step(steps_done, state_fn)`` is called;
+        ``state_fn()`` returns the whole fit state (weights, optimizer, schedule, logged losses,
+        RNG), and passing it back as ``resume`` continues bit-identically.
+        Raises :class:`~pyscorepen.errors.DivergenceError` when a logged DSM loss is NaN/inf.
+        """
         cfg, device = self.config, self.input_mean.device
         norm = dataset.input_normalizer()
         self.input_mean.copy_(norm.mean)
@@ -131,21 +145,46 @@ class ScoreModel(nn.Module):
         x = self.normalize(dataset.obs.to(device), dataset.actions.to(device))          # [N, D]
         optim = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, cfg.train_steps)
-        t0, losses = time.perf_counter(), []
-        bar = tqdm(range(cfg.train_steps), desc="score", disable=not progress, leave=False)
-        for step in bar:
+        start, losses, seconds = 0, [], 0.0
+        if resume is not None:
+            self.net.load_state_dict(resume["net"])
+            optim.load_state_dict(resume["optimizer"])
+            sched.load_state_dict(resume["scheduler"])
+            start, losses, seconds = resume["step"], list(resume["losses"]), resume["seconds"]
+            set_rng_state(resume["rng"], generator)
+        t0 = time.perf_counter()
+
+        def state_fn() -> dict:
+            check_finite(loss, step + 1)            # never checkpoint a diverged model
+            return {"step": step + 1, "net": self.net.state_dict(), "optimizer": optim.state_dict(),
+                    "scheduler": sched.state_dict(), "losses": losses,
+                    "seconds": seconds + time.perf_counter() - t0, "rng": get_rng_state(generator)}
+
+        def check_finite(value: Tensor, at_step: int) -> float:
+            value = value.item()
+            if not math.isfinite(value):
+                from pyscorepen.errors import DivergenceError
+                raise DivergenceError(f"the score model's DSM loss is {value} at step {at_step}; lower --score.lr")
+            return value
+
+        bar = tqdm(total=cfg.train_steps, initial=start, desc="score", disable=not progress, leave=False)
+        for step in range(start, cfg.train_steps):
             idx = torch.randint(x.shape[0], (cfg.batch_size,), generator=generator).to(device)
             loss = self.dsm_loss(x[idx])
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
             sched.step()
+            bar.update(1)
             if step % 100 == 0 or step == cfg.train_steps - 1:
-                losses.append(loss.item())
+                losses.append(check_finite(loss, step + 1))
                 bar.set_postfix(dsm_loss=f"{losses[-1]:.3f}")
             if not progress and ((step + 1) % LOG_EVERY_STEPS == 0 or step == cfg.train_steps - 1):
                 log.info("score step %d/%d: DSM loss %.4g (last logged), %.0f s", step + 1, cfg.train_steps,
                          losses[-1], time.perf_counter() - t0)
+            if on_step is not None and step + 1 < cfg.train_steps:
+                on_step(step + 1, state_fn)
+        bar.close()
         self.requires_grad_(False)    # frozen afterwards (ScorePen Alg. 1, line 2)
         return {"score/dsm_loss_first": losses[0], "score/dsm_loss_last": sum(losses[-5:]) / len(losses[-5:]),
-                "score/seconds": time.perf_counter() - t0}
+                "score/seconds": seconds + time.perf_counter() - t0}
