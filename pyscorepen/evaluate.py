@@ -71,8 +71,8 @@ def load_trainer(run_dir: Path):
         state = runs.load_torch_file(policy, "the final agent", map_location=trainer.device, hint=hint)
         runs.load_state(trainer.agent, state, policy, "the final agent", hint)
         trainer.step = trainer.agent.num_updates
-    elif not trainer.load_checkpoint():
-        raise PyScorePenError(f"{run_dir} has neither {runs.POLICY} nor {runs.CHECKPOINT}")
+    elif not trainer.load_checkpoint(quarantine=False):     # read-only: a bad one is not moved
+        raise PyScorePenError(f"{run_dir} has neither {runs.POLICY} nor a readable {runs.CHECKPOINT}")
     return trainer
 
 

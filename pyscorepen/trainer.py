@@ -244,9 +244,11 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         return runs.save_checkpoint(self.training_state(), self.run_dir, self.step, self.config.keep_checkpoints)
 
-    def load_checkpoint(self) -> bool:
-        """Load the newest good ``checkpoint-<step>.pt`` (older ones are fallbacks); False if none."""
-        state = runs.load_latest_checkpoint(self.run_dir, self.CHECKPOINT_KEYS, map_location=self.device)
+    def load_checkpoint(self, quarantine: bool = True) -> bool:
+        """Load the newest good ``checkpoint-<step>.pt`` (older ones are fallbacks); False if none.
+        ``quarantine``: move bad ones aside (``*.pt.corrupt``); False for read-only tools."""
+        state = runs.load_latest_checkpoint(self.run_dir, self.CHECKPOINT_KEYS, map_location=self.device,
+                                            quarantine=quarantine)
         legacy = self.run_dir / "checkpoint.pt"     # written by versions before the rotation
         if state is None and legacy.exists():
             state = runs.load_torch_file(legacy, "the training checkpoint", map_location=self.device,

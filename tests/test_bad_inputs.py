@@ -49,7 +49,7 @@ def test_table_is_complete():
                    "--pretrained-from {tmp}/missing", "collect --env-id Foo-v5", "--debug"):
         assert needle in commands, needle
     setups = " ".join(c[2] for c in CASES)
-    for needle in ("truncated HDF5", "truncated `checkpoint.pt`", "truncated `policy.pt`", "truncated `dynamics.pt`",
+    for needle in ("truncated HDF5", "truncated newest `checkpoint-4.pt`", "truncated `policy.pt`", "truncated `dynamics.pt`",
                    "cut `config.json`", "cut last `metrics.jsonl` line", "a file", "read-only"):
         assert needle in setups, needle
 
@@ -118,10 +118,13 @@ SETUPS = {
     "a file `{tmp}/afile`": lambda ctx: (ctx["tmp"] / "afile").write_text("not a folder\n"),
     "a read-only folder": lambda ctx: Path("/sys/fs").is_dir() or pytest.skip("no /sys/fs on this system"),
     "truncated `dynamics.pt`": lambda ctx: _cut(ctx["run"] / "dynamics.pt"),
-    "truncated `checkpoint.pt`": lambda ctx: _cut(ctx["run"] / "checkpoint.pt"),
+    "truncated newest `checkpoint-4.pt`": lambda ctx: _cut(ctx["run"] / "checkpoint-4.pt"),
+    "every `checkpoint-<step>.pt` truncated": lambda ctx: [_cut(p) for p in ctx["run"].glob("checkpoint-*.pt")],
     "truncated `policy.pt`": lambda ctx: _cut(ctx["run"] / "policy.pt"),
-    "truncated `checkpoint.pt`, no `policy.pt`": lambda ctx: (_cut(ctx["run"] / "checkpoint.pt"),
-                                                              (ctx["run"] / "policy.pt").unlink()),
+    "truncated `checkpoint-4.pt`, no `policy.pt`": lambda ctx: (_cut(ctx["run"] / "checkpoint-4.pt"),
+                                                                (ctx["run"] / "policy.pt").unlink()),
+    "every `checkpoint-<step>.pt` truncated, no `policy.pt`": lambda ctx: (
+        [_cut(p) for p in ctx["run"].glob("checkpoint-*.pt")], (ctx["run"] / "policy.pt").unlink()),
     "cut `config.json`": lambda ctx: _cut(ctx["run"] / "config.json"),
     "cut `summary.json`": lambda ctx: _cut(ctx["run"] / "summary.json"),
     "cut last `metrics.jsonl` line": lambda ctx: _cut(ctx["run"] / "metrics.jsonl", 0.98),
