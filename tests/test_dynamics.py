@@ -132,8 +132,8 @@ def test_bootstrap_members_train_on_different_resamples():
     config = DynamicsConfig(ensemble_size=4, num_elites=2, hidden_dims=(16,), max_epochs=2)
     dyn = EnsembleDynamics(2, 2, config)
     seen = []
-    train_epoch = dyn.train_epoch
-    dyn.train_epoch = lambda x, y, idx, *a, **k: (seen.append(idx.clone()), train_epoch(x, y, idx, *a, **k))[1]
+    shuffle = dyn.shuffle    # each epoch shuffles the members' rows [E, n_train]
+    dyn.shuffle = lambda idx, *a, **k: (seen.append(idx.clone()), shuffle(idx, *a, **k))[1]
     dyn.fit(data, generator=torch.Generator().manual_seed(3), progress=False)
     assert len(seen) == 2 and torch.equal(seen[0], seen[1])          # drawn once, reshuffled per epoch
     rows = seen[0]                                                   # [E, n_train]
