@@ -113,7 +113,8 @@ def pretrain_only(config: TrainConfig) -> Path:
     configure_threads(config.threads)
     trainer = build(config)
     prepare_run_dir(config)
-    trainer.pretrain()
+    with runs.GracefulInterrupt() as trainer.interrupt:   # SIGINT/SIGTERM: checkpoint the fit, then stop
+        trainer.pretrain()
     return trainer.run_dir
 
 
