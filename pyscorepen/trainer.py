@@ -313,7 +313,12 @@ class Trainer:
                 self.last_rollout = self.rollout_round()
                 self.check_finite(self.last_rollout, "the model rollout statistic", cfg.divergence_limit)
             t0 = time.perf_counter()
-            info = self.agent.update(self.sample_batch())
+            try:
+                info = self.agent.update(self.sample_batch())
+            except RuntimeError as err:   # a fused op refuses an overflowing value: the run has diverged
+                if "overflow" not in str(err):
+                    raise
+                info = {"update (" + str(err).strip().splitlines()[0][:120] + ")": float("inf")}
             t_updates += time.perf_counter() - t0
             updates += 1
             self.step += 1

@@ -158,7 +158,8 @@ def test_signal_during_pretraining_checkpoints_the_fit(point, sig, code, where, 
 
 # ------------------------------------------------------------------------------ divergence guard
 @pytest.mark.parametrize("flags, quantity", [
-    (["--sac.actor-lr", "1e6"], "'loss/critic' is inf"),
+    # the module path gives an inf loss, the fused C++ update refuses the overflowing value
+    (["--sac.actor-lr", "1e6"], ("'loss/critic' is inf", "without overflow)' is inf")),
     (["--sac.critic-lr", "1e4"], "(beyond --divergence-limit 1e+12)"),   # finite but exploded (Q ~ 1e15)
     (["--beta", "1e38"], "'rollout/penalty_mean' is inf"),
 ])
@@ -168,7 +169,9 @@ def test_divergence_stops_with_a_debug_checkpoint_and_strict_json(flags, quantit
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     message = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(message) == 1 and "training diverged at step" in message[0] and quantity in message[0], proc.stderr
+    quantities = quantity if isinstance(quantity, tuple) else (quantity,)
+    assert len(message) == 1 and "training diverged at step" in message[0], proc.stderr
+    assert any(q in message[0] for q in quantities), proc.stderr
     step = int(message[0].split("at step ")[1].split(":")[0])
     debug = out / f"debug-{step}.pt"
     assert debug.exists() and f"debug-{step}.pt" in message[0]
