@@ -179,6 +179,14 @@ class SAC:
         converted = dict(zip(keys, values))
         return {k: converted[k] if k in converted else float(v) for k, v in stats.items()}
 
+    def alpha_step(self, log_prob: Tensor) -> None:
+        """Temperature step (SAC, Haarnoja et al. 2018b Eq. 18) when ``auto_alpha``: log_prob [B]."""
+        if self.config.auto_alpha:
+            alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+            self.alpha_optim.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_optim.step()
+
     def critic_regularizer(self, batch: Batch, q_pred: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Extra critic loss term; zero for SAC. COMBO overrides this (COMBO Eq. 2).
 
@@ -216,11 +224,7 @@ class SAC:
         self.anneal_actor_lr()
         self.actor_optim.step()
 
-        if self.config.auto_alpha:
-            alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
-            self.alpha_optim.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            self.alpha_optim.step()
+        self.alpha_step(log_prob)
 
         with torch.no_grad():
             torch._foreach_lerp_(self._target_params, self._critic_params, self.config.tau)
@@ -249,11 +253,7 @@ class SAC:
         self.anneal_actor_lr()
         self.actor_optim.step()
 
-        if self.config.auto_alpha:
-            alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
-            self.alpha_optim.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            self.alpha_optim.step()
+        self.alpha_step(log_prob)
 
         with torch.no_grad():
             for p, p_target in zip(self.critic.parameters(), self.critic_target.parameters()):
