@@ -21,9 +21,12 @@ for task in $tasks; do
   # one thread: the shared fit may run next to another process (no oversubscription)
   python -m pyscorepen.train --algo scorepen --task "$task" --pretrain-only --out "$pre" --no-progress --threads 1
 done
-for task in $tasks; do
-  slug=$(echo "$task" | tr '/' '_')
-  python -m pyscorepen.suite --algos $algos --tasks "$task" --seeds 0 1 2 --steps "$steps" \
-    --out "$out/suite" --parallel "$parallel" --extra-args="--pretrained-from $out/pretrained/$slug --no-progress"
+# seed 0 of every algorithm first (a first ranking early), then seeds 1 and 2; finished runs are skipped
+for seeds in "0" "0 1 2"; do
+  for task in $tasks; do
+    slug=$(echo "$task" | tr '/' '_')
+    python -m pyscorepen.suite --algos $algos --tasks "$task" --seeds $seeds --steps "$steps" \
+      --out "$out/suite" --parallel "$parallel" --extra-args="--pretrained-from $out/pretrained/$slug --no-progress"
+  done
 done
 python -m pyscorepen.suite --algos $algos --tasks $tasks --seeds 0 1 2 --steps "$steps" --out "$out/suite" --aggregate-only
