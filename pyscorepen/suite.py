@@ -329,53 +329,77 @@ def aggregate(config: SuiteConfig) -> list[dict]:
                 "steps": _steps(done),
                 "behaviour_normalized_score": behaviour_score(task, done, behaviour_cache) if done else None,
             })
+            add_published(rows[-1])
     return rows
 
 
+def add_published(row: dict) -> None:
+    """The row's published number (configs/published.toml) and issue 10's bar (pyscorepen.published)."""
+    from pyscorepen.published import bar_for, bar_result, published_score
+    bar = bar_for(row["task"])
+    row["published_normalized_score"] = published_score(row["algo"], row["task"])
+    row["bar_rule"] = bar.describe() if bar else ""
+    row["bar"] = bar_result(row["task"], row["normalized_score_mean"], row["behaviour_normalized_score"])
+
+
+_BAR_MARK = {"pass": " ✓", "fail": " ✗", "": ""}
+
+
 def _cell(row: dict | None) -> str:
+    paper = row.get("published_normalized_score") if row is not None else None
+    paper = f" (paper {paper:.1f})" if paper is not None else ""
     if row is None or row["seeds_done"] == 0:
-        return "–"
+        return "–" + paper
     if row["normalized_score_mean"] is not None:
         text = f"{row['normalized_score_mean']:.1f}±{row['normalized_score_std']:.1f}"
     else:  # no reference scores: raw return, marked
         text = f"R {row['return_mean']:.1f}±{row['return_std']:.1f}"
-    return text
+    return text + _BAR_MARK[row.get("bar", "")] + paper
 
 
 def markdown_table(rows: list[dict], algos: tuple[str, ...], tasks: tuple[str, ...]) -> str:
     """ScorePen Table 1 layout: rows = datasets, columns = algorithms, cells = mean±std over seeds
     of the D4RL normalized score (``R x±y`` = raw return where a dataset has no reference scores),
     then an Average row over datasets with normalized scores for every algorithm."""
+    from pyscorepen.published import COMPARABILITY, bar_for, published_score
     by_key = {(r["algo"], r["task"]): r for r in rows}
-    lines = ["| Task Name | Behaviour | " + " | ".join(algos) + " |", "|---|---|" + "---|" * len(algos)]
+    lines = ["| Task Name | Behaviour | Bar | " + " | ".join(algos) + " |", "|---|---|---|" + "---|" * len(algos)]
     for task in tasks:
         known = [r["behaviour_normalized_score"] for r in rows
                  if r["task"] == task and r.get("behaviour_normalized_score") is not None]
         behaviour = f"{known[0]:.1f}" if known else "–"
-        lines.append(f"| {short_name(task)} | {behaviour} | "
+        bar = bar_for(task)
+        lines.append(f"| {short_name(task)} | {behaviour} | {bar.describe() if bar else '–'} | "
                      + " | ".join(_cell(by_key.get((a, task))) for a in algos) + " |")
     averages = []
     for algo in algos:
         means = [by_key[(algo, t)]["normalized_score_mean"] for t in tasks if (algo, t) in by_key]
         stds = [by_key[(algo, t)]["normalized_score_std"] for t in tasks if (algo, t) in by_key]
+        papers = [published_score(algo, t) for t in tasks]
+        paper = f" (paper {np.mean(papers):.1f})" if papers and all(p is not None for p in papers) else ""
         if means and all(m is not None for m in means):
-            averages.append(f"{np.mean(means):.1f}±{np.mean(stds):.1f}")
+            averages.append(f"{np.mean(means):.1f}±{np.mean(stds):.1f}{paper}")
         else:
-            averages.append("–")
-    lines.append("| Average | | " + " | ".join(averages) + " |")
+            averages.append("–" + paper)
+    lines.append("| Average | | | " + " | ".join(averages) + " |")
     seeds = sorted({r["seeds_done"] for r in rows})
     steps = sorted({str(r["steps"]) for r in rows if r.get("steps") is not None})
     lines.append("")
     lines.append(f"D4RL normalized score, mean ± std over seeds ({'/'.join(map(str, seeds))} finished per cell)"
                  + (f", after {' / '.join(steps)} gradient steps" if steps else "") + "; "
                  "Behaviour: the dataset's mean episode return, normalized; "
-                 "'R' marks raw returns of datasets without reference scores.")
+                 "'R' marks raw returns of datasets without reference scores. "
+                 "(paper x): the published D4RL v2 score of the same algorithm and dataset type "
+                 "(pyscorepen/configs/published.toml). Bar: issue 10's bar for the dataset level "
+                 "(pyscorepen/published.py), ✓ passed / ✗ failed by the mean.")
+    lines += ["", COMPARABILITY]
     return "\n".join(lines)
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
     fields = ["algo", "task", "dataset", "seeds_done", "seeds", "normalized_score_mean", "normalized_score_std",
-              "return_mean", "return_std", "steps", "behaviour_normalized_score"]
+              "return_mean", "return_std", "steps", "behaviour_normalized_score", "published_normalized_score",
+              "bar_rule", "bar"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()

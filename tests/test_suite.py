@@ -63,9 +63,13 @@ def test_aggregate_table_csv_and_curves(tmp_path, monkeypatch):
                 fake_run(config, algo, task, seed, final, [(0, 0.0), (10, final / 2), (20, final)], behaviour)
     result = run_suite(config)
     table = (tmp_path / "suite" / "results.md").read_text()
-    assert table.splitlines()[0] == "| Task Name | Behaviour | mopo | scorepen |"
-    assert "| ho-m | 38.2 | 61.0±1.0 | 101.0±1.0 |" in table and "| wa-r | – |" in table
-    assert "| Average | | 61.0±1.0 | 101.0±1.0 |" in table and "after 20 gradient steps" in table
+    assert table.splitlines()[0] == "| Task Name | Behaviour | Bar | mopo | scorepen |"
+    # each cell: ours, the bar's verdict (medium: >= behaviour + 5), the published D4RL v2 number
+    assert "| ho-m | 38.2 | ≥ behaviour + 5 | 61.0±1.0 ✓ (paper 62.8) | 101.0±1.0 ✓ (paper 106.0) |" in table
+    assert "| wa-r | – | – | 61.0±1.0 (paper 7.4) | 101.0±1.0 (paper 19.9) |" in table
+    assert "| Average | | | 61.0±1.0 (paper 35.1) | 101.0±1.0 (paper 63.0) |" in table
+    assert "after 20 gradient steps" in table
+    assert "What can be compared" in table and "D4RL v2" in table and "Gymnasium v5" in table
     import csv
     with open(tmp_path / "suite" / "results.csv") as f:
         records = list(csv.DictReader(f))
@@ -73,6 +77,8 @@ def test_aggregate_table_csv_and_curves(tmp_path, monkeypatch):
     by = {(r["algo"], r["dataset"]): r for r in records}
     assert by[("mopo", "ho-m")]["steps"] == "20" and float(by[("mopo", "ho-m")]["behaviour_normalized_score"]) == 38.2
     assert by[("scorepen", "wa-r")]["behaviour_normalized_score"] == ""
+    assert float(by[("mopo", "ho-m")]["published_normalized_score"]) == 62.8
+    assert by[("mopo", "ho-m")]["bar"] == "pass" and by[("scorepen", "wa-r")]["bar"] == ""
     assert {p.name for p in (tmp_path / "suite" / "curves").iterdir()} == {"hopper-medium.png", "walker2d-random.png"}
     assert not result["failed"]
 
@@ -97,13 +103,13 @@ def test_suite_smoke_run_and_skip(tmp_path, minari_root):
     assert len(log) == 1 and json.loads(log[0])["returncode"] == 0
     assert (out / "sac" / "hopper-random" / "seed0" / "summary.json").is_file()
     table = (out / "results.md").read_text()
-    assert "| Task Name | Behaviour | sac |" in table and "| ho-r | " in table and "±" in table
+    assert "| Task Name | Behaviour | Bar | sac |" in table and "| ho-r | " in table and "±" in table
     # the trainer's summary carries the dataset's behaviour score: its episodes' mean return, normalized
     summary = json.loads((out / "sac" / "hopper-random" / "seed0" / "summary.json").read_text())
     expected = 100 * (summary["behaviour_return_mean"] + 20.0) / (3234.3 + 20.0)
     assert summary["behaviour_normalized_score"] == pytest.approx(expected)
-    assert f"| ho-r | {expected:.1f} |" in table
-    assert "steps,behaviour_normalized_score" in (out / "results.csv").read_text().splitlines()[0]
+    assert f"| ho-r | {expected:.1f} | – |" in table   # random data: no bar
+    assert "steps,behaviour_normalized_score,published_normalized_score,bar_rule,bar" in (out / "results.csv").read_text().splitlines()[0]
     assert (out / "curves" / "hopper-random.png").is_file()
     # a second call finds the run finished and launches nothing
     assert main(argv) == 0
