@@ -92,6 +92,10 @@ class SuiteConfig:
     """Local runs trained at the same time. The cores this process may use are divided among them:
     each run gets --threads cores//parallel (at least 1), so parallel runs never oversubscribe the
     CPU with OpenMP threads (see pyscorepen/threads.py). Range: [1, inf)."""
+    publish: str | None = None
+    """After aggregating, copy results.md, results.csv and curves/*.png into this folder (e.g.
+    docs/results/mujoco-grid) with command.md: the suite command and every run's train command, so a
+    committed table can be checked against its files. Use with --aggregate-only."""
 
 
 def slug(task: str) -> str:
@@ -192,6 +196,8 @@ def run_suite(config: SuiteConfig) -> dict:
     (out / "results.md").write_text(table + "\n")
     write_csv(rows, out / "results.csv")
     plot_learning_curves(config, out / "curves")
+    if config.publish:
+        publish_results(config, Path(config.publish))
     print(table)
     return {"table": table, "rows": rows, "failed": failed}
 
@@ -404,6 +410,75 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
+
+
+# ------------------------------------------------------------------------------------ publishing
+_NOT_IN_COMMAND = ("aggregate_only", "dry_run", "publish", "progress")
+
+
+def suite_command(config: SuiteConfig) -> str:
+    """The ``python -m pyscorepen.suite`` command of ``config`` (options left at their defaults and
+    --aggregate-only / --dry-run / --publish left out): the command that trains and tabulates the suite."""
+    default = SuiteConfig()
+    args = ["python", "-m", "pyscorepen.suite"]
+    for name, value in asdict(config).items():
+        if name in _NOT_IN_COMMAND or value == getattr(default, name) or \
+                (isinstance(value, list) and tuple(value) == getattr(default, name)):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + name.replace("_", "-"))
+        elif isinstance(value, (list, tuple)):
+            args += [flag, *map(str, value)]
+        elif name == "extra_args":
+            args.append(f"{flag}={value}")
+        else:
+            args += [flag, str(value)]
+    return shlex.join(args)
+
+
+def run_commands(config: SuiteConfig) -> list[str]:
+    """The train command of each finished run of ``config``, from suite_log.jsonl (the last
+    successful launch of each; the interpreter written as ``python``)."""
+    path = Path(config.out) / "suite_log.jsonl"
+    wanted = {(a, t, s) for a in config.algos for t in config.tasks for s in config.seeds}
+    last: dict[tuple, list[str]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            key = (record.get("algo"), record.get("task"), record.get("seed"))
+            if record.get("returncode") == 0 and key in wanted and record.get("cmd"):
+                last[key] = ["python", *record["cmd"][1:]]
+    return [shlex.join(last[key]) for key in sorted(last, key=str)]
+
+
+def publish_results(config: SuiteConfig, folder: Path) -> list[Path]:
+    """Copy results.md, results.csv and curves/*.png of the suite folder into ``folder`` and write
+    ``folder/command.md`` (:func:`suite_command` and :func:`run_commands`). Returns the files written."""
+    import shutil
+    out = Path(config.out)
+    (folder / "curves").mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in ("results.md", "results.csv"):
+        shutil.copyfile(out / name, folder / name)
+        written.append(folder / name)
+    for png in sorted((out / "curves").glob("*.png")):
+        shutil.copyfile(png, folder / "curves" / png.name)
+        written.append(folder / "curves" / png.name)
+    commands = run_commands(config)
+    text = ["# How these files were made", "", "The suite (it trains every missing run, then writes the tables and curves; "
+            "rerunning it skips finished runs):", "", "```bash", suite_command(config), "```", "",
+            f"then `... --aggregate-only --publish {folder}` copied `results.md`, `results.csv` and "
+            f"`curves/` from `{out}` here.", ""]
+    if commands:
+        text += [f"The train command of each of the {len(commands)} finished runs (from `{out}/suite_log.jsonl`):",
+                 "", "```bash", *commands, "```", ""]
+    (folder / "command.md").write_text("\n".join(text))
+    print(f"[suite] published {len(written)} file(s) and command.md to {folder}", file=sys.stderr)
+    return written + [folder / "command.md"]
 
 
 # ------------------------------------------------------------------------------------ curves

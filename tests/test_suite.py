@@ -131,3 +131,42 @@ def test_aggregate_skips_diverged_runs_with_nan_or_infinity(tmp_path, capsys):
     assert row["normalized_score_mean"] == 50.0 and row["return_mean"] == 500.0
     err = capsys.readouterr().err
     assert err.count("non-finite return_mean") == 2 and "seed1" in err and "seed2" in err
+
+
+def test_publish_copies_tables_curves_and_commands(tmp_path, monkeypatch):
+    """--aggregate-only --publish DIR: the committed files equal the suite's, with the commands."""
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "no-datasets"))
+    task = "pyscorepen/halfcheetah/medium-v0"
+    out = tmp_path / "suite"
+    config = SuiteConfig(algos=("mopo", "mobile"), tasks=(task,), seeds=(0, 1), out=str(out), steps=20)
+    for algo in config.algos:
+        for seed in config.seeds:
+            fake_run(config, algo, task, seed, 50.0 + seed, [(10, 20.0), (20, 50.0 + seed)], behaviour=40.0)
+    # what the suite logs per launched run; a failed launch before a successful one is not published
+    log = [{"algo": "mopo", "task": task, "seed": 0, "cmd": ["/venv/bin/python", "-m", "pyscorepen.train", "--bad"],
+            "returncode": 1},
+           {"algo": "mopo", "task": task, "seed": 0, "returncode": 0,
+            "cmd": ["/venv/bin/python", "-m", "pyscorepen.train", "--algo", "mopo", "--seed", "0"]},
+           {"algo": "sac", "task": task, "seed": 0, "returncode": 0, "cmd": ["/x/python", "-m", "other"]}]
+    (out / "suite_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    dest = tmp_path / "docs" / "results" / "grid"
+    argv = ["--algos", "mopo", "mobile", "--tasks", task, "--seeds", "0", "1", "--out", str(out), "--steps", "20",
+            "--extra-args=--threads 1 --no-progress", "--aggregate-only", "--publish", str(dest)]
+    assert main(argv) == 0
+    for name in ("results.md", "results.csv", "curves/halfcheetah-medium.png"):
+        assert (dest / name).read_bytes() == (out / name).read_bytes(), name
+    assert "| ha-m | 40.0 | ≥ behaviour + 5 | 50.5±0.5 ✓ (paper 73.0) | 50.5±0.5 ✓ (paper 74.6) |" in \
+        (dest / "results.md").read_text()
+    command = (dest / "command.md").read_text()
+    suite_line = ("python -m pyscorepen.suite --algos mopo mobile --tasks pyscorepen/halfcheetah/medium-v0 "
+                  f"--seeds 0 1 --out {out} --steps 20 '--extra-args=--threads 1 --no-progress'")
+    assert suite_line in command and "--aggregate-only" not in suite_line
+    assert "python -m pyscorepen.train --algo mopo --seed 0" in command
+    assert "--bad" not in command and "other" not in command and "/venv/bin" not in command
+    # the published suite command parses back to the same suite
+    import shlex
+
+    from pyscorepen.suite import parse_args
+    again = parse_args(shlex.split(suite_line)[3:])
+    assert (again.algos, again.tasks, again.seeds, again.steps, again.extra_args) == \
+        (config.algos, config.tasks, config.seeds, 20, "--threads 1 --no-progress")
