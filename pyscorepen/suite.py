@@ -161,14 +161,15 @@ def validate(config: SuiteConfig, defaults: dict) -> None:
             parse_config(train_command(config, algo, task, config.seeds[0], defaults)[3:])
 
 
-def run_suite(config: SuiteConfig) -> dict:
-    """Launch the missing runs, then aggregate. Returns {'table': markdown, 'rows': [...], 'failed': [...]}."""
+def run_suite(config: SuiteConfig, defaults: dict | None = None) -> dict:
+    """Launch the missing runs, then aggregate. Returns {'table': markdown, 'rows': [...], 'failed': [...]}.
+    ``defaults``: the defaults table to use instead of --defaults-file (e.g. the β sweep's presets)."""
     from pyscorepen.errors import PyScorePenError
     if (config.threads_per_run is not None and config.threads_per_run < 1) or config.ray_max_retries < 0 \
             or config.parallel < 1:
         raise PyScorePenError(f"--threads-per-run must be >= 1 (got {config.threads_per_run}), --parallel >= 1 "
                               f"(got {config.parallel}) and --ray-max-retries >= 0 (got {config.ray_max_retries}).")
-    defaults = load_defaults(config.defaults_file)
+    defaults = load_defaults(config.defaults_file) if defaults is None else defaults
     if config.ray is not None and not (config.dry_run or config.aggregate_only):
         from pyscorepen.suite_ray import import_ray
         import_ray()   # a missing optional package fails before anything is written
