@@ -333,6 +333,15 @@ def run_section(run_dir: Path, args: ReportArgs, level: int = 2) -> str:
         if dropped:
             parts.append(f"<p class='note'>non-finite values left out: {esc(dropped)}</p>")
 
+    diagnosis = read_json(run_dir / "diagnose" / "diagnose.json")   # python -m pyscorepen.diagnose RUN
+    if diagnosis:
+        parts.append(f"<{hh}>Diagnosis (python -m pyscorepen.diagnose)</{hh}>")
+        parts.append("<ul>" + "".join(f"<li>{esc(line)}</li>" for line in diagnosis.get("findings", [])) + "</ul>")
+        for figure in diagnosis.get("figures", []):
+            path = run_dir / "diagnose" / figure
+            if figure in ("q_over_steps.png", "model_error.png") and path.is_file():
+                parts.append(png_img(path.read_bytes(), f"{name}: {figure}"))
+
     parts.append(f"<{hh}>VaR curve of the final evaluation</{hh}>")
     episodes = read_json(run_dir / runs.EVAL_RETURNS)
     if episodes and episodes.get("returns"):

@@ -146,3 +146,14 @@ def test_cli_on_a_tiny_hopper_run(tmp_path, monkeypatch):
     assert all(a <= b for a, b in zip(terminated, terminated[1:]))   # cumulative
     assert all(a >= b for a, b in zip(err["active"], err["active"][1:]))
     assert "rollout/raw_uncertainty_mean" in result["metrics"] and "q_mean" in result["metrics"]
+
+
+def test_report_shows_the_diagnosis(cliff_run):
+    from pyscorepen.report import ReportArgs, make_report
+    assert main([str(cliff_run), "--starts", "8", "--horizon", "2"]) == 0     # default folder: RUN/diagnose
+    findings = json.loads((cliff_run / "diagnose" / "diagnose.json").read_text())["findings"]
+    make_report(ReportArgs(path=cliff_run))
+    text = (cliff_run / "report.html").read_text()
+    import html
+    assert "Diagnosis (python -m pyscorepen.diagnose)" in text and findings and html.escape(findings[0]) in text
+    assert 'alt="scorepen · cliff · seed 0: model_error.png"' in text
