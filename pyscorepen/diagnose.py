@@ -19,7 +19,8 @@ Three views of a run folder (finished, or in progress: its newest checkpoint is 
     Per step k = 1..H: mean and median of ||ŝ_k − s_k|| in units of the dataset's per-dimension
     state std (compounding error), of the one-step error ||f̂(s_{k-1}, a_k) − s_k|| from the *true*
     previous state, and of |r̂_k − r_k|; the fraction of true episodes (and of model rollouts, by the
-    task's termination function) terminated by step k. A row stops at the first termination on
+    task's termination function) terminated by step k; the mean signed reward bias r̂_k − r_k (> 0:
+    the model promises more than the simulator gives, what an exploiting policy seeks). A row stops at the first termination on
     either side; ``active`` counts the rows behind each step's statistics.
 
 Read-only: nothing in the run folder changes (a corrupt checkpoint is not moved aside).
@@ -199,6 +200,7 @@ def model_error(trainer, starts: int, horizon: int, seed: int = 0) -> dict:
         "one_step_state_error_mean": per_step(one_err, np.mean),
         "one_step_state_error_median": per_step(one_err, np.median),
         "reward_error_mean": per_step(reward_err, np.mean), "reward_error_median": per_step(reward_err, np.median),
+        "reward_bias_mean": per_step(hat_r - true_r, np.mean),
         "true_reward_mean": per_step(true_r, np.mean), "model_reward_mean": per_step(hat_r, np.mean),
         "true_terminated_fraction": [float(true_done[k].mean()) for k in range(horizon)],
         "model_terminated_fraction": [float(np.logical_or.accumulate(hat_done[: k + 1], axis=0)[-1].mean())
@@ -412,6 +414,7 @@ def findings(result: dict) -> list[str]:
             if s is not None:
                 lines.append(f"model error at step {i}: median state error {s:.3g} state stds "
                              f"(one-step {at('one_step_state_error_median', i):.3g}), median |Δr| {r:.3g}, "
+                             f"mean r̂ − r {at('reward_bias_mean', i):+.3g}, "
                              f"{err['active'][i - 1]} rows; true episodes terminated: "
                              f"{100 * err['true_terminated_fraction'][i - 1]:.0f}%")
     return lines
