@@ -159,3 +159,19 @@ def test_report_shows_the_diagnosis(cliff_run):
     import html
     assert "Diagnosis (python -m pyscorepen.diagnose)" in text and findings and html.escape(findings[0]) in text
     assert 'alt="scorepen · cliff · seed 0: model_error.png"' in text
+
+
+def test_unfinished_run_uses_its_checkpoint(cliff_run, tmp_path):
+    """A run still training: the newest checkpoint's agent, and a penalty sample from its model buffer."""
+    import shutil
+    run = tmp_path / "unfinished"
+    shutil.copytree(cliff_run, run, ignore=shutil.ignore_patterns("diagnose", "report.html"))
+    for name in ("policy.pt", "summary.json", "penalty_sample.json"):
+        (run / name).unlink()
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert main([str(run), "--starts", "4", "--horizon", "2"]) == 0
+    result = json.loads((run / "diagnose" / "diagnose.json").read_text())
+    assert result["penalty_real_vs_model"]["source"].startswith("computed from the checkpoint's model buffer (step 20)")
+    assert result["penalty_real_vs_model"]["components"]["stored"]["model"]["n"] == 2000
+    assert result["model_error"]["policy_step"] == 20
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before   # read-only
