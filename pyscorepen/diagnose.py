@@ -344,9 +344,10 @@ def diagnose(args: DiagnoseArgs) -> dict:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir() or not (run_dir / runs.CONFIG).exists():
         raise PyScorePenError(f"{run_dir} is not a run folder (no {runs.CONFIG})")
-    if args.starts < 1 or (args.horizon is not None and args.horizon < 1):
-        raise PyScorePenError(f"--starts and --horizon must be >= 1 (got {args.starts}, {args.horizon})")
+    from pyscorepen.validation import check_ranges, output_dir_problems, raise_problems
+    check_ranges(args)
     out = Path(args.out) if args.out is not None else run_dir / "diagnose"
+    raise_problems(output_dir_problems(out))
     out.mkdir(parents=True, exist_ok=True)
     trainer = None if args.skip_model_error else load_for_diagnosis(run_dir)
     config = runs.read_json(run_dir / runs.CONFIG, "the run's config")
@@ -421,7 +422,7 @@ def findings(result: dict) -> list[str]:
 
 
 def parse_args(argv: list[str]) -> DiagnoseArgs:
-    return tyro.cli(DiagnoseArgs, args=argv, description=(__doc__ or "").split("\n\n")[0] + DEBUG_HELP)
+    return tyro.cli(DiagnoseArgs, args=argv, description=(__doc__ or "") + DEBUG_HELP)
 
 
 def main(argv: list[str] | None = None) -> int:

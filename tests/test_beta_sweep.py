@@ -74,3 +74,10 @@ def test_tiny_sweep_on_the_cliff_task_resumes(tmp_path, capsys):
     assert main(argv) == 0
     assert (out / "suite_log.jsonl").read_text() == log
     assert "0 run(s) to do, 2 finished run(s) skipped" in capsys.readouterr().err
+
+
+def test_bad_betas_are_user_errors(tmp_path, capsys):
+    assert main(["--task", "cliff", "--betas", "0.01", "0.01", "--out", str(tmp_path / "s")]) == 2
+    assert "distinct" in capsys.readouterr().err
+    assert main(["--task", "cliff", "--betas", "-1", "--out", str(tmp_path / "s")]) == 2
+    assert "--betas" in capsys.readouterr().err and not (tmp_path / "s").exists()

@@ -175,3 +175,8 @@ def test_unfinished_run_uses_its_checkpoint(cliff_run, tmp_path):
     assert result["penalty_real_vs_model"]["components"]["stored"]["model"]["n"] == 2000
     assert result["model_error"]["policy_step"] == 20
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before   # read-only
+
+
+def test_bad_options_are_user_errors(cliff_run, capsys):
+    assert main([str(cliff_run), "--starts", "0"]) == 2
+    assert "--starts" in capsys.readouterr().err

@@ -218,8 +218,12 @@ def write_results(args: BetaSweepArgs, rows: list[dict], chosen: float | None, w
 
 def beta_sweep(args: BetaSweepArgs) -> dict:
     from pyscorepen.suite import run_suite
-    if not args.betas or any(b < 0 for b in args.betas) or len(set(args.betas)) != len(args.betas):
-        raise PyScorePenError(f"--betas must be distinct values >= 0 (got {list(args.betas)})")
+    from pyscorepen.validation import check_ranges, output_dir_problems, raise_problems
+    check_ranges(args)
+    raise_problems(output_dir_problems(args.out))
+    if not args.betas or len({algo_name(b) for b in args.betas}) != len(args.betas) or not args.seeds:
+        raise PyScorePenError(f"--betas must be distinct values and --seeds not empty (got --betas "
+                              f"{' '.join(map(str, args.betas))} --seeds {' '.join(map(str, args.seeds))})")
     args.out.mkdir(parents=True, exist_ok=True)
     pretrained = args.pretrained_from or pretrain_shared(args)
     config = suite_config(args, pretrained)
