@@ -19,11 +19,12 @@ Three views of a run folder (finished, or in progress: its newest checkpoint is 
     Per step k = 1..H: mean and median of ||ŝ_k − s_k|| in units of the dataset's per-dimension
     state std (compounding error), of the one-step error ||f̂(s_{k-1}, a_k) − s_k|| from the *true*
     previous state, and of |r̂_k − r_k|; the fraction of true episodes (and of model rollouts, by the
-    task's termination function) terminated by step k; the mean signed reward bias r̂_k − r_k (> 0:
-    the model promises more than the simulator gives, what an exploiting policy seeks). A row stops at the first termination on
-    either side; ``active`` counts the rows behind each step's statistics.
+    task's termination function) terminated by step k; the mean signed reward bias r̂_k − r_k
+    (> 0: the model promises more than the simulator gives, what an exploiting policy seeks). A row
+    stops at the first termination on either side; ``active`` counts the rows behind each step.
 
-Read-only: nothing in the run folder changes (a corrupt checkpoint is not moved aside).
+Read-only: nothing in the run folder changes except the default output folder RUN/diagnose (a
+corrupt checkpoint is not moved aside).
 """
 from __future__ import annotations
 
@@ -135,11 +136,12 @@ def model_error(trainer, starts: int, horizon: int, seed: int = 0) -> dict:
         idx = torch.randint(len(data), (starts,), generator=gen, device=device)
         model_obs = [data.obs[idx]]                                                         # [N, S] per step
         actions, model_rewards, model_done = [], [], []
+        never = torch.zeros(starts, dtype=torch.bool, device=device)                        # [N]
         for _ in range(horizon):     # as trainer.rollout_round: a ~ pi(s_hat), one random elite per row
             a = trainer.policy(model_obs[-1])                                               # [N, A]
             out = trainer.dynamics.step(model_obs[-1], a, generator=gen)
             done = (trainer.task.termination_fn(model_obs[-1], a, out.next_obs)
-                    if trainer.task.termination_fn is not None else torch.zeros(starts, dtype=torch.bool))
+                    if trainer.task.termination_fn is not None else never)
             actions.append(a)
             model_obs.append(out.next_obs)
             model_rewards.append(out.rewards)
@@ -400,12 +402,13 @@ def findings(result: dict) -> list[str]:
         if q.get("bound_high") is not None:
             text += f"; the data's r_max/(1-γ) = {q['bound_high']:.3g}"
             if q.get("first_step_above_bound") is not None:
-                text += f", exceeded from step {q['first_step_above_bound']} (over-estimation: Q diverges or exploits the model)"
+                text += (f", exceeded from step {q['first_step_above_bound']} "
+                         "(over-estimation: Q diverges or exploits the model)")
         lines.append(text)
     for name, comp in result.get("penalty_real_vs_model", {}).get("components", {}).items():
         if comp["model"].get("n") and comp["real"].get("n"):
-            lines.append(f"penalty {name}: median model {comp['model']['median']:.3g} vs real {comp['real']['median']:.3g}, "
-                         f"P(model > real) = {comp['p_model_above_real']:.2f}")
+            lines.append(f"penalty {name}: median model {comp['model']['median']:.3g} vs real "
+                         f"{comp['real']['median']:.3g}, P(model > real) = {comp['p_model_above_real']:.2f}")
     err = result.get("model_error")
     if err:
         k = err["training_rollout_length"]

@@ -470,8 +470,9 @@ def publish_results(config: SuiteConfig, folder: Path) -> list[Path]:
         shutil.copyfile(png, folder / "curves" / png.name)
         written.append(folder / "curves" / png.name)
     commands = run_commands(config)
-    text = ["# How these files were made", "", "The suite (it trains every missing run, then writes the tables and curves; "
-            "rerunning it skips finished runs):", "", "```bash", suite_command(config), "```", "",
+    text = ["# How these files were made", "",
+            "The suite (it trains every missing run, then writes the tables and curves; rerunning it skips "
+            "finished runs):", "", "```bash", suite_command(config), "```", "",
             f"then `... --aggregate-only --publish {folder}` copied `results.md`, `results.csv` and "
             f"`curves/` from `{out}` here.", ""]
     if commands:

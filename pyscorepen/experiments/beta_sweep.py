@@ -180,7 +180,9 @@ def write_results(args: BetaSweepArgs, rows: list[dict], chosen: float | None, w
     metric = rows[0]["metric"] if rows else "normalized_score_mean"
     lines = [f"# ScorePen-MORL β sweep on {args.task}", "",
              f"{args.steps} gradient steps, seeds {' '.join(map(str, args.seeds))}; score = final "
-             f"{'normalized score' if metric == 'normalized_score_mean' else 'return'}, mean ± std over seeds.", "",
+             f"{'normalized score' if metric == 'normalized_score_mean' else 'return'}, "
+             "mean ± std over seeds.",
+             "",
              "| β | β (paper units) | seeds | score | model-data penalty (rollout/penalty_mean) | ‖h‖² on model data "
              "(rollout/raw_score_mean) | penalty sample: model / real | chosen |",
              "|---|---|---|---|---|---|---|---|"]
@@ -190,8 +192,9 @@ def write_results(args: BetaSweepArgs, rows: list[dict], chosen: float | None, w
                      f"{fmt(r['model_penalty_mean'])} | {fmt(r['raw_score_penalty_mean'])} | "
                      f"{fmt(r['sample_model_penalty_mean'])} / {fmt(r['sample_real_penalty_mean'])} | "
                      f"{'**yes**' if r['beta'] == chosen else ''} |")
-    lines += ["", SELECTION_RULE, "", f"Chosen: β = {chosen:g} ({why})." if chosen is not None else f"Chosen: none ({why}).",
-              "", "Penalties: last logged rollout round, mean over seeds (reward units, β applied; ‖h‖² unweighted); "
+    verdict = f"Chosen: β = {chosen:g} ({why})." if chosen is not None else f"Chosen: none ({why})."
+    lines += ["", SELECTION_RULE, "", verdict, "",
+              "Penalties: last logged rollout round, mean over seeds (reward units, β applied; ‖h‖² unweighted); "
               "the penalty sample is penalty_sample.json's stored penalty on model and on real transitions."]
     (args.out / "beta_sweep.md").write_text("\n".join(lines) + "\n")
 
