@@ -183,8 +183,8 @@ def write_results(args: BetaSweepArgs, rows: list[dict], chosen: float | None, w
              f"{'normalized score' if metric == 'normalized_score_mean' else 'return'}, "
              "mean ± std over seeds.",
              "",
-             "| β | β (paper units) | seeds | score | model-data penalty (rollout/penalty_mean) | ‖h‖² on model data "
-             "(rollout/raw_score_mean) | penalty sample: model / real | chosen |",
+             "| β | β (paper units) | seeds | score | model-data penalty (rollout/penalty_mean) "
+             "| ‖h‖² on model data (rollout/raw_score_mean) | penalty sample: model / real | chosen |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         score = "–" if r["score_mean"] is None else f"{r['score_mean']:.1f} ± {r['score_std']:.1f}"
