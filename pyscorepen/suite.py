@@ -476,7 +476,9 @@ def publish_results(config: SuiteConfig, folder: Path) -> list[Path]:
             f"then `... --aggregate-only --publish {folder}` copied `results.md`, `results.csv` and "
             f"`curves/` from `{out}` here.", ""]
     if commands:
-        text += [f"The train command of each of the {len(commands)} finished runs (from `{out}/suite_log.jsonl`):",
+        text += [f"The train command of each of the {len(commands)} finished runs (from `{out}/suite_log.jsonl`; "
+                 "runs launched by other suite commands into the same folder, e.g. per dataset with its own "
+                 "--extra-args as scripts/mujoco_grid.sh does, show their exact options here):",
                  "", "```bash", *commands, "```", ""]
     (folder / "command.md").write_text("\n".join(text))
     print(f"[suite] published {len(written)} file(s) and command.md to {folder}", file=sys.stderr)

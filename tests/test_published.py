@@ -46,7 +46,7 @@ def test_lookup_by_suite_preset_and_task_id():
 
 
 def test_file_ships_as_package_data():
-    import tomllib
+    from pyscorepen.configs import tomllib   # tomli on Python 3.10
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
     assert PUBLISHED_FILE.parent.name == "configs" and PUBLISHED_FILE.is_file()

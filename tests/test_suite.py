@@ -147,7 +147,7 @@ def test_publish_copies_tables_curves_and_commands(tmp_path, monkeypatch):
             "returncode": 1},
            {"algo": "mopo", "task": task, "seed": 0, "returncode": 0,
             "cmd": ["/venv/bin/python", "-m", "pyscorepen.train", "--algo", "mopo", "--seed", "0"]},
-           {"algo": "sac", "task": task, "seed": 0, "returncode": 0, "cmd": ["/x/python", "-m", "other"]}]
+           {"algo": "sac", "task": task, "seed": 0, "returncode": 0, "cmd": ["/x/python", "-m", "not.this.suite"]}]
     (out / "suite_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
     dest = tmp_path / "docs" / "results" / "grid"
     argv = ["--algos", "mopo", "mobile", "--tasks", task, "--seeds", "0", "1", "--out", str(out), "--steps", "20",
@@ -162,7 +162,7 @@ def test_publish_copies_tables_curves_and_commands(tmp_path, monkeypatch):
                   f"--seeds 0 1 --out {out} --steps 20 '--extra-args=--threads 1 --no-progress'")
     assert suite_line in command and "--aggregate-only" not in suite_line
     assert "python -m pyscorepen.train --algo mopo --seed 0" in command
-    assert "--bad" not in command and "other" not in command and "/venv/bin" not in command
+    assert "--bad" not in command and "not.this.suite" not in command and "/venv/bin" not in command
     # the published suite command parses back to the same suite
     import shlex
 
