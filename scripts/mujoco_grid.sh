@@ -29,4 +29,6 @@ for seeds in "0" "0 1 2"; do
       --out "$out/suite" --parallel "$parallel" --extra-args="--pretrained-from $out/pretrained/$slug --no-progress"
   done
 done
-python -m pyscorepen.suite --algos $algos --tasks $tasks --seeds 0 1 2 --steps "$steps" --out "$out/suite" --aggregate-only
+# PUBLISH=docs/results/mujoco-grid also copies the table, curves and commands there (to commit)
+python -m pyscorepen.suite --algos $algos --tasks $tasks --seeds 0 1 2 --steps "$steps" --out "$out/suite" --aggregate-only \
+  ${PUBLISH:+--publish "$PUBLISH"}
