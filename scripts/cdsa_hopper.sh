@@ -79,3 +79,25 @@ for level in $levels; do
     done
   done
 done
+
+# The online-tuned K, checked on fresh initial states: the best (K1, K2) of every k_search/<run>*
+# table (by mean return on the search's episodes, seeds 10000..) evaluated again on EPISODES
+# episodes from HELDOUT_SEED (default 20000), base and corrected on the same initial states.
+if [ "${KSEARCH:-0}" = 1 ] && [ "${HELDOUT:-1}" = 1 ]; then
+  for level in $levels; do for seed in $seeds; do for base in $bases; do
+    name=$base-$level-s$seed
+    [ -f "$out/eval_tuned/$name/summary.json" ] && continue
+    ls "$out"/k_search/"$name"*/k_search.csv >/dev/null 2>&1 || continue
+    read -r k1 k2 < <(python - "$out"/k_search/"$name"*/k_search.csv <<'PY'
+import csv, sys
+rows = [r for f in sys.argv[1:] for r in csv.DictReader(open(f)) if r["iterations"] != "0"]
+best = max(rows, key=lambda r: float(r["return_mean"]))
+print(best["k1"], best["k2"])
+PY
+)
+    echo "[cdsa_hopper] $(date -u +%H:%M:%S) held-out evaluation $name, K1=$k1 K2=$k2 (tuned online)"
+    mkdir -p "$out/eval_tuned"
+    python -m pyscorepen.evaluate "$out/$name" --cdsa "$out/cdsa-$level-s$seed" --k1 "$k1" --k2 "$k2" \
+      --episodes "$episodes" --seed "${HELDOUT_SEED:-20000}" --out "$out/eval_tuned/$name" > "$out/eval_tuned/$name.json"
+  done; done; done
+fi
