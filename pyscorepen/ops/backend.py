@@ -122,6 +122,8 @@ def forced_cpu_isa(name: str) -> Iterator[str]:
 #   ensemble_mlp/relu  (forward + all gradients, critics E=2 [23, 256, 256, 1], x shared)
 #       avx512   1: 0.36  8: 0.47  32: 0.65  64: 0.80  128: 0.90  256: 1.07  3840: 1.13
 #                (Zen 4, idle: 64: 0.99  128: 1.02  256: 1.17  3840: 1.24)
+#                (Intel Xeon, idle, bench_ensemble_mlp.py 2026-12-02 16:21 UTC, best rounds:
+#                 256: 0.99 (1 thread), 0.87 (2 threads); 3840: 1.25, 1.17) -> threshold 3840
 #       avx2     1: 0.26  8: 0.44  32: 0.62  64: 0.79  128: 0.89  256: 0.99  3840: 0.86
 #       generic  every size 0.68-0.76
 #   ensemble_mlp/silu  (dynamics E=7 [23, 4x200, 36], x per member)
@@ -135,7 +137,7 @@ CPP_MIN_ROWS: dict[str, dict[str, int]] = {
     "rollout_step": {"avx512": 16, "avx2": 64, "generic": 1},
     "score_penalty": {"avx512": 16, "avx2": 64, "generic": 4096},
     "soft_value": {"avx512": 1, "avx2": 16, "generic": 1},
-    "ensemble_mlp/relu": {"avx512": 256, "avx2": NEVER, "generic": NEVER},
+    "ensemble_mlp/relu": {"avx512": 3840, "avx2": NEVER, "generic": NEVER},
     "ensemble_mlp/silu": {"avx512": 1024, "avx2": 1024, "generic": NEVER},
 }
 
