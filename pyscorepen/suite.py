@@ -250,21 +250,44 @@ def launch_runs(config: SuiteConfig, todo: list[tuple[str, str, int]], defaults:
               "runs will share cores", file=sys.stderr)
     elif config.parallel > 1:
         print(f"[suite] {config.parallel} runs at a time, {threads} thread(s) each ({cores} cores)", file=sys.stderr)
-    lock, failed = threading.Lock(), []
+    lock, failed, interrupted = threading.Lock(), [], threading.Event()
 
     def one(i: int, algo: str, task: str, seed: int) -> None:
+        if interrupted.is_set():
+            return
         cmd = train_command(config, algo, task, seed, defaults, cores)
         with lock:
             print(f"[suite] ({i + 1}/{len(todo)}) {algo} {task} seed {seed}", file=sys.stderr)
         t0 = time.perf_counter()
         result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stderr_tail = "\n".join(result.stderr.strip().splitlines()[-5:])
+        finished = (run_dir(config, algo, task, seed) / SUMMARY).is_file()
+        if result.returncode in (0, 130, 143, -2, -15) and not finished:
+            # SIGINT/SIGTERM: the run checkpointed itself and stopped (exit 0 / 143) without finishing;
+            # the suite stops launching runs, so that an interrupt stops the whole suite
+            interrupted.set()
+            with lock:
+                log_run(out, algo, task, seed, cmd, result.returncode, time.perf_counter() - t0, stderr_tail,
+                        interrupted=True)
+            return
         with lock:
             failed.extend(log_run(out, algo, task, seed, cmd, result.returncode, time.perf_counter() - t0,
-                                  "\n".join(result.stderr.strip().splitlines()[-5:])))
+                                  stderr_tail))
 
-    with ThreadPoolExecutor(max_workers=max(1, config.parallel)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, config.parallel))
+    try:
         for future in [pool.submit(one, i, *run) for i, run in enumerate(todo)]:
             future.result()
+    except BaseException:           # Ctrl-C: no queued run starts; the running ones checkpoint and stop
+        interrupted.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
+    if interrupted.is_set():
+        from pyscorepen.errors import PyScorePenError
+        raise PyScorePenError(f"a run was interrupted before it finished; no further run was started. Rerun the "
+                              f"same command to resume (finished runs are skipped, unfinished ones resume "
+                              f"from their checkpoints in {out}).")
     return failed
 
 

@@ -170,3 +170,48 @@ def test_publish_copies_tables_curves_and_commands(tmp_path, monkeypatch):
     again = parse_args(shlex.split(suite_line)[3:])
     assert (again.algos, again.tasks, again.seeds, again.steps, again.extra_args) == \
         (config.algos, config.tasks, config.seeds, 20, "--threads 1 --no-progress")
+
+
+@pytest.mark.parametrize("returncode", [0, 143])
+def test_interrupted_run_stops_the_suite(tmp_path, monkeypatch, returncode):
+    """A run that stops without its summary.json (SIGINT: exit 0 after its checkpoint; SIGTERM: 143)
+    stops the suite: no further run starts, and the error says how to resume."""
+    import subprocess
+
+    from pyscorepen import suite
+    from pyscorepen.errors import PyScorePenError
+    launched = []
+
+    def fake_run(cmd, **kwargs):
+        launched.append(cmd)
+        return subprocess.CompletedProcess(cmd, returncode, "", "interrupted by SIGINT")
+
+    monkeypatch.setattr(suite.subprocess, "run", fake_run)
+    config = SuiteConfig(algos=("mopo", "mobile"), tasks=("cliff",), seeds=(0, 1), out=str(tmp_path / "s"))
+    (tmp_path / "s").mkdir()
+    todo = [(a, "cliff", s) for a in config.algos for s in config.seeds]
+    with pytest.raises(PyScorePenError, match="interrupted"):
+        suite.launch_runs(config, todo, load_defaults(None), tmp_path / "s")
+    assert len(launched) == 1
+    log = [json.loads(line) for line in (tmp_path / "s" / "suite_log.jsonl").read_text().splitlines()]
+    assert log == [{**log[0], "interrupted": True}] and log[0]["returncode"] == returncode
+
+
+def test_finished_runs_do_not_stop_the_suite(tmp_path, monkeypatch):
+    """Exit 0 with a summary.json is a finished run: every queued run is launched."""
+    import subprocess
+
+    from pyscorepen import suite
+    config = SuiteConfig(algos=("mopo",), tasks=("cliff",), seeds=(0, 1, 2), out=str(tmp_path / "s"))
+
+    def fake_run(cmd, **kwargs):
+        seed = int(cmd[cmd.index("--seed") + 1])
+        run = run_dir(config, "mopo", "cliff", seed)
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text("{}")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(suite.subprocess, "run", fake_run)
+    (tmp_path / "s").mkdir()
+    failed = suite.launch_runs(config, [("mopo", "cliff", s) for s in (0, 1, 2)], load_defaults(None), tmp_path / "s")
+    assert failed == [] and all((run_dir(config, "mopo", "cliff", s) / "summary.json").is_file() for s in (0, 1, 2))
