@@ -32,6 +32,18 @@ Resumable: the run folder (``--run-dir``, default ``runs/collect/<env-id>-seed<s
 ``policies/step_<N>.pt`` (actor snapshots), ``evals.jsonl`` and ``summary.json``. Rerun
 the same command to continue; a finished dataset is never rewritten.
 
+Reproducible across machines (``--reproducible``, the default): before torch starts, the
+collector pins every floating-point code path that depends on the CPU to AVX2
+(:data:`REPRODUCIBLE_ENV`: ATen's kernel dispatch, MKL's conditional numerical reproducibility
+mode, oneDNN's ISA), re-executing itself with those variables when they are not set, and runs
+on ``--torch-threads`` threads. With the same command and seed, two x86-64 machines with AVX2
+(AMD Zen 3, Zen 4, Intel) then write byte-identical datasets, so a dynamics ensemble fitted on
+one machine's dataset matches another's (its fingerprint holds the data's sha256). Without the
+pins, SAC's matmuls round differently on AVX-512 and AVX2 machines and the training
+trajectories, hence the datasets, diverge after a few thousand steps. Changing
+``--torch-threads`` changes the summation order and so the datasets. On other CPUs (aarch64)
+the pins do not apply and datasets are reproducible on the same machine type only.
+
 ``--ref-scores-only --task <dataset>`` computes reference scores for any Minari dataset that
 lacks them and writes ``pyscorepen_ref_scores.json`` next to its ``data/`` folder, which the
 loader then uses (ref_min: random policy in the dataset's env; ref_max: ``--expert-return``
@@ -120,11 +132,37 @@ class CollectConfig:
     task: str | None = None
     """Minari dataset id or path for --ref-scores-only."""
     torch_threads: int = 1
-    """torch intra-op threads (1 is fastest for these small nets on a shared CPU). Range: [1, inf)."""
+    """torch intra-op threads (1 is fastest for these small nets on a shared CPU). Part of what
+    makes a dataset reproducible: other thread counts sum in another order. Range: [1, inf)."""
+    reproducible: bool = True
+    """Pin torch's CPU code paths to AVX2 (:data:`REPRODUCIBLE_ENV`; the collector re-executes
+    itself with them) so that every x86-64 machine with AVX2 writes byte-identical datasets for
+    the same command. ``--no-reproducible`` uses the fastest ISA of this CPU instead."""
     progress: bool = True
     """Show tqdm progress bars."""
     sac: SACConfig = field(default_factory=_online_sac_config)
     """SAC hyperparameters."""
+
+
+REPRODUCIBLE_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+"""Environment that pins torch's CPU numerics to one code path on every x86-64 CPU with AVX2:
+ATen's vectorized kernels (``ATEN_CPU_CAPABILITY``), MKL's GEMMs (conditional numerical
+reproducibility, ``MKL_CBWR``) and oneDNN's (``ONEDNN_MAX_CPU_ISA``). All three are read once, when
+the library first runs a kernel, so they must be set before the process starts."""
+
+
+def reproducible_env_missing(environ=os.environ) -> dict[str, str]:
+    """The :data:`REPRODUCIBLE_ENV` entries ``environ`` lacks; empty off x86-64 (no pin applies)."""
+    import platform
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return {}
+    return {k: v for k, v in REPRODUCIBLE_ENV.items() if environ.get(k) != v}
+
+
+def isa_record() -> dict:
+    """What the datasets' numerics depend on, stored in the run summary."""
+    return {"torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            **{k: os.environ.get(k) for k in REPRODUCIBLE_ENV}, "torch": torch.__version__}
 
 
 # --------------------------------------------------------------------------------------- rollouts
@@ -498,6 +536,11 @@ def collect(config: CollectConfig) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     summary = _load_json(run_dir / "summary.json")
     summary.update({"env_id": config.env_id, "config": asdict(config)})
+    if config.reproducible and reproducible_env_missing():
+        print("[collect] warning: --reproducible is on but the CPU pins are not set in this process "
+              f"({', '.join(reproducible_env_missing())}); python -m pyscorepen.collect sets them itself. "
+              "These datasets may differ from another machine's.", file=sys.stderr)
+    summary.setdefault("numerics", []).append(isa_record())   # one entry per (resumed) start
     summary.setdefault("datasets", {})
     summary.setdefault("timings_s", {})
 
@@ -672,8 +715,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from pyscorepen.errors import DEBUG_HELP, cli_main
 
+    # only a real command line re-executes itself (a call from Python, e.g. a test, must not be replaced)
+    command_line = list(sys.argv[1:]) if argv is None else None
+
     def go(argv: list[str]):
         config = tyro.cli(CollectConfig, args=argv, description=CLI_DESCRIPTION + DEBUG_HELP)
+        missing = reproducible_env_missing() if config.reproducible and command_line is not None else {}
+        if missing:   # the pins act only from process start: run the same command again with them set
+            print(f"[collect] --reproducible: restarting with {' '.join(f'{k}={v}' for k, v in missing.items())}",
+                  file=sys.stderr)
+            sys.stderr.flush()
+            os.execve(sys.executable, [sys.executable, "-m", "pyscorepen.collect", *command_line],
+                      {**os.environ, **missing})
         # `kill <pid>` (SIGTERM) checkpoints like Ctrl-C; background jobs ignore SIGINT
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         try:

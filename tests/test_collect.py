@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from pyscorepen.collect import CollectConfig, Collector, collect, main
+from pyscorepen.collect import REPRODUCIBLE_ENV, CollectConfig, Collector, collect, main, reproducible_env_missing
 from pyscorepen.evaluation_metrics import REF_SCORES_FILE
 from pyscorepen.algos.sac import SACConfig
 from pyscorepen.tasks.minari_task import load_minari_task
@@ -113,3 +113,42 @@ def test_medium_replay_size_continues_training_past_medium(tmp_path, minari_root
     assert summary["datasets"]["medium-replay"]["transitions"] == 400
     task = load_minari_task("pyscorepen/hopper/medium-replay-v0")
     assert len(task.dataset) == 400
+
+
+def _cli_collect(tmp_path, name, *extra, env_overrides=None):
+    """``python -m pyscorepen.collect`` as a user runs it (a subprocess, so it may re-execute itself)."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in REPRODUCIBLE_ENV}
+    env.update(OMP_NUM_THREADS="1", **(env_overrides or {}))
+    args = [sys.executable, "-m", "pyscorepen.collect", *TINY, "--levels", "medium-replay",
+            "--medium-replay-size", "300", "--expert-return", "3234.3", "--torch-threads", "1",
+            "--datasets-path", str(tmp_path / name / "datasets"), "--run-dir", str(tmp_path / name / "run"), *extra]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((tmp_path / name / "run" / "summary.json").read_text())
+    files = sorted((tmp_path / name / "datasets").rglob("*.hdf5"))
+    return summary, done.stderr, {f.name: f.read_bytes() for f in files}
+
+
+@pytest.mark.skipif(not reproducible_env_missing({}), reason="the CPU pins apply to x86-64 only")
+def test_reproducible_collection_pins_the_cpu_path_and_repeats_byte_for_byte(tmp_path):
+    first, stderr, data = _cli_collect(tmp_path, "a")
+    assert "restarting with" in stderr                        # the CLI re-executed itself with the pins
+    numerics = first["numerics"][-1]
+    assert numerics["torch_cpu_capability"] == "AVX2"
+    assert {k: numerics[k] for k in REPRODUCIBLE_ENV} == REPRODUCIBLE_ENV
+    second, _, data_again = _cli_collect(tmp_path, "b")
+    assert data and data == data_again                        # same command, same bytes
+    unpinned, stderr, _ = _cli_collect(tmp_path, "c", "--no-reproducible")
+    assert "restarting" not in stderr and unpinned["numerics"][-1]["MKL_CBWR"] is None
+
+
+def test_reproducible_env_missing_is_empty_off_x86(monkeypatch):
+    import platform
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert reproducible_env_missing({}) == {}
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    assert reproducible_env_missing({}) == REPRODUCIBLE_ENV
+    assert reproducible_env_missing(dict(REPRODUCIBLE_ENV)) == {}
