@@ -162,16 +162,26 @@ class Trainer:
             self.load_pretrained(stage, model, path)
             runs.remove_checkpoints(self.run_dir, prefix)
             return {}
+        fingerprint = self.fingerprint(stage)
         resume = runs.load_latest_checkpoint(self.run_dir, model.FIT_STATE_KEYS, prefix, map_location=self.device)
         if resume is None:
             rng.seed_all(rng.stage_seed(self.config.seed, stage))
         else:
-            log.info("resuming the %s fit from %s-%d.pt", stage, prefix, resume.get("epoch", resume.get("step")))
+            index = resume.get("epoch", resume.get("step"))
+            # a fit state records what it was fitted on (older ones do not): never continue it on other data
+            changes = runs.config_changes(resume["fingerprint"], fingerprint) if "fingerprint" in resume else []
+            if changes:
+                raise runs.RunFileError(
+                    f"{self.run_dir / f'{prefix}-{index}.pt'} is a {stage} fit of other data or another model "
+                    f"config: {'; '.join(changes[:8])} (saved → this run). Delete the {prefix}-*.pt files to "
+                    "start this fit over.")
+            log.info("resuming the %s fit from %s-%d.pt", stage, prefix, index)
 
         def on_progress(index: int, state_fn) -> None:
             runs.fault_injection_point(point, index)
             if index % interval == 0 or self.interrupt.requested:
-                runs.save_checkpoint(state_fn(), self.run_dir, index, self.config.keep_checkpoints, prefix)
+                runs.save_checkpoint({**state_fn(), "fingerprint": fingerprint}, self.run_dir, index,
+                                     self.config.keep_checkpoints, prefix)
             if self.interrupt.requested:
                 raise TrainingInterrupted(self.interrupt.signum, f"{stage} pretraining ({prefix}-{index}.pt)",
                                           self.run_dir)

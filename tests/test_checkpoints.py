@@ -106,6 +106,23 @@ def test_sigkill_then_same_command_gives_the_uninterrupted_result(kill_at, newes
     assert_same_run(out, reference)
 
 
+def test_a_fit_checkpoint_is_never_continued_on_other_data(tmp_path):
+    """A dynamics-fit state records its data's fingerprint; copied next to another dataset
+    (here: another cliff dataset size) it is refused, not silently trained on the new data."""
+    out = tmp_path / "run"
+    killed = train(out, kill_at="dynamics_epoch:3")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    state = torch.load(out / "dynamics-fit-2.pt", weights_only=False)
+    assert state["fingerprint"]["dataset"]["num_transitions"] == 500
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(out / "dynamics-fit-2.pt", other / "dynamics-fit-2.pt")
+    refused = train(other, "--dataset-size", "600")
+    assert refused.returncode != 0
+    assert "dynamics-fit-2.pt is a dynamics fit of other data" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 # ------------------------------------------------------------------------------ SIGTERM, SIGINT
 def interrupt_line(proc) -> str:
     lines = [line for line in proc.stderr.splitlines() if not line.startswith("INFO ")]
