@@ -23,25 +23,46 @@ algos=${ALGOS:-"mopo mobile scorepen"}
 # with more threads than its share of the cores slows ~10-25x (OpenMP spin-waits)
 threads_per_run=${THREADS_PER_RUN:+--threads-per-run $THREADS_PER_RUN}
 repo=$(cd "$(dirname "$0")/.." && pwd)
+artifacts=${ARTIFACTS:-$repo/artifacts/pretrained}   # committed shared fits, one folder per dataset
+fit() {  # the shared fit of task $1 into folder $2 (more train args after); resumes its own checkpoints
+  # FIT_ARGS: more train arguments for the fit (tests shrink it; the suite's runs must match them)
+  python -m pyscorepen.train --algo scorepen --task "$1" --pretrain-only --out "$2" --no-progress --threads 1 \
+    ${FIT_ARGS:-} "${@:3}"
+}
 for task in $tasks; do
   slug=$(echo "$task" | tr '/' '_')
   pre="$out/pretrained/$slug"
-  # the shared fit, one thread (it may run next to another process: no oversubscription). A fit
-  # committed under artifacts/pretrained/ is used instead when its fingerprint matches this dataset
-  # (byte-identical when collected with `collect --reproducible`, the default); else fit here.
-  committed="$repo/artifacts/pretrained/$slug"
-  if [[ -f "$committed/dynamics.pt" && ! -f "$pre/dynamics.pt" ]] &&
-     python -m pyscorepen.train --algo scorepen --task "$task" --pretrain-only --out "$pre" --no-progress \
-       --threads 1 --pretrained-from "$committed"; then
-    echo "mujoco_grid.sh: using the committed shared fit $committed" >&2
+  # The shared fit, one thread (it may run next to another process: no oversubscription). A fit
+  # committed under artifacts/pretrained/ (see its README) is used when its fingerprint matches this
+  # dataset (byte-identical when collected with `collect --reproducible`, the default): a finished
+  # one instead of fitting, an unfinished one (dynamics-fit-<epoch>.pt) to resume from. On a
+  # mismatch (the train CLI's exit 2) the fit starts from scratch here.
+  committed="$artifacts/$slug"
+  if [[ -f "$pre/dynamics.pt" ]] || compgen -G "$pre/dynamics-fit-*.pt" > /dev/null; then
+    fit "$task" "$pre"
+  elif [[ -f "$committed/dynamics.pt" ]]; then
+    rc=0; fit "$task" "$pre" --pretrained-from "$committed" || rc=$?
+    if [[ $rc == 2 ]]; then
+      echo "mujoco_grid.sh: $committed does not match this dataset; fitting here" >&2
+      fit "$task" "$pre"
+    elif [[ $rc != 0 ]]; then exit $rc; fi
+  elif compgen -G "$committed/dynamics-fit-*.pt" > /dev/null; then
+    mkdir -p "$pre" && cp "$committed"/dynamics-fit-*.pt "$pre"/
+    rc=0; fit "$task" "$pre" || rc=$?
+    if [[ $rc == 2 ]]; then
+      echo "mujoco_grid.sh: the unfinished fit in $committed does not match this dataset; fitting here" >&2
+      rm -f "$pre"/dynamics-fit-*.pt
+      fit "$task" "$pre"
+    elif [[ $rc != 0 ]]; then exit $rc; fi
   else
-    python -m pyscorepen.train --algo scorepen --task "$task" --pretrain-only --out "$pre" --no-progress --threads 1
+    fit "$task" "$pre"
   fi
   if [[ ! -f "$pre/dynamics.pt" || ! -f "$pre/score.pt" ]]; then
     echo "mujoco_grid.sh: the shared fit in $pre did not finish (interrupted?); rerun to resume it" >&2
     exit 1
   fi
 done
+[[ -n "${FIT_ONLY:-}" ]] && exit 0   # FIT_ONLY=1: the shared fits only
 # seed 0 of every algorithm first (a first ranking early), then seeds 1 and 2; finished runs are skipped
 for seeds in "0" "0 1 2"; do
   for task in $tasks; do
