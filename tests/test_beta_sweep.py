@@ -81,3 +81,15 @@ def test_bad_betas_are_user_errors(tmp_path, capsys):
     assert "distinct" in capsys.readouterr().err
     assert main(["--task", "cliff", "--betas", "-1", "--out", str(tmp_path / "s")]) == 2
     assert "--betas" in capsys.readouterr().err and not (tmp_path / "s").exists()
+
+
+def test_threads_per_run_reaches_every_run():
+    from pathlib import Path
+
+    from pyscorepen.experiments.beta_sweep import BetaSweepArgs, suite_config
+    from pyscorepen.suite import run_threads
+    args = BetaSweepArgs(task="x/hopper/medium-replay-v0", out=Path("o"), parallel=2, threads_per_run=1)
+    config = suite_config(args, None)
+    assert config.threads_per_run == 1 and run_threads(config) == 1
+    cmd = train_command(config, "scorepen-beta0.01", "x/hopper/medium-replay-v0", 0, sweep_defaults((0.01,)))
+    assert cmd[cmd.index("--threads") + 1] == "1"

@@ -59,6 +59,9 @@ class BetaSweepArgs:
     None: trained once into <out>/pretrained."""
     parallel: int = 1
     """Runs trained at the same time (the suite's --parallel). Range: [1, inf)."""
+    threads_per_run: int | None = None
+    """Torch threads of each run (the suite's --threads-per-run; None: the cores divided by
+    --parallel). Set 1 when other jobs share the machine. Range: [1, inf)."""
     eval_interval: int | None = None
     """Steps between evaluations (None: the train CLI's default). Range: [1, inf)."""
     eval_episodes: int | None = None
@@ -90,7 +93,8 @@ def suite_config(args: BetaSweepArgs, pretrained: str | None):
         ([args.extra_args] if args.extra_args else [])
     return SuiteConfig(algos=tuple(algo_name(b) for b in args.betas), tasks=(args.task,), seeds=args.seeds,
                        out=str(args.out), steps=args.steps, eval_interval=args.eval_interval,
-                       eval_episodes=args.eval_episodes, extra_args=" ".join(extra), parallel=args.parallel)
+                       eval_episodes=args.eval_episodes, extra_args=" ".join(extra), parallel=args.parallel,
+                       threads_per_run=args.threads_per_run)
 
 
 def pretrain_shared(args: BetaSweepArgs) -> str:
