@@ -21,6 +21,11 @@ def _best_seconds(fn, repeats=7):
     return best
 
 
+def _cpu_vendor() -> str:
+    from pyscorepen.ops.backend import cpu_vendor
+    return cpu_vendor()
+
+
 def cpu_isa() -> str:
     """ISA the C++ CPU ops run in this process (``$PYSCOREPEN_CPU_ISA``), or why there is none."""
     from pyscorepen.ops import cpu_isa as current
@@ -51,6 +56,7 @@ def record(benchmark, *, rows: int, flops_per_row: float, limit: dict[str, float
         **{f"probe_{key}": value for key, value in limit.items()},
         threads=torch.get_num_threads(),
         cpu_isa=cpu_isa(),
+        cpu_vendor=_cpu_vendor(),
         **extra,
     )
     return median

@@ -16,7 +16,9 @@ from benchutil import cpu_isa, probe_sgemm_gflops
 
 
 def pytest_report_header(config):
-    return f"pyscorepen C++ CPU ops: ISA {cpu_isa()} (PYSCOREPEN_CPU_ISA to force avx512 / avx2 / generic)"
+    from pyscorepen.ops.backend import cpu_vendor
+    return (f"pyscorepen C++ CPU ops: ISA {cpu_isa()}, CPU vendor {cpu_vendor()} (the auto policy's thresholds "
+            "depend on both; PYSCOREPEN_CPU_ISA to force avx512 / avx2 / generic)")
 
 
 def pytest_collect_file(file_path, parent):

@@ -149,10 +149,33 @@ def test_cpu_isa_environment_variable_read_once():
 def test_auto_follows_the_per_isa_policy(monkeypatch, cpu_isa, op):
     """auto picks cpp exactly from CPP_MIN_ROWS[op][ISA] rows on; explicit requests ignore the policy."""
     monkeypatch.delenv("PYSCOREPEN_BACKEND", raising=False)
-    threshold = backend.CPP_MIN_ROWS[op][cpu_isa]
+    threshold = backend.cpp_min_rows(op)   # this ISA, this CPU's vendor
+    assert threshold == backend.CPP_MIN_ROWS_BY_VENDOR.get(backend.cpu_vendor(), {}).get(op, {}).get(
+        cpu_isa, backend.CPP_MIN_ROWS[op][cpu_isa])
     for rows in sorted({1, threshold - 1, threshold, 4096} - {0, -1}):
         x = torch.zeros(rows, 2)
         assert ops.resolve_backend(op, x, rows=rows) == ("cpp" if rows >= threshold else "ref"), rows
         assert ops.resolve_backend(op, x, backend="cpp", rows=rows) == "cpp"
-    # the policy covers every ISA
+    # the policy covers every ISA; vendor entries name known shape classes and ISAs
     assert all(set(table) == set(ops.CPU_ISAS) for table in backend.CPP_MIN_ROWS.values())
+    for tables in backend.CPP_MIN_ROWS_BY_VENDOR.values():
+        assert set(tables) <= set(backend.CPP_MIN_ROWS)
+        assert all(set(table) <= set(ops.CPU_ISAS) for table in tables.values())
+
+
+@pytest.mark.skipif(not ops.EXTENSION_LOADED, reason="C++ extension not built")
+@pytest.mark.parametrize("cpu_isa", ["avx2"], indirect=True)
+def test_vendor_entries_replace_the_isa_threshold(monkeypatch, cpu_isa):
+    """An AMD CPU takes CPP_MIN_ROWS_BY_VENDOR["amd"] where listed; other vendors the ISA table."""
+    monkeypatch.setattr(backend, "cpu_vendor", lambda: "amd")
+    assert backend.cpp_min_rows("ensemble_mlp/silu") == backend.CPP_MIN_ROWS_BY_VENDOR["amd"]["ensemble_mlp/silu"]["avx2"]
+    assert backend.cpp_min_rows("ensemble_mlp/silu") != backend.CPP_MIN_ROWS["ensemble_mlp/silu"]["avx2"]
+    monkeypatch.setattr(backend, "cpu_vendor", lambda: "other")
+    assert backend.cpp_min_rows("ensemble_mlp/silu") == backend.CPP_MIN_ROWS["ensemble_mlp/silu"]["avx2"]
+    monkeypatch.setattr(backend, "cpu_vendor", lambda: "amd")
+    with backend.forced_cpu_isa("generic"):   # no AMD entry for generic: the ISA table
+        assert backend.cpp_min_rows("rollout_step") == backend.CPP_MIN_ROWS["rollout_step"]["generic"]
+
+
+def test_cpu_vendor_is_read_from_cpuinfo():
+    assert backend.cpu_vendor() in ("amd", "intel", "other")

@@ -21,6 +21,7 @@ ISA the C++ ops run (:func:`cpu_isa`: ``avx512``, ``avx2`` or ``generic``, the A
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import logging
 import os
@@ -142,11 +143,66 @@ CPP_MIN_ROWS: dict[str, dict[str, int]] = {
 }
 
 
+# Per CPU vendor, where the reference is much slower than on the machines measured above: torch's
+# CPU GEMMs are MKL's, and MKL runs a slower code path on AMD CPUs (same-process sgemm probe 8192 x
+# 256 x 256, 1 thread, on an AMD EPYC Zen 5 (family 26, full-width AVX-512): 61-98 GFLOP/s, while
+# our kernels reach 190-225 GFLOP/s there). An entry replaces CPP_MIN_ROWS[shape class][ISA] on
+# that vendor's CPUs; what is not listed falls back to CPP_MIN_ROWS.
+#
+# Measured (python benches/cpu_policy.py, 2026-12-02 session 5, thread CPU time, one torch
+# thread, AMD EPYC family 26 model 2 (Zen 5), 2 vCPUs shared with two 1-thread jobs; "avx2" with
+# MKL / oneDNN / ATen capped to AVX2, the stand-in for a Zen 3); batch: ref/cpp ratio.
+#   rollout_step        avx512  1: 0.53  16: 1.97  64: 2.09  256: 2.17  4096: 2.70
+#                       avx2    1: 0.26  16: 1.12  64: 1.22  256: 1.19  4096: 1.50
+#   score_penalty       avx512  1: 0.56  16: 1.97  64: 2.20  256: 2.34  4096: 2.42  50k: 4.36
+#                       avx2    1: 0.32  16: 1.11  64: 1.21  256: 1.26  4096: 1.25  50k: 2.31
+#   soft_value          avx512  1: 1.35  16: 2.85  64: 2.71  256: 2.63  12150: 3.61
+#                       avx2    1: 0.76  16: 1.65  64: 1.50  256: 1.42  12150: 1.91
+#   ensemble_mlp/relu   avx512  1: 0.55  8: 0.91  32: 1.41  64: 1.85  128: 1.93  256: 2.43  3840: 2.30
+#                       avx2    1: 0.40  8: 0.68  32: 0.89  64: 1.15  128: 1.19  256: 1.36  3840: 1.31
+#   ensemble_mlp/silu   avx512  32: 1.09  64: 1.30  128: 1.27  256: 1.56  1024: 1.81
+#                       avx2    32: 0.59  64: 0.86  128: 0.95  256: 1.10  1024: 1.24
+# A whole dynamics-fit minibatch (Hopper sizes, E = 7, batch 256, loss + backward + Adam; idle,
+# wall clock): ref 18.4 ms, cpp 13.5 ms on 1 thread (1.37x); 11.2 vs 8.3 ms on 2 threads.
+# The Zen 4 figures in the comment above (ensemble SiLU 256: 0.95) predate the current ensemble
+# kernels (the 256-row weight-gradient slabs) and were not re-measured: no Zen 4 this session.
+CPP_MIN_ROWS_BY_VENDOR: dict[str, dict[str, dict[str, int]]] = {
+    "amd": {
+        "rollout_step": {"avx512": 16, "avx2": 16},
+        "score_penalty": {"avx512": 16, "avx2": 16},
+        "soft_value": {"avx512": 1, "avx2": 16},
+        "ensemble_mlp/relu": {"avx512": 32, "avx2": 64},
+        "ensemble_mlp/silu": {"avx512": 32, "avx2": 256},
+    },
+}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_vendor() -> str:
+    """``"amd"``, ``"intel"`` or ``"other"``: the vendor of this CPU (Linux ``/proc/cpuinfo``;
+    ``"other"`` where it cannot be read). Selects :data:`CPP_MIN_ROWS_BY_VENDOR`."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("vendor_id"):
+                    vendor = line.split(":", 1)[1].strip()
+                    return {"AuthenticAMD": "amd", "GenuineIntel": "intel"}.get(vendor, "other")
+    except OSError:
+        pass
+    return "other"
+
+
 def cpp_min_rows(shape_class: str) -> int:
-    """Threshold of :data:`CPP_MIN_ROWS` for ``shape_class`` on the current ISA (0 without the
-    extension, or for a shape class the table does not measure yet: no policy)."""
+    """Threshold of the policy for ``shape_class`` on the current ISA and CPU vendor
+    (:data:`CPP_MIN_ROWS_BY_VENDOR`, else :data:`CPP_MIN_ROWS`); 0 without the extension, or for a
+    shape class the tables do not measure yet (no policy)."""
     isa = cpu_isa()
-    return CPP_MIN_ROWS.get(shape_class, {}).get(isa, 0) if isa is not None else 0
+    if isa is None:
+        return 0
+    by_vendor = CPP_MIN_ROWS_BY_VENDOR.get(cpu_vendor(), {}).get(shape_class, {})
+    if isa in by_vendor:
+        return by_vendor[isa]
+    return CPP_MIN_ROWS.get(shape_class, {}).get(isa, 0)
 
 
 def register_reference(op: str, reference: Callable) -> None:
