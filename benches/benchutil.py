@@ -21,11 +21,6 @@ def _best_seconds(fn, repeats=7):
     return best
 
 
-def _cpu_vendor() -> str:
-    from pyscorepen.ops.backend import cpu_vendor
-    return cpu_vendor()
-
-
 def cpu_isa() -> str:
     """ISA the C++ CPU ops run in this process (``$PYSCOREPEN_CPU_ISA``), or why there is none."""
     from pyscorepen.ops import cpu_isa as current
@@ -49,6 +44,7 @@ def record(benchmark, *, rows: int, flops_per_row: float, limit: dict[str, float
     """Derived throughput of the last benchmark into ``benchmark.extra_info``; returns the median (s)."""
     median = benchmark.stats.stats.median
     gflops = rows * flops_per_row / median / 1e9
+    from pyscorepen.ops.backend import cpu_vendor
     benchmark.extra_info.update(
         rows_per_s=rows / median,
         gflops=gflops,
@@ -56,7 +52,7 @@ def record(benchmark, *, rows: int, flops_per_row: float, limit: dict[str, float
         **{f"probe_{key}": value for key, value in limit.items()},
         threads=torch.get_num_threads(),
         cpu_isa=cpu_isa(),
-        cpu_vendor=_cpu_vendor(),
+        cpu_vendor=cpu_vendor(),
         **extra,
     )
     return median

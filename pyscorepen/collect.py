@@ -536,9 +536,10 @@ def collect(config: CollectConfig) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     summary = _load_json(run_dir / "summary.json")
     summary.update({"env_id": config.env_id, "config": asdict(config)})
-    if config.reproducible and reproducible_env_missing():
+    unpinned = reproducible_env_missing() if config.reproducible else {}
+    if unpinned:
         print("[collect] warning: --reproducible is on but the CPU pins are not set in this process "
-              f"({', '.join(reproducible_env_missing())}); python -m pyscorepen.collect sets them itself. "
+              f"({', '.join(unpinned)}); python -m pyscorepen.collect sets them itself. "
               "These datasets may differ from another machine's.", file=sys.stderr)
     summary.setdefault("numerics", []).append(isa_record())   # one entry per (resumed) start
     summary.setdefault("datasets", {})

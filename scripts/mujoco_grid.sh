@@ -29,6 +29,17 @@ fit() {  # the shared fit of task $1 into folder $2 (more train args after); res
   python -m pyscorepen.train --algo scorepen --task "$1" --pretrain-only --out "$2" --no-progress --threads 1 \
     ${FIT_ARGS:-} "${@:3}"
 }
+fit_from_committed() {  # fit() starting from a committed fit; on a fingerprint mismatch (exit 2) from scratch
+  local rc=0
+  fit "$@" || rc=$?
+  if [[ $rc == 2 ]]; then
+    echo "mujoco_grid.sh: the committed fit in $committed does not match this dataset; fitting here" >&2
+    rm -f "$2"/dynamics-fit-*.pt
+    fit "$1" "$2"
+  elif [[ $rc != 0 ]]; then
+    exit $rc
+  fi
+}
 for task in $tasks; do
   slug=$(echo "$task" | tr '/' '_')
   pre="$out/pretrained/$slug"
@@ -41,19 +52,10 @@ for task in $tasks; do
   if [[ -f "$pre/dynamics.pt" ]] || compgen -G "$pre/dynamics-fit-*.pt" > /dev/null; then
     fit "$task" "$pre"
   elif [[ -f "$committed/dynamics.pt" ]]; then
-    rc=0; fit "$task" "$pre" --pretrained-from "$committed" || rc=$?
-    if [[ $rc == 2 ]]; then
-      echo "mujoco_grid.sh: $committed does not match this dataset; fitting here" >&2
-      fit "$task" "$pre"
-    elif [[ $rc != 0 ]]; then exit $rc; fi
+    fit_from_committed "$task" "$pre" --pretrained-from "$committed"
   elif compgen -G "$committed/dynamics-fit-*.pt" > /dev/null; then
     mkdir -p "$pre" && cp "$committed"/dynamics-fit-*.pt "$pre"/
-    rc=0; fit "$task" "$pre" || rc=$?
-    if [[ $rc == 2 ]]; then
-      echo "mujoco_grid.sh: the unfinished fit in $committed does not match this dataset; fitting here" >&2
-      rm -f "$pre"/dynamics-fit-*.pt
-      fit "$task" "$pre"
-    elif [[ $rc != 0 ]]; then exit $rc; fi
+    fit_from_committed "$task" "$pre"
   else
     fit "$task" "$pre"
   fi
