@@ -745,7 +745,8 @@ TORCH_LIBRARY(pyscorepen, m) {
       "Tensor(e!)[] target_weights, Tensor(f!)[] target_biases, Tensor(g!) log_alpha, Tensor(h!)[] exp_avgs, "
       "Tensor(i!)[] exp_avg_sqs, Tensor(j!)[] steps, Tensor action_scale, Tensor action_offset, float gamma, "
       "float tau, float target_entropy, bool auto_alpha, float actor_lr, float critic_lr, float alpha_lr, "
-      "float beta1, float beta2, float adam_eps, float weight_decay, float log_std_min, float log_std_max) -> Tensor");
+      "float beta1, float beta2, float adam_eps, float weight_decay, float log_std_min, float log_std_max, "
+      "bool deterministic_backup=False, float? target_min=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pyscorepen, CPU, m) {

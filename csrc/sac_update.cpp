@@ -98,7 +98,7 @@ Tensor sac_update_cpu(const Tensor& obs, const Tensor& actions, const Tensor& re
                       const Tensor& action_scale, const Tensor& action_offset, double gamma, double tau,
                       double target_entropy, bool auto_alpha, double actor_lr, double critic_lr, double alpha_lr,
                       double beta1, double beta2, double adam_eps, double weight_decay, double log_std_min,
-                      double log_std_max) {
+                      double log_std_max, bool deterministic_backup, c10::optional<double> target_min) {
   // below autograd: the parameters may require grad, but no graph is recorded and the in-place
   // updates of leaves are allowed (the op's schema declares them)
   at::AutoDispatchBelowADInplaceOrView no_autograd;
@@ -182,9 +182,12 @@ Tensor sac_update_cpu(const Tensor& obs, const Tensor& actions, const Tensor& re
   const float inv_b = 1.0f / static_cast<float>(B);
 
   // 1. Bellman target (SAC Eq. 3; ScorePen-MORL Eq. 20 / MOPO Alg. 2 stored penalty; MOBILE
-  //    target penalty precomputed): y = r - penalty + gamma (1 - d) [min_k Q'_k(s', a') - alpha log pi(a'|s')]
+  //    target penalty precomputed): y = r - penalty + gamma (1 - d) [min_k Q'_k(s', a') - alpha log pi(a'|s')];
+  //    the entropy-free backup (COMBO's default) is alpha = 0 in V(s'); target_min (MOBILE's
+  //    references: 0) clamps y from below
+  const Tensor target_alpha = deterministic_backup ? at::zeros_like(alpha) : alpha;
   const Tensor next_v = call_soft_value(next_obs, target_noise, actor_w_io, actor_biases, target_weights,
-                                        target_biases, scale, offset, alpha, log_std_min, log_std_max);   // [B]
+                                        target_biases, scale, offset, target_alpha, log_std_min, log_std_max);   // [B]
   const Tensor y = at::empty({B}, f32);                                                                  // [B]
   {
     const Tensor r = rewards.contiguous(), d = terminals.contiguous(), p = penalty.contiguous();
@@ -194,10 +197,13 @@ Tensor sac_update_cpu(const Tensor& obs, const Tensor& actions, const Tensor& re
                 *v_p = v.data_ptr<float>(), *tp_p = tp.defined() ? tp.data_ptr<float>() : nullptr;
     float* y_p = y.data_ptr<float>();
     const float g = static_cast<float>(gamma);
+    const bool clamp = target_min.has_value();
+    const float lower = clamp ? static_cast<float>(*target_min) : 0.0f;
     for (int64_t b = 0; b < B; ++b) {
       float reward = r_p[b] - p_p[b];
       if (tp_p != nullptr) reward -= tp_p[b];
-      y_p[b] = reward + g * (1.0f - d_p[b]) * v_p[b];
+      const float target = reward + g * (1.0f - d_p[b]) * v_p[b];
+      y_p[b] = clamp ? std::max(target, lower) : target;
     }
   }
 

@@ -144,6 +144,7 @@ def sac_update_triton(
     actor_weights, actor_biases, critic_weights, critic_biases, target_weights, target_biases, log_alpha,
     exp_avgs, exp_avg_sqs, steps, action_scale, action_offset, gamma, tau, target_entropy, auto_alpha,
     actor_lr, critic_lr, alpha_lr, beta1, beta2, adam_eps, weight_decay, log_std_min, log_std_max,
+    deterministic_backup=False, target_min=None,
 ) -> Tensor:
     """The SAC step of :func:`pyscorepen.ops.sac_update.sac_update_ref` (same arguments, same in-place
     updates, returns [3]: critic loss, actor loss, mean Q) as Triton kernels; float32 tensors."""
@@ -155,14 +156,18 @@ def sac_update_triton(
     alpha = log_alpha.exp()                                                    # [] before the step
     inv_batch = 1.0 / batch
 
-    # 1. target y = r - penalty [- target_penalty] + gamma (1 - d) V'(s')
+    # 1. target y = r - penalty [- target_penalty] + gamma (1 - d) V'(s'), V' entropy-free with
+    #    deterministic_backup, y clamped at >= target_min when given
     actor_w_io = [w.t() for w in actor_weights]                                # [in, out] views
+    target_alpha = torch.zeros_like(alpha) if deterministic_backup else alpha
     next_v = soft_value_triton(next_obs, target_noise, actor_w_io, list(actor_biases), list(target_weights),
-                               list(target_biases), scale, offset, alpha, log_std_min, log_std_max)  # [B]
+                               list(target_biases), scale, offset, target_alpha, log_std_min, log_std_max)  # [B]
     reward = rewards - penalty
     if target_penalty is not None:
         reward = reward - target_penalty
     target = torch.addcmul(reward, 1.0 - terminals, next_v, value=gamma)      # [B]
+    if target_min is not None:
+        target = target.clamp_min(target_min)
 
     # 2. critic step
     critic_w, critic_b = list(critic_weights), list(critic_biases)

@@ -143,6 +143,28 @@ def test_agent_fused_update_with_target_penalty(monkeypatch):
     assert got[-1]["penalty/const"] == pytest.approx(want[-1]["penalty/const"], rel=1e-6)
 
 
+class ClampedTargetPenalty(ConstantTargetPenalty):
+    """MOBILE-like: a target-time penalty that also clamps the Bellman target at >= 0."""
+
+    name, target_min = "clamped", 0.0
+
+
+@needs_cpp
+def test_agent_fused_update_mobile_hooks(monkeypatch):
+    """MOBILE's target clamp and COMBO's entropy-free backup (without COMBO's regulariser) run fused
+    and match update_ref."""
+    monkeypatch.delenv("PYSCOREPEN_BACKEND", raising=False)
+    agent = make_agent(11, 3, (32, 32), 2, deterministic_backup=True)
+    agent.target_penalties = [ClampedTargetPenalty()]
+    gen = torch.Generator().manual_seed(3)
+    batches = [make_batch(11, 3, 64, gen) for _ in range(UPDATES)]
+    assert agent.target_min() == 0.0
+    assert agent.fused_update_backend(batches[0]) == "cpp"
+    fused, ref, got, want = run_both(agent, batches)
+    assert_agents_close(fused, ref, UPDATES)
+    assert got[-1]["penalty/clamped"] == pytest.approx(want[-1]["penalty/clamped"], rel=1e-6)
+
+
 def test_fused_update_backend_decision(monkeypatch):
     """The single place: cpp + plain SAC -> fused; ref backend or COMBO's regulariser -> module path."""
     monkeypatch.delenv("PYSCOREPEN_BACKEND", raising=False)
@@ -216,7 +238,7 @@ def test_independent_of_thread_count(monkeypatch):
 
 # ------------------------------------------------------------------ the op itself
 def op_args(obs_dim=6, act_dim=2, hidden=(20, 12), critics=2, batch=40, seed=0, target_penalty=True,
-            auto_alpha=True):
+            auto_alpha=True, deterministic_backup=False, target_min=None):
     """sac_update arguments on fresh tensors (Adam states after a few fake steps, not zero)."""
     gen = torch.Generator().manual_seed(seed)
     actor_dims, critic_dims = [obs_dim, *hidden, 2 * act_dim], [obs_dim + act_dim, *hidden, 1]
@@ -240,7 +262,8 @@ def op_args(obs_dim=6, act_dim=2, hidden=(20, 12), critics=2, batch=40, seed=0, 
         steps=[torch.tensor(3.0) for _ in params],
         action_scale=0.5 + torch.rand(act_dim, generator=gen), action_offset=0.1 * torch.randn(act_dim, generator=gen),
         gamma=0.99, tau=0.005, target_entropy=-float(act_dim), auto_alpha=auto_alpha, actor_lr=1e-4, critic_lr=3e-4,
-        alpha_lr=1e-4, beta1=0.9, beta2=0.999, adam_eps=1e-8, weight_decay=0.0, log_std_min=-5.0, log_std_max=2.0)
+        alpha_lr=1e-4, beta1=0.9, beta2=0.999, adam_eps=1e-8, weight_decay=0.0, log_std_min=-5.0, log_std_max=2.0,
+        deterministic_backup=deterministic_backup, target_min=target_min)
 
 
 def clone_args(args: dict) -> dict:
@@ -256,8 +279,10 @@ MUTATED = ("actor_weights", "actor_biases", "critic_weights", "critic_biases", "
 @pytest.mark.parametrize("cpu_isa", ISAS, indirect=True)
 @pytest.mark.parametrize("case", [dict(), dict(target_penalty=False, auto_alpha=False),
                                   dict(obs_dim=11, act_dim=3, hidden=(256, 256), batch=256),
-                                  dict(hidden=(9,), critics=1, batch=7), dict(hidden=(), batch=30)],
-                         ids=["default", "no-target-penalty-no-alpha", "hopper", "N1-B7", "no-hidden"])
+                                  dict(hidden=(9,), critics=1, batch=7), dict(hidden=(), batch=30),
+                                  dict(deterministic_backup=True, target_min=0.0)],
+                         ids=["default", "no-target-penalty-no-alpha", "hopper", "N1-B7", "no-hidden",
+                              "deterministic-backup-clamped"])
 def test_op_matches_reference(cpu_isa, case):
     args = op_args(**case)
     got_args, want_args = clone_args(args), clone_args(args)
@@ -277,11 +302,24 @@ def test_op_matches_reference(cpu_isa, case):
                 assert not torch.equal(g, b), f"{key}[{index}] was not updated"
 
 
+@pytest.mark.parametrize("hook", ["deterministic_backup", "target_min"])
+def test_target_hooks_change_the_step(hook):
+    """The reference's entropy-free backup and target clamp really act on these inputs (so the
+    backend comparisons above test them): the critics move differently with the hook on. With a
+    random batch, r - penalty + gamma V' is negative on many rows, so a clamp at 0 binds."""
+    plain, hooked = op_args(), op_args(**{hook: True if hook == "deterministic_backup" else 0.0})
+    sac_update_ref(**plain)
+    sac_update_ref(**hooked)
+    assert not torch.allclose(plain["critic_weights"][-1], hooked["critic_weights"][-1], rtol=0, atol=1e-7)
+
+
 @needs_cpp
 def test_opcheck():
     args = op_args(batch=12, hidden=(8,))
     torch.library.opcheck(torch.ops.pyscorepen.sac_update.default, tuple(args.values()))
     args = op_args(batch=12, hidden=(8,), target_penalty=False, auto_alpha=False)
+    torch.library.opcheck(torch.ops.pyscorepen.sac_update.default, tuple(args.values()))
+    args = op_args(batch=12, hidden=(8,), deterministic_backup=True, target_min=0.0)
     torch.library.opcheck(torch.ops.pyscorepen.sac_update.default, tuple(args.values()))
 
 
@@ -340,8 +378,9 @@ def test_batch_size_policy(monkeypatch, cpu_isa):
     assert sac_update(**op_args(batch=300), backend="cpp").shape == (3,)   # an explicit request ignores the policy
 
 
-def test_fused_path_declines_hooks_without_a_fused_form():
-    """The entropy-free backup and MOBILE's clamped target have no fused form: the module path runs."""
+def test_fused_path_takes_the_backup_and_clamp_hooks():
+    """The entropy-free backup and MOBILE's clamped target have fused forms (the op's
+    ``deterministic_backup`` / ``target_min``): the fused path runs for them where cpp is available."""
     from pyscorepen.algos.sac import SAC, SACConfig
     from pyscorepen.data import Batch
     torch.manual_seed(0)
@@ -349,11 +388,12 @@ def test_fused_path_declines_hooks_without_a_fused_form():
                   torch.zeros(256), torch.zeros(256), torch.zeros(256, dtype=torch.bool))
     plain = SAC(5, 2, SACConfig(hidden_dims=(32, 32)), -torch.ones(2), torch.ones(2))
     backup = SAC(5, 2, SACConfig(hidden_dims=(32, 32), deterministic_backup=True), -torch.ones(2), torch.ones(2))
-    assert backup.fused_update_backend(batch) is None
+    expected = plain.fused_update_backend(batch)   # "cpp" with the extension, None without
+    assert backup.fused_update_backend(batch) == expected
     clamp = type("Clamp", (), {"target_min": 0.0, "name": "clamp", "coef": 1.0,
                                "__call__": lambda self, agent, b: torch.zeros_like(b.rewards)})()
     plain.target_penalties = [clamp]
-    assert plain.fused_update_backend(batch) is None
+    assert plain.fused_update_backend(batch) == expected and plain.target_min() == 0.0
 
 
 def test_fused_update_follows_the_actor_lr_cosine_schedule():

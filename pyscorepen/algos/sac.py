@@ -152,10 +152,16 @@ class SAC:
             info[f"penalty/{plugin.name}"] = extra.mean()
         # reward + gamma * (1 - d) * next_v, as one fused multiply-add
         target = torch.addcmul(reward, (1.0 - batch.terminals), next_v, value=self.config.gamma)  # [B]
-        bounds = [p.target_min for p in self.target_penalties if getattr(p, "target_min", None) is not None]
-        if bounds:
-            target = target.clamp_min(max(bounds))
+        target_min = self.target_min()
+        if target_min is not None:
+            target = target.clamp_min(target_min)
         return target, info
+
+    def target_min(self) -> float | None:
+        """Lower bound of the Bellman target: the largest ``target_min`` of the target-time plug-ins
+        (MOBILE's references clamp at 0), None when none sets one."""
+        bounds = [p.target_min for p in self.target_penalties if getattr(p, "target_min", None) is not None]
+        return max(bounds) if bounds else None
 
     def anneal_actor_lr(self) -> None:
         """Cosine schedule of the actor learning rate (``actor_lr_cosine``), a closed form of the
@@ -273,17 +279,12 @@ class SAC:
         per-ISA limit :data:`pyscorepen.ops.sac_update.MAX_CPP_ROWS`; "triton" only when requested by name)
         and the algorithm's hooks have a fused form: the stored penalty (fused) and
         :attr:`target_penalties` (computed before the step and passed in, MOBILE). None (the module
-        path) when ``config.fused_update`` is off, with ``deterministic_backup`` or a clamped target
-        (MOBILE's ``target_min``), when a subclass overrides :meth:`critic_regularizer`
+        path) when ``config.fused_update`` is off, when a subclass overrides :meth:`critic_regularizer`
         (COMBO) or :meth:`compute_target`, the networks are not the standard actor / Q ensemble, or an
         optimizer uses an Adam option the op does not have (amsgrad, maximize, per-optimizer betas).
         """
         cls = type(self)
         if not self.config.fused_update:
-            return None
-        # no fused form (yet): the entropy-free backup (COMBO's default) and a clamped target (MOBILE's target_min)
-        if self.config.deterministic_backup or any(getattr(p, "target_min", None) is not None
-                                                   for p in self.target_penalties):
             return None
         if cls.critic_regularizer is not SAC.critic_regularizer or cls.compute_target is not SAC.compute_target:
             return None
@@ -363,7 +364,8 @@ class SAC:
                 t["exp_avgs"], t["exp_avg_sqs"], t["steps"],
                 self.actor.action_scale, self.actor.action_offset, config.gamma, config.tau, self.target_entropy,
                 config.auto_alpha, *lr, *group["betas"], group["eps"], group["weight_decay"],
-                self.actor.LOG_STD_MIN, self.actor.LOG_STD_MAX)                # [3] critic loss, actor loss, mean Q
+                self.actor.LOG_STD_MIN, self.actor.LOG_STD_MAX, config.deterministic_backup,
+                self.target_min())                                             # [3] critic loss, actor loss, mean Q
             self.num_updates += 1
             extra_values = [v.reshape(1) for v in info.values()]
             values = torch.cat([stats, self.alpha.reshape(1), batch.penalty.mean().reshape(1), *extra_values]).tolist()

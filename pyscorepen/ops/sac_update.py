@@ -12,6 +12,8 @@ Eq. 18 for the temperature), B rows, N critics, alpha = exp(log_alpha) before th
 
     y      = r - penalty [- target_penalty] + gamma (1 - d) [min_k Q'_k(s', a') - alpha log pi(a'|s')],
              a' ~ pi(.|s') drawn with ``target_noise``             (ScorePen-MORL Eq. 20, MOPO Alg. 2)
+             [alpha = 0 in this term if ``deterministic_backup`` (COMBO's entropy-free backup);
+              y <- max(y, ``target_min``) if given (MOBILE's references clamp at 0)]
     L_Q    = sum_k mean_b (Q_k(s, a) - y)^2                        -> Adam(critic_lr) on the critics
     L_pi   = mean_b [alpha log pi(a~|s) - min_k Q_k(s, a~)],       a~ ~ pi(.|s) drawn with ``actor_noise``,
              through the critics *after* their step               -> Adam(actor_lr) on the actor
@@ -36,7 +38,8 @@ Arguments and layout (every tensor float32, parameters and Adam states contiguou
   step, on the same networks the target uses.
 
 Hooks: the stored per-transition penalty (MOPO, ScorePen-MORL) is fused; target-time penalties
-(MOBILE) enter precomputed as ``target_penalty``; a critic regulariser (COMBO's CQL term) has no
+(MOBILE) enter precomputed as ``target_penalty``, and MOBILE's target clamp as ``target_min``; the
+entropy-free backup is ``deterministic_backup``; a critic regulariser (COMBO's CQL term) has no
 fused form: the agent falls back to its module path for it.
 
 Population (several seeds in one process, not implemented yet): the layouts generalise with a
@@ -102,6 +105,7 @@ def sac_update_ref(
     actor_lr: float, critic_lr: float, alpha_lr: float,
     beta1: float, beta2: float, adam_eps: float, weight_decay: float,
     log_std_min: float, log_std_max: float,
+    deterministic_backup: bool = False, target_min: float | None = None,
 ) -> Tensor:
     """The step of the module docstring with autograd and :func:`adam_ref_`; updates the
     parameters and states in place and returns [3] (critic loss, actor loss, mean Q)."""
@@ -110,12 +114,15 @@ def sac_update_ref(
     with torch.no_grad():
         alpha = log_alpha.exp()
         actor_w_io = [w.t() for w in actor_weights]                           # [in, out]
+        target_alpha = torch.zeros_like(alpha) if deterministic_backup else alpha   # entropy-free backup: alpha = 0
         next_v = soft_value_ref(next_obs, target_noise, actor_w_io, actor_biases, target_weights, target_biases,
-                                action_scale, action_offset, alpha, log_std_min, log_std_max)   # [B]
+                                action_scale, action_offset, target_alpha, log_std_min, log_std_max)   # [B]
         reward = rewards - penalty
         if target_penalty is not None:
             reward = reward - target_penalty
         target = torch.addcmul(reward, 1.0 - terminals, next_v, value=gamma)  # [B]
+        if target_min is not None:                                            # MOBILE's clamp (references: 0)
+            target = target.clamp_min(target_min)
 
     critic_params = [p for pair in zip(critic_weights, critic_biases) for p in pair]
     with torch.enable_grad():
