@@ -118,6 +118,18 @@ def _last_metrics(run: Path) -> dict:
     return rows[-1] if rows else {}
 
 
+LATE_EVALS = 5
+"""Evaluations averaged by the table's robustness column (the rule itself reads the final one)."""
+
+
+def _late_score(run: Path, metric: str) -> float | None:
+    """Mean of the run's last :data:`LATE_EVALS` evaluations of ``metric``: less noisy than the final
+    one where learning curves oscillate (hopper's do by tens of points between evaluations)."""
+    from pyscorepen.runs import read_metrics
+    values = [float(r[metric]) for r in read_metrics(run) if r.get(metric) is not None]
+    return float(np.mean(values[-LATE_EVALS:])) if values else None
+
+
 def _mean(values) -> float | None:
     values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     return float(np.mean(values)) if values else None
@@ -135,6 +147,7 @@ def sweep_rows(args: BetaSweepArgs, config) -> list[dict]:
         metric = "normalized_score_mean" if scores and all(v is not None for v in scores) else "return_mean"
         finals = [float(s[metric]) for s in summaries if s.get(metric) is not None]
         last = [_last_metrics(r) for r in runs_done]
+        late = [v for v in (_late_score(r, metric) for r in runs_done) if v is not None]
         samples = []
         for r in runs_done:
             path = r / "penalty_sample.json"
@@ -148,6 +161,8 @@ def sweep_rows(args: BetaSweepArgs, config) -> list[dict]:
             "metric": metric,
             "score_mean": float(np.mean(finals)) if finals else None,
             "score_std": float(np.std(finals)) if finals else None,
+            "late_score_mean": float(np.mean(late)) if late else None,
+            "late_score_std": float(np.std(late)) if late else None,
             "model_penalty_mean": _mean(m.get("rollout/penalty_mean") for m in last),
             "raw_score_penalty_mean": _mean(m.get("rollout/raw_score_mean") for m in last),
             "sample_model_penalty_mean": _mean(_mean(s.get("model", {}).get("stored", [])) for s in samples),
@@ -187,17 +202,22 @@ def write_results(args: BetaSweepArgs, rows: list[dict], chosen: float | None, w
              f"{'normalized score' if metric == 'normalized_score_mean' else 'return'}, "
              "mean ± std over seeds.",
              "",
-             "| β | β (paper units) | seeds | score | model-data penalty (rollout/penalty_mean) "
-             "| ‖h‖² on model data (rollout/raw_score_mean) | penalty sample: model / real | chosen |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"| β | β (paper units) | seeds | score | last {LATE_EVALS} evaluations | model-data penalty "
+             "(rollout/penalty_mean) | ‖h‖² on model data (rollout/raw_score_mean) | penalty sample: model / real "
+             "| chosen |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         score = "–" if r["score_mean"] is None else f"{r['score_mean']:.1f} ± {r['score_std']:.1f}"
-        lines.append(f"| {r['beta']:g} | {r['beta_paper_units']:g} | {r['seeds_done']} | {score} | "
+        late = "–" if r.get("late_score_mean") is None else f"{r['late_score_mean']:.1f} ± {r['late_score_std']:.1f}"
+        lines.append(f"| {r['beta']:g} | {r['beta_paper_units']:g} | {r['seeds_done']} | {score} | {late} | "
                      f"{fmt(r['model_penalty_mean'])} | {fmt(r['raw_score_penalty_mean'])} | "
                      f"{fmt(r['sample_model_penalty_mean'])} / {fmt(r['sample_real_penalty_mean'])} | "
                      f"{'**yes**' if r['beta'] == chosen else ''} |")
     verdict = f"Chosen: β = {chosen:g} ({why})." if chosen is not None else f"Chosen: none ({why})."
     lines += ["", SELECTION_RULE, "", verdict, "",
+              f"Last {LATE_EVALS} evaluations: each seed's mean over its last {LATE_EVALS} evaluations, then mean ± "
+              "std over seeds; a robustness check beside the rule's final score, not used by the rule.",
+              "",
               "Penalties: last logged rollout round, mean over seeds (reward units, β applied; ‖h‖² unweighted); "
               "the penalty sample is penalty_sample.json's stored penalty on model and on real transitions."]
     (args.out / "beta_sweep.md").write_text("\n".join(lines) + "\n")
@@ -214,8 +234,12 @@ def write_results(args: BetaSweepArgs, rows: list[dict], chosen: float | None, w
         axes[1].plot([r["beta"] for r in pen], [r["model_penalty_mean"] for r in pen], marker="o")
     axes[0].set_ylabel("final normalized score" if metric == "normalized_score_mean" else "final return")
     axes[1].set_ylabel("mean model-data penalty")
+    positive = [r["beta"] for r in rows if r["beta"] > 0]
     for ax in axes:
-        ax.set_xscale("log")
+        if positive and len(positive) < len(rows):   # β = 0 (no penalty) in the sweep: linear around 0
+            ax.set_xscale("symlog", linthresh=min(positive))
+        else:
+            ax.set_xscale("log")
         ax.set_xlabel("β (library units)")
     fig.suptitle(f"ScorePen-MORL β sweep, {args.task}", fontsize=9)
     fig.tight_layout()
