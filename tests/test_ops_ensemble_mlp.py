@@ -143,6 +143,30 @@ def test_cpp_code_paths(cpu_isa):
 
 
 @pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
+@pytest.mark.parametrize("cpu_isa", cpp_isa_params("ensemble_mlp"), indirect=True)
+def test_backward_ignores_the_reused_workspace(cpu_isa):
+    """The backward's temporaries (W^T, the dz chain) live in a per-thread workspace reused across
+    calls: a call after another shape has filled it with other numbers gives the same bits."""
+    forward, backward = torch.ops.pyscorepen.ensemble_mlp_forward.default, torch.ops.pyscorepen.ensemble_mlp_backward.default
+    gen = torch.Generator().manual_seed(3)
+
+    def grads(members, batch, dims, activation):
+        weights = [torch.randn(members, i, o, generator=gen) for i, o in zip(dims, dims[1:])]
+        biases = [torch.randn(members, o, generator=gen) for o in dims[1:]]
+        x = torch.randn(members, batch, dims[0], generator=gen)
+        out, saved = forward(x, weights, biases, activation)
+        return backward(torch.randn(out.shape, generator=gen), x, weights, saved, activation, [True, True, True])
+
+    state = gen.get_state()
+    first = grads(3, 50, (7, 33, 20, 5), "silu")
+    grads(5, 300, (40, 64, 64, 64, 9), "relu")   # a larger call fills the workspace with other values
+    gen.set_state(state)
+    again = grads(3, 50, (7, 33, 20, 5), "silu")
+    for got, want in zip([again[0], *again[1], *again[2]], [first[0], *first[1], *first[2]]):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
 def test_registered_op_autograd_matches_eager_path():
     """torch.ops.pyscorepen.ensemble_mlp (register_autograd) and the eager autograd.Function agree."""
     for activation, shared in (("relu", True), ("silu", False)):
