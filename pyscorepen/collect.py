@@ -533,7 +533,12 @@ def collect(config: CollectConfig) -> dict:
     root = (Path(config.datasets_path) if config.datasets_path else minari_datasets_root()).resolve()
     root.mkdir(parents=True, exist_ok=True)
     run_dir = Path(config.run_dir) if config.run_dir else _default_run_dir(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with runs.RunLock(run_dir, "--run-dir"):   # one collector per run folder
+        return _collect_in(config, root, run_dir)
+
+
+def _collect_in(config: CollectConfig, root: Path, run_dir: Path) -> dict:
+    """:func:`collect`'s work in its (locked) run folder."""
     summary = _load_json(run_dir / "summary.json")
     summary.update({"env_id": config.env_id, "config": asdict(config)})
     unpinned = reproducible_env_missing() if config.reproducible else {}

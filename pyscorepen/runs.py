@@ -20,6 +20,7 @@
       learning_curve.png, penalty_heatmap.png (cliff)
       tb/               TensorBoard event files (only with --tensorboard)
       report.html       written by `python -m pyscorepen.report <run>`
+      .lock             who holds the folder (see RunLock); locked while a process trains in it
 """
 from __future__ import annotations
 
@@ -302,6 +303,61 @@ class GracefulInterrupt:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+class RunInUseError(PyScorePenError):
+    """Another live process holds the run folder (:class:`RunLock`)."""
+
+
+class RunLock:
+    """Exclusive use of a run folder by this process while it trains there.
+
+    Two processes in one folder (the same command started twice, or two suites with the same
+    --out) would overwrite each other's checkpoints, metrics and models. The lock is an ``flock``
+    on ``<folder>/.lock``, so the OS releases it when the holder ends in any way, ``kill -9``
+    included: there is no stale lock to clean up. The file keeps the holder's pid, host and start
+    time for the error message; it is never deleted (deleting a lock file races with a process
+    that opened it just before). Where ``fcntl`` does not exist (Windows) nothing is locked.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, run_dir: Path, option: str = "--out"):
+        self.run_dir, self.option, self.fd = Path(run_dir), option, None
+
+    def __enter__(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:   # no flock on this platform
+            return self
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.run_dir / self.NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise PyScorePenError(f"{self.option} {self.run_dir}: the run folder is not writable "
+                                  f"({err.strerror or err})") from err
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "a process that wrote nothing yet"
+            os.close(fd)
+            raise RunInUseError(
+                f"{self.option} {self.run_dir} is in use by another process ({holder}). Two processes in one run "
+                "folder would overwrite each other's checkpoints and results. Wait for it to finish, or stop it "
+                "(SIGTERM/Ctrl-C checkpoints, and rerunning the same command resumes), or use another "
+                f"{self.option}.") from None
+        import socket
+        import time
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)   # releases the flock
+            self.fd = None
 
 
 def fault_injection_point(point: str, index: int) -> None:

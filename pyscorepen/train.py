@@ -101,10 +101,11 @@ def run(config: TrainConfig) -> dict:
     from pyscorepen.threads import configure_threads
     threads = configure_threads(config.threads)
     trainer = build(config)
-    prepare_run_dir(config)
-    log.info("run folder %s | task %s | %d transitions | %d torch threads", trainer.run_dir, trainer.task.name,
-             len(trainer.dataset), threads)
-    return trainer.train()
+    with runs.RunLock(trainer.run_dir):   # one process per run folder
+        prepare_run_dir(config)
+        log.info("run folder %s | task %s | %d transitions | %d torch threads", trainer.run_dir, trainer.task.name,
+                 len(trainer.dataset), threads)
+        return trainer.train()
 
 
 def pretrain_only(config: TrainConfig) -> Path:
@@ -112,9 +113,10 @@ def pretrain_only(config: TrainConfig) -> Path:
     from pyscorepen.threads import configure_threads
     configure_threads(config.threads)
     trainer = build(config)
-    prepare_run_dir(config)
-    with runs.GracefulInterrupt() as trainer.interrupt:   # SIGINT/SIGTERM: checkpoint the fit, then stop
-        trainer.pretrain()
+    with runs.RunLock(trainer.run_dir):
+        prepare_run_dir(config)
+        with runs.GracefulInterrupt() as trainer.interrupt:   # SIGINT/SIGTERM: checkpoint the fit, then stop
+            trainer.pretrain()
     return trainer.run_dir
 
 
