@@ -207,3 +207,22 @@ def test_scorepen_plus_count_rollout_stores_both_penalties(tmp_path):
     assert all(math.isfinite(v) for v in info.values())
     presets = load_defaults()["presets"]
     assert presets["scorepen+count"] == ["--algo", "scorepen", "--penalties", "score", "count"]
+
+
+def test_scorepen_beta_is_the_sweeps_choice_on_every_mujoco_dataset():
+    """beta = 0.0025 from the hopper-medium-replay sweep's rule (defaults.toml, docs/results/beta-sweep-hopper-mr/),
+    the same on every MuJoCo dataset; the cliff task keeps config.py's value. ScorePen+MOBILE (MOBILE's
+    table for h and its coefficient) and ScorePen+count (ScorePen's table) run with the same beta."""
+    from pyscorepen.suite import SuiteConfig, load_defaults as suite_defaults, train_command
+    for env in ("halfcheetah", "hopper", "walker2d"):
+        for level in ("random", "medium", "medium-replay", "medium-expert"):
+            assert defaults_for("scorepen", f"pyscorepen/{env}/{level}-v0").beta == 0.0025, (env, level)
+    assert defaults_for("scorepen", "cliff").beta == TrainConfig().beta == 0.01
+    task = "pyscorepen/hopper/medium-replay-v0"
+    for algo in ("scorepen", "scorepen+mobile", "scorepen+count"):
+        cmd = train_command(SuiteConfig(out="o"), algo, task, 0, suite_defaults())
+        betas = [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "--beta"]
+        assert betas in ([], ["0.0025"]), (algo, betas)   # never another value
+        from pyscorepen.train import parse_config
+        argv = [a for a in cmd[cmd.index("pyscorepen.train") + 1:]]
+        assert parse_config(argv).beta == 0.0025, algo
