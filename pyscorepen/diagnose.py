@@ -217,7 +217,6 @@ def load_for_diagnosis(run_dir: Path):
     """A :class:`Trainer` of the run with its agent (final or latest checkpoint), its dynamics
     ensemble and (if it has one) its score model loaded, read-only."""
     from pyscorepen.evaluate import load_trainer
-    from pyscorepen.models.nets import mlp_weights
     trainer = load_trainer(run_dir)
     if not trainer.algorithm.uses_model:
         raise PyScorePenError(f"{run_dir}: algorithm '{trainer.config.algo}' trains no dynamics model; "
@@ -229,8 +228,7 @@ def load_for_diagnosis(run_dir: Path):
     trainer.load_pretrained("dynamics", trainer.dynamics, path)
     if trainer.score is not None and (Path(run_dir) / runs.SCORE).exists():
         trainer.load_pretrained("score", trainer.score, Path(run_dir) / runs.SCORE)
-        trainer.score.requires_grad_(False)
-        trainer.score_params = mlp_weights(trainer.score.penalty_net())
+        trainer.freeze_score()
     return trainer
 
 

@@ -257,7 +257,6 @@ def profile_run(config: ProfileConfig, task=None) -> dict:
     ``measured_s`` / ``per_unit_s`` / ``projected_s`` per phase, ``projected_1m_steps_hours``
     (for ``target_steps``), rates and the configuration."""
     from pyscorepen.models.dynamics import requires_all_members, rollout
-    from pyscorepen.models.nets import mlp_weights
     from pyscorepen.tasks import make_task
     from pyscorepen.threads import configure_threads
     from pyscorepen.trainer import Trainer
@@ -288,8 +287,7 @@ def profile_run(config: ProfileConfig, task=None) -> dict:
             per_unit["pretrain_score"] = _time_score(trainer, config)
             measured["pretrain_score"] = time.perf_counter() - t0
             counts["pretrain_score"] = trainer.score.config.train_steps
-            trainer.score.requires_grad_(False)
-            trainer.score_params = mlp_weights(trainer.score.penalty_net())
+            trainer.freeze_score()
         # ---------------------------------------------------------------- policy learning
         all_members = True if config.mode == "ref" else requires_all_members(trainer.rollout_penalties)
         update = trainer.agent.update_ref if config.mode == "ref" else trainer.agent.update

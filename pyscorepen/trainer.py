@@ -29,7 +29,6 @@ from pyscorepen.data import Batch, ReplayBuffer
 from pyscorepen.errors import DivergenceError, TrainingInterrupted
 from pyscorepen.models.dynamics import EnsembleDynamics, rollout
 from pyscorepen.evaluation import EvalResult, evaluate_policy
-from pyscorepen.models.nets import mlp_weights
 from pyscorepen.penalties import PENALTIES, is_target_penalty
 from pyscorepen.models.score import ScoreModel
 from pyscorepen.tasks import Task
@@ -149,9 +148,18 @@ class Trainer:
         if self.score is not None:
             info.update(self._pretrain_stage("score", self.score, runs.SCORE, runs.SCORE_FIT,
                                              cfg.score_checkpoint_interval, "on_step", "score_step"))
-            self.score.requires_grad_(False)
-            self.score_params = mlp_weights(self.score.penalty_net())
+            self.freeze_score()
         return info
+
+    def freeze_score(self) -> None:
+        """Freeze the trained score model and build the rollout's penalty parameters: the fused
+        rollout op normalizes (s, a) with the dynamics' statistics, so the score net's first layer
+        is adapted to them (:meth:`pyscorepen.models.score.ScoreModel.penalty_params`)."""
+        self.score.requires_grad_(False)
+        if self.algorithm.uses_model:
+            self.score_params = self.score.penalty_params(self.dynamics.input_mean, self.dynamics.input_std)
+        else:
+            self.score_params = self.score.penalty_params()
 
     def _pretrain_stage(self, stage: str, model, final_name: str, prefix: str, interval: int,
                         hook_arg: str, point: str, **fit_kwargs) -> dict[str, float]:

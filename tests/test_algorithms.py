@@ -65,6 +65,22 @@ def test_penalties_combine_with_separate_coefficients(tmp_path):
     assert stats["rollout/penalty_mean"] == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.parametrize("all_members", [True, False], ids=["all-members", "elite-only"])
+def test_rollout_score_penalty_is_the_score_models_own(tmp_path, all_members):
+    """The fused rollout normalizes (s, a) with the dynamics' statistics (training split only); the
+    stored score penalty must still be ||h||^2 at the score model's own normalization."""
+    torch.manual_seed(0)
+    config = tiny_config("scorepen", tmp_path)
+    (tmp_path / "scorepen").mkdir()
+    trainer = Trainer(config, make_task("cliff", cliff=config.cliff), tmp_path / "scorepen")
+    trainer.pretrain()
+    dyn, score = trainer.dynamics, trainer.score
+    assert not torch.allclose(dyn.input_mean, score.input_mean)   # the holdout split makes them differ
+    batch = trainer.dataset.sample(64)
+    step = dyn.step(batch.obs, batch.actions, score_params=trainer.score_params, all_members=all_members)
+    torch.testing.assert_close(step.score_penalty, score.penalty(batch.obs, batch.actions), rtol=1e-4, atol=1e-5)
+
+
 def test_real_ratio_and_batch_composition(tmp_path):
     config = tiny_config("combo", tmp_path)
     (tmp_path / "combo").mkdir()

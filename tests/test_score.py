@@ -73,3 +73,23 @@ def test_noise_conditioned_variant_and_folded_penalty_net():
     with torch.no_grad():
         assert torch.allclose(model.penalty_net()(x), model(x), atol=1e-5)
     assert not any(p.requires_grad for p in model.parameters())   # frozen after training
+
+
+def test_penalty_params_for_another_normalizer():
+    """The rollout op normalizes (s, a) with the dynamics' statistics (training split only); the
+    penalty parameters for those statistics give ||h||^2 at the same point as the model's own
+    normalization, for the plain and the noise-conditioned net."""
+    from pyscorepen.ops import score_penalty
+    for sigmas in ((0.1,), (0.1, 0.3)):
+        torch.manual_seed(1)
+        model = ScoreModel(3, ScoreConfig(sigmas=sigmas, hidden_dims=(16, 16), train_steps=1, batch_size=8))
+        with torch.no_grad():
+            model.input_mean.copy_(torch.tensor([0.3, -1.0, 2.0]))
+            model.input_std.copy_(torch.tensor([1.5, 0.2, 4.0]))
+        other_mean, other_std = torch.tensor([0.25, -0.9, 2.5]), torch.tensor([1.4, 0.25, 3.0])
+        raw = torch.randn(50, 3) * 2
+        own = score_penalty((raw - model.input_mean) / model.input_std, *model.penalty_params())
+        folded = score_penalty((raw - other_mean) / other_std, *model.penalty_params(other_mean, other_std))
+        torch.testing.assert_close(folded, own, rtol=1e-4, atol=1e-5)
+        unfolded = score_penalty((raw - other_mean) / other_std, *model.penalty_params())
+        assert not torch.allclose(unfolded, own, rtol=1e-2)   # the mismatch the fold removes

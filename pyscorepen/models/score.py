@@ -123,6 +123,29 @@ class ScoreModel(nn.Module):
         return nn.Sequential(folded, *list(self.net)[1:])
 
     @torch.no_grad()
+    def penalty_params(self, input_mean: Tensor | None = None,
+                       input_std: Tensor | None = None) -> tuple[list[Tensor], list[Tensor]]:
+        """(weights [in, out], biases [out]) of :meth:`penalty_net` for the fused ops.
+
+        With ``input_mean``/``input_std`` the net takes x normalized by *those* statistics, e.g.
+        the dynamics ensemble's (fitted on its training split only), which the fused rollout op
+        applies to (s, a) before both the ensemble and the score net. This model was trained on x
+        normalized by its own statistics, x_own = x_norm * (std / std_own) + (mean - mean_own) /
+        std_own, and that affine map is folded into the first layer: W0' = diag(std / std_own) W0,
+        b0' = b0 + ((mean - mean_own) / std_own) W0. The penalty is then ||h||^2 at the same
+        point in this model's space (Eq. 20), not at a point shifted by the difference of the two
+        normalizers (0.02 % of a std on hopper-medium-replay's 1 000-row holdout, several % with
+        the 20 % holdout of a small dataset).
+        """
+        weights, biases = mlp_weights(self.penalty_net())
+        if input_mean is None:
+            return weights, biases
+        scale = input_std / self.input_std                                  # [D]
+        shift = (input_mean - self.input_mean) / self.input_std             # [D]
+        first = weights[0]                                                  # [D, H]
+        return [scale[:, None] * first, *weights[1:]], [biases[0] + shift @ first, *biases[1:]]
+
+    @torch.no_grad()
     def penalty(self, obs: Tensor, actions: Tensor) -> Tensor:
         """||h(s, a)||^2 in normalized space (ScorePen Eq. 20): [B], through the fused op."""
         weights, biases = mlp_weights(self.penalty_net())
