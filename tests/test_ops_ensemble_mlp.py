@@ -297,23 +297,46 @@ def test_unavailable_backend_raises(monkeypatch):
 
 
 def test_modules_use_the_op_and_ref_keeps_module_code(monkeypatch):
-    """QEnsemble / EnsembleMLP give the same outputs and gradients on every backend."""
-    from pyscorepen.models.nets import EnsembleMLP, QEnsemble
+    """QEnsemble / EnsembleMLP and the SAC actor's trunk (a 1-member ensemble) give the same
+    outputs and gradients on every backend."""
+    from pyscorepen.models.nets import EnsembleMLP, QEnsemble, TanhGaussianActor
 
     torch.manual_seed(0)
     critic, model = QEnsemble(2, 17, 6, (64, 64)), EnsembleMLP(7, 23, (40, 40), 36)
+    actor = TanhGaussianActor(17, 6, (64, 64), -torch.ones(6), torch.ones(6))
     obs, actions, x = torch.randn(50, 17), torch.randn(50, 6), torch.randn(50, 23)
     results = {}
     for backend in CPU_BACKENDS:
         monkeypatch.setenv("PYSCOREPEN_BACKEND", backend)
-        q, y = critic(obs, actions), model(x)
-        params = [*critic.parameters(), *model.parameters()]
-        results[backend] = (q, y, torch.autograd.grad(q.square().sum() + y.square().sum(), params))
+        q, y, head = critic(obs, actions), model(x), actor.trunk(obs)
+        params = [*critic.parameters(), *model.parameters(), *actor.parameters()]
+        loss = q.square().sum() + y.square().sum() + head.square().sum()
+        results[backend] = (q, y, head, torch.autograd.grad(loss, params))
     for backend in CPU_BACKENDS:
-        for got, want in zip(results[backend][:2], results["ref"][:2]):
+        for got, want in zip(results[backend][:3], results["ref"][:3]):
             torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
-        for got, want in zip(results[backend][2], results["ref"][2]):
+        for got, want in zip(results[backend][3], results["ref"][3]):
             torch.testing.assert_close(got, want, rtol=GRAD_RTOL, atol=GRAD_ATOL)
+
+
+@pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
+def test_actor_trunk_takes_the_op_where_the_policy_picks_it(monkeypatch):
+    """auto: the actor's trunk runs the fused op exactly where ensemble_mlp's policy picks cpp for
+    its rows (the critics' rule), and the Linear layers elsewhere; ref: always the Linear layers."""
+    from pyscorepen.models.nets import TanhGaussianActor
+    from pyscorepen.ops.ensemble_mlp import resolve
+
+    actor = TanhGaussianActor(5, 2, (16,), -torch.ones(2), torch.ones(2))
+    for env in (None, "ref"):
+        if env is None:
+            monkeypatch.delenv("PYSCOREPEN_BACKEND", raising=False)
+        else:
+            monkeypatch.setenv("PYSCOREPEN_BACKEND", env)
+        for rows in (1, 64, 4096):
+            obs = torch.randn(rows, 5, requires_grad=True)
+            fused = resolve(obs, [torch.zeros(1, 5, 16)], "relu") != "ref"
+            node = actor.trunk(obs).grad_fn
+            assert (type(node).__name__ != "AddmmBackward0") == fused, (env, rows, type(node).__name__)
 
 
 @pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
