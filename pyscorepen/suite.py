@@ -77,6 +77,9 @@ class SuiteConfig:
     """Print the commands of the runs still to do, and exit."""
     progress: bool = False
     """Show the train CLI's progress bars."""
+    status_interval: float = 60.0
+    """Seconds between the status lines of the local runs in progress (step / steps, the last
+    normalized score, updates/s, time left at that rate); 0: none. Range: [0, inf)."""
     ray: str | None = None
     """Run each (algorithm, dataset, seed) as a Ray task (pyscorepen.suite_ray): a cluster address
     (auto, host:6379, ray://host:10001), or a bare --ray (= local) to start Ray on this machine.
@@ -236,6 +239,37 @@ def launch_on_ray(config: SuiteConfig, todo: list[tuple[str, str, int]], default
     return failed
 
 
+def run_status(folder: Path, steps: int | None, started: float, now: float) -> str:
+    """One status line of a run in progress, from the newest row of its metrics.jsonl: step of
+    ``steps``, the last normalized score (or return), updates/s and the time left at the rate since
+    its first logged step; "pretraining or starting" before the first evaluation."""
+    from pyscorepen.runs import read_metrics
+    rows = [r for r in read_metrics(folder) if "step" in r]
+    elapsed = f"{(now - started) / 60:.0f} min"
+    if not rows:
+        return f"pretraining or starting ({elapsed})"
+    last = rows[-1]
+    step = int(last["step"])
+    parts = [f"step {step}" + (f"/{steps} ({100 * step / steps:.0f} %)" if steps else "")]
+    if last.get("normalized_score_mean") is not None:
+        parts.append(f"normalized {float(last['normalized_score_mean']):.1f}")
+    elif last.get("return_mean") is not None:
+        parts.append(f"return {float(last['return_mean']):.1f}")
+    if last.get("updates_per_s"):
+        rate = float(last["updates_per_s"])
+        parts.append(f"{rate:.0f} updates/s")
+        if steps and step < steps and rate > 0:
+            parts.append(f"~{(steps - step) / rate / 60:.0f} min left")
+    return ", ".join(parts) + f" ({elapsed})"
+
+
+def status_lines(config: SuiteConfig, running: dict, now: float) -> list[str]:
+    """``[suite] <algo> <task> seed <s>: <run_status>`` for every run in ``running``
+    ({(algo, task, seed): start time})."""
+    return [f"[suite] {algo} {task} seed {seed}: {run_status(run_dir(config, algo, task, seed), config.steps, t0, now)}"
+            for (algo, task, seed), t0 in sorted(running.items())]
+
+
 def launch_runs(config: SuiteConfig, todo: list[tuple[str, str, int]], defaults: dict, out: Path) -> list[dict]:
     """Train ``todo`` with up to ``config.parallel`` train subprocesses at a time (each with its share
     of the cores as --threads); one line per run in suite_log.jsonl. Returns the failed runs."""
@@ -251,6 +285,18 @@ def launch_runs(config: SuiteConfig, todo: list[tuple[str, str, int]], defaults:
     elif config.parallel > 1:
         print(f"[suite] {config.parallel} runs at a time, {threads} thread(s) each ({cores} cores)", file=sys.stderr)
     lock, failed, interrupted = threading.Lock(), [], threading.Event()
+    running: dict[tuple[str, str, int], float] = {}   # run -> start (time.time)
+    done = threading.Event()
+
+    def monitor() -> None:   # a status line per running run every status_interval seconds
+        while not done.wait(config.status_interval):
+            with lock:
+                lines = status_lines(config, dict(running), time.time())
+                for line in lines:
+                    print(line, file=sys.stderr, flush=True)
+
+    if config.status_interval > 0:
+        threading.Thread(target=monitor, daemon=True, name="suite-status").start()
 
     def one(i: int, algo: str, task: str, seed: int) -> None:
         if interrupted.is_set():
@@ -258,8 +304,13 @@ def launch_runs(config: SuiteConfig, todo: list[tuple[str, str, int]], defaults:
         cmd = train_command(config, algo, task, seed, defaults, cores)
         with lock:
             print(f"[suite] ({i + 1}/{len(todo)}) {algo} {task} seed {seed}", file=sys.stderr)
+            running[(algo, task, seed)] = time.time()
         t0 = time.perf_counter()
-        result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        finally:
+            with lock:
+                running.pop((algo, task, seed), None)
         stderr_tail = "\n".join(result.stderr.strip().splitlines()[-5:])
         finished = (run_dir(config, algo, task, seed) / SUMMARY).is_file()
         if result.returncode in (0, 130, 143, -2, -15) and not finished:
@@ -282,6 +333,8 @@ def launch_runs(config: SuiteConfig, todo: list[tuple[str, str, int]], defaults:
         interrupted.set()
         pool.shutdown(wait=True, cancel_futures=True)
         raise
+    finally:
+        done.set()
     pool.shutdown()
     if interrupted.is_set():
         from pyscorepen.errors import PyScorePenError

@@ -215,3 +215,29 @@ def test_finished_runs_do_not_stop_the_suite(tmp_path, monkeypatch):
     (tmp_path / "s").mkdir()
     failed = suite.launch_runs(config, [("mopo", "cliff", s) for s in (0, 1, 2)], load_defaults(None), tmp_path / "s")
     assert failed == [] and all((run_dir(config, "mopo", "cliff", s) / "summary.json").is_file() for s in (0, 1, 2))
+
+
+def test_status_lines_of_runs_in_progress(tmp_path):
+    """The suite's periodic status line: step of the budget, last score, rate and time left."""
+    import json as _json
+
+    from pyscorepen.suite import SuiteConfig, run_dir, status_lines
+    config = SuiteConfig(out=str(tmp_path), steps=200_000)
+    running = {("mopo", "pyscorepen/hopper/medium-replay-v0", 1): 1000.0, ("scorepen", "cliff", 0): 1300.0}
+    folder = run_dir(config, "mopo", "pyscorepen/hopper/medium-replay-v0", 1)
+    folder.mkdir(parents=True)
+    rows = [{"step": 2000, "normalized_score_mean": 6.0, "updates_per_s": 250.0},
+            {"step": 50_000, "normalized_score_mean": 42.6, "updates_per_s": 250.0}]
+    (folder / "metrics.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    lines = status_lines(config, running, now=1600.0)
+    assert lines == [
+        "[suite] mopo pyscorepen/hopper/medium-replay-v0 seed 1: step 50000/200000 (25 %), normalized 42.6, "
+        "250 updates/s, ~10 min left (10 min)",
+        "[suite] scorepen cliff seed 0: pretraining or starting (5 min)",
+    ]
+
+
+def test_bad_status_interval_is_a_user_error(tmp_path, capsys):
+    from pyscorepen.suite import main
+    assert main(["--algos", "mopo", "--tasks", "cliff", "--out", str(tmp_path), "--status-interval", "-1"]) == 2
+    assert "--status-interval" in capsys.readouterr().err
