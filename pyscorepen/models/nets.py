@@ -103,9 +103,10 @@ class TanhGaussianActor(nn.Module):
         """
         if obs.dim() == 2:
             linears = [m for m in self.net if isinstance(m, nn.Linear)]
-            weights = [m.weight.t().contiguous().unsqueeze(0) for m in linears]     # [1, in, out]
-            backend = _ensemble_mlp_backend(obs, weights, "relu")
+            # the policy reads the rows (and x's device/dtype) only: no weight copies unless it picks the op
+            backend = _ensemble_mlp_backend(obs, [m.weight for m in linears], "relu")
             if backend != "ref":
+                weights = [m.weight.t().contiguous().unsqueeze(0) for m in linears]  # [1, in, out]
                 biases = [m.bias.unsqueeze(0) for m in linears]                      # [1, out]
                 return _run_ensemble_mlp(backend, obs, weights, biases, "relu")[0]   # [B, 2A]
         return self.net(obs)
