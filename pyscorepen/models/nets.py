@@ -70,6 +70,28 @@ def mlp(in_dim: int, hidden_dims: tuple[int, ...], out_dim: int, activation=nn.S
     return nn.Sequential(*layers)
 
 
+def relu_mlp(net: nn.Sequential, x: Tensor) -> Tensor:
+    """``net(x)`` for a ReLU MLP made by :func:`mlp` and x [B, in] -> [B, out].
+
+    Through the dispatching ``ensemble_mlp`` op as a 1-member ensemble (weights [1, in, out])
+    wherever its measured per-ISA/vendor policy picks a fused backend for this many rows (the
+    critics' rule, ``ensemble_mlp/relu`` in :data:`pyscorepen.ops.backend.CPP_MIN_ROWS`), else the
+    ``nn.Linear`` layers (ref backend, small batches on Intel, other shapes). On AMD, where MKL's
+    GEMM runs a slow path, the op is 1.85x (256 rows) to 2.2x (4 096 rows, a rollout chunk) faster
+    for the SAC actor's (256, 256) net (1 thread, Zen 5). Autograd reaches the Linear weights
+    through the transposed copies.
+    """
+    if x.dim() == 2:
+        linears = [m for m in net if isinstance(m, nn.Linear)]
+        # the policy reads the rows (and x's device/dtype) only: no weight copies unless it picks the op
+        backend = _ensemble_mlp_backend(x, [m.weight for m in linears], "relu")
+        if backend != "ref":
+            weights = [m.weight.t().contiguous().unsqueeze(0) for m in linears]      # [1, in, out]
+            biases = [m.bias.unsqueeze(0) for m in linears]                          # [1, out]
+            return _run_ensemble_mlp(backend, x, weights, biases, "relu")[0]         # [B, out]
+    return net(x)
+
+
 def mlp_weights(net: nn.Sequential) -> tuple[list[Tensor], list[Tensor]]:
     """Weights as [in, out] (transposed nn.Linear layout) and biases [out], for the fused ops."""
     linears = [m for m in net if isinstance(m, nn.Linear)]
@@ -91,25 +113,8 @@ class TanhGaussianActor(nn.Module):
         self.register_buffer("action_offset", ((action_high + action_low) / 2).float())
 
     def trunk(self, obs: Tensor) -> Tensor:
-        """The ReLU MLP's output mu | log_std [B, 2A] for obs [B, S].
-
-        Through the dispatching ``ensemble_mlp`` op as a 1-member ensemble (weights [1, in, out])
-        wherever its measured per-ISA/vendor policy picks a fused backend for this many rows, else
-        the ``nn.Linear`` layers (ref backend, small batches on Intel, other shapes). The policy is
-        the critics' (``ensemble_mlp/relu`` in :data:`pyscorepen.ops.backend.CPP_MIN_ROWS`): on AMD,
-        where MKL's GEMM runs a slow path, the op is 1.85x (256 rows) to 2.2x (4 096 rows, a
-        rollout chunk) faster than the Linear layers (1 thread, Zen 5). Autograd flows to the
-        Linear weights through the transposed copies.
-        """
-        if obs.dim() == 2:
-            linears = [m for m in self.net if isinstance(m, nn.Linear)]
-            # the policy reads the rows (and x's device/dtype) only: no weight copies unless it picks the op
-            backend = _ensemble_mlp_backend(obs, [m.weight for m in linears], "relu")
-            if backend != "ref":
-                weights = [m.weight.t().contiguous().unsqueeze(0) for m in linears]  # [1, in, out]
-                biases = [m.bias.unsqueeze(0) for m in linears]                      # [1, out]
-                return _run_ensemble_mlp(backend, obs, weights, biases, "relu")[0]   # [B, 2A]
-        return self.net(obs)
+        """The ReLU MLP's output mu | log_std [B, 2A] for obs [B, S] (:func:`relu_mlp`)."""
+        return relu_mlp(self.net, obs)
 
     def forward(self, obs: Tensor, deterministic: bool = False, with_log_prob: bool = True
                 ) -> tuple[Tensor, Tensor | None]:
@@ -171,8 +176,8 @@ class GaussianActor(nn.Module):
         self.register_buffer("action_offset", ((action_high + action_low) / 2).float())
 
     def mean_unit(self, obs: Tensor) -> Tensor:
-        """Mean action in the normalized box: tanh(mu(s)) [B, A]."""
-        return torch.tanh(self.net(obs))
+        """Mean action in the normalized box: tanh(mu(s)) [B, A] (the MLP through :func:`relu_mlp`)."""
+        return torch.tanh(relu_mlp(self.net, obs))
 
     def log_prob(self, obs: Tensor, actions: Tensor) -> Tensor:
         """log pi(a|s) [B] of env-unit actions [B, A] (in normalized units)."""
