@@ -11,8 +11,10 @@ What is measured and what is extrapolated (say so when quoting the numbers):
 * policy learning: ``$PYSCOREPEN_BENCH_TRAIN_STEPS`` steps (default 1 000: one rollout round and
   1 000 sample + update steps; the issue's 5 000 with ``PYSCOREPEN_BENCH_TRAIN_STEPS=5000``),
   timed per step / per round and multiplied out to 1M steps;
-* pretraining: 40 dynamics minibatches on the 1M set, projected to 30 full epochs (OfflineRL-Kit's
-  MOBILE cap; see :class:`pyscorepen.profile.ProfileConfig`), and 40 score-model steps projected
+* pretraining: 40 dynamics minibatches on the 1M set, projected to 172 full epochs (what the
+  uncapped fit of the real 1M-transition halfcheetah-medium took; see
+  :class:`pyscorepen.profile.ProfileConfig`; before session 6 the projection assumed 30, the
+  OfflineRL-Kit MOBILE cap, which made it ~2 h too optimistic), and 40 score-model steps projected
   to the 5 000 of ``ScoreConfig.train_steps``;
 * evaluation: 10 full 1 000-step Hopper-v5 (MuJoCo) episodes every 2 000 steps, built from the
   measured env creation, batched policy call and env step.
