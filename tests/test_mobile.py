@@ -170,3 +170,21 @@ def test_scorepen_plus_mobile_train_run(tmp_path, monkeypatch):
     assert summary["normalized_score_mean"] is not None
     rows = read_metrics(tmp_path / "run")
     assert rows and all(r["penalty/mobile"] > 0 and r["penalty/stored_mean"] > 0 for r in rows)
+
+
+def test_mobile_runs_the_fused_update(tmp_path):
+    """A MOBILE agent (the real plug-in, target clamp at 0) takes the fused sac_update where the C++
+    extension is built: its clamp is an op argument, not a reason for the module path."""
+    import pyscorepen.ops as ops
+    from pyscorepen.tasks import make_task
+    from pyscorepen.trainer import Trainer
+    from tests.test_algorithms import tiny_config
+    config = tiny_config("mopo", tmp_path, penalties=("mobile",))
+    (tmp_path / "mopo").mkdir()
+    trainer = Trainer(config, make_task("cliff", cliff=config.cliff), tmp_path / "mopo")
+    trainer.pretrain()
+    trainer.rollout_round()
+    batch = trainer.sample_batch()
+    assert trainer.agent.target_min() == 0.0
+    has_cpp = "cpp" in ops.available_backends("sac_update", batch.obs)
+    assert trainer.agent.fused_update_backend(batch) == ("cpp" if has_cpp else None)
