@@ -465,10 +465,12 @@ def markdown_table(rows: list[dict], algos: tuple[str, ...], tasks: tuple[str, .
         else:
             averages.append("–" + paper)
     lines.append("| Average | | | " + " | ".join(averages) + " |")
-    seeds = sorted({r["seeds_done"] for r in rows})
+    seeds = sorted({r["seeds_done"] for r in rows if r["seeds_done"]})
+    pending = " – : no seed finished yet" if any(not r["seeds_done"] for r in rows) else ""
     steps = sorted({str(r["steps"]) for r in rows if r.get("steps") is not None})
     lines.append("")
-    lines.append(f"D4RL normalized score, mean ± std over seeds ({'/'.join(map(str, seeds))} finished per cell)"
+    lines.append(f"D4RL normalized score, mean ± std over seeds ({'/'.join(map(str, seeds)) or 0} finished per cell"
+                 f"{';' + pending if pending else ''})"
                  + (f", after {' / '.join(steps)} gradient steps" if steps else "") + "; "
                  "Behaviour: the dataset's mean episode return, normalized; "
                  "'R' marks raw returns of datasets without reference scores. "
