@@ -57,14 +57,10 @@ inline void transpose_last2_into(const at::Tensor& w, float* out) {
 
 // The last two dimensions of a float [..., r, c] tensor swapped, contiguous: [..., c, r].
 inline at::Tensor transposed_last2(const at::Tensor& w) {
-  const at::Tensor src = w.contiguous();
-  const int64_t rows = src.size(-2), cols = src.size(-1), batch = rows * cols == 0 ? 0 : src.numel() / (rows * cols);
-  std::vector<int64_t> shape(src.sizes().begin(), src.sizes().end());
+  std::vector<int64_t> shape(w.sizes().begin(), w.sizes().end());
   std::swap(shape[shape.size() - 1], shape[shape.size() - 2]);
-  at::Tensor out = at::empty(shape, src.options());
-  const float* s = src.data_ptr<float>();
-  float* d = out.data_ptr<float>();
-  for (int64_t m = 0; m < batch; ++m) transpose_tiles(s + m * rows * cols, rows, cols, d + m * rows * cols);
+  at::Tensor out = at::empty(shape, w.options());
+  transpose_last2_into(w, out.data_ptr<float>());
   return out;
 }
 

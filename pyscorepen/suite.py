@@ -291,7 +291,9 @@ def launch_runs(config: SuiteConfig, todo: list[tuple[str, str, int]], defaults:
     def monitor() -> None:   # a status line per running run every status_interval seconds
         while not done.wait(config.status_interval):
             with lock:
-                lines = status_lines(config, dict(running), time.time())
+                now_running = dict(running)
+            lines = status_lines(config, now_running, time.time())   # reads metrics files: outside the lock
+            with lock:
                 for line in lines:
                     print(line, file=sys.stderr, flush=True)
 
@@ -466,11 +468,11 @@ def markdown_table(rows: list[dict], algos: tuple[str, ...], tasks: tuple[str, .
             averages.append("–" + paper)
     lines.append("| Average | | | " + " | ".join(averages) + " |")
     seeds = sorted({r["seeds_done"] for r in rows if r["seeds_done"]})
-    pending = " – : no seed finished yet" if any(not r["seeds_done"] for r in rows) else ""
+    pending = "; – : no seed finished yet" if any(not r["seeds_done"] for r in rows) else ""
     steps = sorted({str(r["steps"]) for r in rows if r.get("steps") is not None})
     lines.append("")
     lines.append(f"D4RL normalized score, mean ± std over seeds ({'/'.join(map(str, seeds)) or 0} finished per cell"
-                 f"{';' + pending if pending else ''})"
+                 f"{pending})"
                  + (f", after {' / '.join(steps)} gradient steps" if steps else "") + "; "
                  "Behaviour: the dataset's mean episode return, normalized; "
                  "'R' marks raw returns of datasets without reference scores. "

@@ -123,16 +123,16 @@ class IQL:
         with torch.no_grad():
             q_target = self.critic_target(batch.obs, batch.actions).min(0).values   # [B]
         # value: expectile regression on the target critics (Eq. 5)
-        v = relu_mlp(self.value, batch.obs).squeeze(-1)                                       # [B]
+        v = relu_mlp(self.value, batch.obs).squeeze(-1)                             # [B]
         value_loss = expectile_loss(q_target - v, cfg.expectile)
         self.value_optim.zero_grad(set_to_none=True)
         value_loss.backward()
         self.value_optim.step()
         # policy: advantage-weighted regression with the updated value (Eq. 7)
         with torch.no_grad():
-            v = relu_mlp(self.value, batch.obs).squeeze(-1)                                   # [B]
+            v = relu_mlp(self.value, batch.obs).squeeze(-1)                         # [B]
             weights = awr_weights(q_target, v, cfg.beta, cfg.max_weight)            # [B]
-            next_v = relu_mlp(self.value, batch.next_obs).squeeze(-1)                         # [B]
+            next_v = relu_mlp(self.value, batch.next_obs).squeeze(-1)               # [B]
             target = batch.rewards * self.reward_scale + cfg.gamma * (1.0 - batch.terminals) * next_v
         actor_loss = -(weights * self.actor.log_prob(batch.obs, batch.actions)).mean()
         self.actor_optim.zero_grad(set_to_none=True)

@@ -112,21 +112,15 @@ def pretrain_shared(args: BetaSweepArgs) -> str:
     return str(folder)
 
 
-def _last_metrics(run: Path) -> dict:
-    from pyscorepen.runs import read_metrics
-    rows = [r for r in read_metrics(run) if "step" in r]
-    return rows[-1] if rows else {}
-
-
 LATE_EVALS = 5
 """Evaluations averaged by the table's robustness column (the rule itself reads the final one)."""
 
 
-def _late_score(run: Path, metric: str) -> float | None:
-    """Mean of the run's last :data:`LATE_EVALS` evaluations of ``metric``: less noisy than the final
-    one where learning curves oscillate (hopper's do by tens of points between evaluations)."""
-    from pyscorepen.runs import read_metrics
-    values = [float(r[metric]) for r in read_metrics(run) if r.get(metric) is not None]
+def _late_score(rows: list[dict], metric: str) -> float | None:
+    """Mean of a run's last :data:`LATE_EVALS` evaluations of ``metric`` (its metrics.jsonl rows):
+    less noisy than the final one where learning curves oscillate (hopper's do by tens of points
+    between evaluations)."""
+    values = [float(r[metric]) for r in rows if r.get(metric) is not None]
     return float(np.mean(values[-LATE_EVALS:])) if values else None
 
 
@@ -146,8 +140,10 @@ def sweep_rows(args: BetaSweepArgs, config) -> list[dict]:
         scores = [s.get("normalized_score_mean") for s in summaries]
         metric = "normalized_score_mean" if scores and all(v is not None for v in scores) else "return_mean"
         finals = [float(s[metric]) for s in summaries if s.get(metric) is not None]
-        last = [_last_metrics(r) for r in runs_done]
-        late = [v for v in (_late_score(r, metric) for r in runs_done) if v is not None]
+        from pyscorepen.runs import read_metrics
+        metrics = [[r for r in read_metrics(run) if "step" in r] for run in runs_done]   # one read per run
+        last = [rows[-1] if rows else {} for rows in metrics]
+        late = [v for v in (_late_score(rows, metric) for rows in metrics) if v is not None]
         samples = []
         for r in runs_done:
             path = r / "penalty_sample.json"
