@@ -89,7 +89,8 @@ def test_update(benchmark, sgemm_limit, monkeypatch, provider, algo, threads):
     gen = torch.Generator().manual_seed(1)
     batches = [make_batch(MODEL_FRACTION[algo], gen) for _ in range(4)]
     if provider == "fused" and agent.fused_update_backend(batches[0]) is None:
-        pytest.skip(f"{algo}: no fused update here (COMBO's regularizer, or the C++ extension is not built)")
+        pytest.skip(f"{algo}: no fused update here (the C++ extension is not built, or the op's batch-size "
+                    "policy for this ISA, pyscorepen.ops.sac_update.MAX_CPP_ROWS, sends these rows to the module path)")
     state = {"i": 0}
 
     def step():

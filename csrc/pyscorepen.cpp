@@ -774,7 +774,9 @@ TORCH_LIBRARY(pyscorepen, m) {
       "Tensor(i!)[] exp_avg_sqs, Tensor(j!)[] steps, Tensor action_scale, Tensor action_offset, float gamma, "
       "float tau, float target_entropy, bool auto_alpha, float actor_lr, float critic_lr, float alpha_lr, "
       "float beta1, float beta2, float adam_eps, float weight_decay, float log_std_min, float log_std_max, "
-      "bool deterministic_backup=False, float? target_min=None) -> Tensor");
+      "bool deterministic_backup=False, float? target_min=None, Tensor? cql_obs=None, Tensor? cql_actions=None, "
+      "Tensor? cql_log_density=None, Tensor? cql_push_up=None, float cql_weight=0., float cql_temperature=1.) "
+      "-> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pyscorepen, CPU, m) {

@@ -6,7 +6,9 @@ ops on [N, B] / [B] tensors and one ``_foreach_lerp_``):
 
 1. Bellman target: :func:`.soft_value.soft_value_triton` on s' with the target critics.
 2. Critic step: :mod:`.ensemble_mlp`'s ``_forward`` (saving the ReLU activations) and ``_backward``
-   (weight and bias gradients), from dL/dQ = 2 (Q - y) / B; ``_adam_kernel`` per parameter tensor.
+   (weight and bias gradients), from dL/dQ = 2 (Q - y) / B; with COMBO's CQL term the sampled rows
+   run in the same calls, their dL/dQ a softmax over each state's actions; ``_adam_kernel`` per
+   parameter tensor.
 3. Actor step: ``_forward`` of the actor (a 1-member ensemble read through the transposed strides of
    the ``nn.Linear`` weights, no copy); ``_tanh_gaussian_kernel`` (forward: action and log pi);
    ``_forward`` of the updated critics on (s, a); ``_backward`` for dL/da only (input gradient chain);
@@ -144,10 +146,11 @@ def sac_update_triton(
     actor_weights, actor_biases, critic_weights, critic_biases, target_weights, target_biases, log_alpha,
     exp_avgs, exp_avg_sqs, steps, action_scale, action_offset, gamma, tau, target_entropy, auto_alpha,
     actor_lr, critic_lr, alpha_lr, beta1, beta2, adam_eps, weight_decay, log_std_min, log_std_max,
-    deterministic_backup=False, target_min=None,
+    deterministic_backup=False, target_min=None, cql_obs=None, cql_actions=None, cql_log_density=None,
+    cql_push_up=None, cql_weight=0.0, cql_temperature=1.0,
 ) -> Tensor:
     """The SAC step of :func:`pyscorepen.ops.sac_update.sac_update_ref` (same arguments, same in-place
-    updates, returns [3]: critic loss, actor loss, mean Q) as Triton kernels; float32 tensors."""
+    updates, returns [4]: TD critic loss, actor loss, mean Q, CQL gap) as Triton kernels; float32 tensors."""
     batch, obs_dim = obs.shape
     action_dim = actions.shape[1]
     n_actor, n_critic = 2 * len(actor_weights), 2 * len(critic_weights)
@@ -173,10 +176,24 @@ def sac_update_triton(
     critic_w, critic_b = list(critic_weights), list(critic_biases)
     layers = len(critic_w)
     x = torch.cat([obs, actions], 1)                                           # [B, S+A]
-    q, saved = _forward(x, critic_w, critic_b, "relu", save=True)              # [N, B, 1]
-    diff = q.squeeze(-1) - target                                              # [N, B]
+    if cql_actions is not None:   # COMBO Eq. 2: the K*C sampled rows after the batch, row B + j*C + c
+        K, C, _ = cql_actions.shape
+        x = torch.cat([x, torch.cat([cql_obs.repeat(K, 1), cql_actions.reshape(K * C, action_dim)], 1)], 0)
+    q_all, saved = _forward(x, critic_w, critic_b, "relu", save=True)          # [N, R, 1]
+    q = q_all[:, :batch, 0]                                                    # [N, B]
+    diff = q - target                                                          # [N, B]
     critic_loss, q_mean = diff.square().mean(1).sum(), q.mean()
-    _, grad_w, grad_b = _backward((diff * (2.0 * inv_batch)).unsqueeze(-1), x, critic_w, saved, "relu",
+    grad_q = torch.zeros_like(q_all[..., 0])                                   # [N, R]
+    grad_q[:, :batch] = diff * (2.0 * inv_batch)
+    gap = torch.zeros((), device=obs.device)
+    if cql_actions is not None:
+        logits = (q_all[:, batch:, 0].view(-1, K, C) - cql_log_density) / cql_temperature   # [N, K, C]
+        push_down = (cql_temperature * torch.logsumexp(logits, 1)).mean(1)     # [N]
+        up = cql_push_up / cql_push_up.sum()                                   # [B]
+        gap = (push_down - (q * up).sum(1)).mean()
+        grad_q[:, :batch] -= cql_weight * up
+        grad_q[:, batch:] = (cql_weight / C) * torch.softmax(logits, 1).reshape(-1, K * C)
+    _, grad_w, grad_b = _backward(grad_q.unsqueeze(-1), x, critic_w, saved, "relu",
                                   False, [True] * layers, [True] * layers)
     critic_params = [p for pair in zip(critic_w, critic_b) for p in pair]
     _adam(critic_params, [g for pair in zip(grad_w, grad_b) for g in pair], exp_avgs[n_actor:n_actor + n_critic],
@@ -209,4 +226,4 @@ def sac_update_triton(
         grad_log_alpha = -(log_prob + target_entropy).mean()
         _adam([log_alpha], [grad_log_alpha], exp_avgs[-1:], exp_avg_sqs[-1:], steps[-1:], alpha_lr, **adam)
     torch._foreach_lerp_([p for pair in zip(target_weights, target_biases) for p in pair], critic_params, tau)
-    return torch.stack([critic_loss, actor_loss, q_mean])
+    return torch.stack([critic_loss, actor_loss, q_mean, gap])

@@ -165,14 +165,48 @@ def test_agent_fused_update_mobile_hooks(monkeypatch):
     assert got[-1]["penalty/clamped"] == pytest.approx(want[-1]["penalty/clamped"], rel=1e-6)
 
 
-def test_fused_update_backend_decision(monkeypatch):
-    """The single place: cpp + plain SAC -> fused; ref backend or COMBO's regulariser -> module path."""
+@needs_cpp
+@pytest.mark.parametrize("cpu_isa", ISAS, indirect=True)
+@pytest.mark.parametrize("rho", ["mix", "model"])
+def test_agent_fused_combo_update_matches_update_ref(monkeypatch, cpu_isa, rho):
+    """COMBO's CQL term fused (the op's cql_* arguments) against the module path's autograd, same
+    samples, after several updates; the q_gap statistic too."""
+    from pyscorepen.algos.combo import ComboConfig
     monkeypatch.delenv("PYSCOREPEN_BACKEND", raising=False)
+    monkeypatch.setitem(MAX_CPP_ROWS, cpu_isa, None)   # run the fused path on every ISA for the comparison
+    agent = make_agent(11, 3, (64, 64), 2, cls=COMBO, deterministic_backup=True)
+    agent.combo = ComboConfig(cql_weight=5.0, rho=rho, num_sampled_actions=4)
+    gen = torch.Generator().manual_seed(11)
+    batches = [make_batch(11, 3, 64, gen) for _ in range(UPDATES)]
+    assert agent.fused_update_backend(batches[0]) == "cpp"
+    fused, ref, got, want = run_both(agent, batches)
+    assert_agents_close(fused, ref, UPDATES)
+    for g, w in zip(got, want):
+        assert g.keys() == w.keys() and "combo/q_gap" in g
+        for key in w:
+            assert abs(g[key] - w[key]) <= 1e-4 * (1 + abs(w[key])), (key, g[key], w[key])
+
+
+def _isa_key() -> str:
+    from pyscorepen.ops import backend
+    return backend.cpu_isa() or "generic"
+
+
+def test_fused_update_backend_decision(monkeypatch):
+    """The single place: cpp + plain SAC or COMBO (its regulariser has a fused form) -> fused; a
+    regulariser without a fused form or the ref backend -> module path."""
+    monkeypatch.delenv("PYSCOREPEN_BACKEND", raising=False)
+    monkeypatch.setitem(MAX_CPP_ROWS, _isa_key(), None)     # the batch-size policy is tested below
     gen = torch.Generator().manual_seed(4)
     batch = make_batch(5, 2, 30, gen)
     sac, combo = make_agent(5, 2, (16,), 2), make_agent(5, 2, (16,), 2, cls=COMBO)
     assert sac.fused_update_backend(batch) == ("cpp" if HAS_CPP else None)
-    assert combo.fused_update_backend(batch) is None
+    assert combo.fused_update_backend(batch) == ("cpp" if HAS_CPP else None)
+
+    class Regularized(SAC):
+        def critic_regularizer(self, batch, q_pred):
+            return q_pred.square().mean(), {}
+    assert make_agent(5, 2, (16,), 2, cls=Regularized).fused_update_backend(batch) is None
     monkeypatch.setenv("PYSCOREPEN_BACKEND", "ref")
     assert sac.fused_update_backend(batch) is None
     sac.update(batch)   # the module path runs
@@ -238,8 +272,10 @@ def test_independent_of_thread_count(monkeypatch):
 
 # ------------------------------------------------------------------ the op itself
 def op_args(obs_dim=6, act_dim=2, hidden=(20, 12), critics=2, batch=40, seed=0, target_penalty=True,
-            auto_alpha=True, deterministic_backup=False, target_min=None):
-    """sac_update arguments on fresh tensors (Adam states after a few fake steps, not zero)."""
+            auto_alpha=True, deterministic_backup=False, target_min=None, cql=None):
+    """sac_update arguments on fresh tensors (Adam states after a few fake steps, not zero).
+    ``cql=(K, C)``: COMBO's regulariser with K sampled actions for each of C states, the first half
+    of the batch pushed up, weight 2 and temperature 0.7 (not the defaults, so both are tested)."""
     gen = torch.Generator().manual_seed(seed)
     actor_dims, critic_dims = [obs_dim, *hidden, 2 * act_dim], [obs_dim + act_dim, *hidden, 1]
     actor_w = [torch.randn(o, i, generator=gen) / i ** 0.5 for i, o in zip(actor_dims, actor_dims[1:])]
@@ -263,7 +299,15 @@ def op_args(obs_dim=6, act_dim=2, hidden=(20, 12), critics=2, batch=40, seed=0, 
         action_scale=0.5 + torch.rand(act_dim, generator=gen), action_offset=0.1 * torch.randn(act_dim, generator=gen),
         gamma=0.99, tau=0.005, target_entropy=-float(act_dim), auto_alpha=auto_alpha, actor_lr=1e-4, critic_lr=3e-4,
         alpha_lr=1e-4, beta1=0.9, beta2=0.999, adam_eps=1e-8, weight_decay=0.0, log_std_min=-5.0, log_std_max=2.0,
-        deterministic_backup=deterministic_backup, target_min=target_min)
+        deterministic_backup=deterministic_backup, target_min=target_min, **(cql_args(cql, obs_dim, act_dim, batch,
+                                                                                gen) if cql else {}))
+
+
+def cql_args(cql: tuple[int, int], obs_dim: int, act_dim: int, batch: int, gen: torch.Generator) -> dict:
+    K, C = cql
+    return dict(cql_obs=torch.randn(C, obs_dim, generator=gen), cql_actions=torch.rand(K, C, act_dim, generator=gen) * 2 - 1,
+                cql_log_density=torch.randn(K, C, generator=gen), cql_push_up=(torch.arange(batch) < batch // 2).float(),
+                cql_weight=2.0, cql_temperature=0.7)
 
 
 def clone_args(args: dict) -> dict:
@@ -280,9 +324,11 @@ MUTATED = ("actor_weights", "actor_biases", "critic_weights", "critic_biases", "
 @pytest.mark.parametrize("case", [dict(), dict(target_penalty=False, auto_alpha=False),
                                   dict(obs_dim=11, act_dim=3, hidden=(256, 256), batch=256),
                                   dict(hidden=(9,), critics=1, batch=7), dict(hidden=(), batch=30),
-                                  dict(deterministic_backup=True, target_min=0.0)],
+                                  dict(deterministic_backup=True, target_min=0.0), dict(cql=(6, 15)),
+                                  dict(obs_dim=11, act_dim=3, hidden=(256, 256), batch=256, cql=(30, 256),
+                                       deterministic_backup=True)],
                          ids=["default", "no-target-penalty-no-alpha", "hopper", "N1-B7", "no-hidden",
-                              "deterministic-backup-clamped"])
+                              "deterministic-backup-clamped", "cql", "hopper-combo"])
 def test_op_matches_reference(cpu_isa, case):
     args = op_args(**case)
     got_args, want_args = clone_args(args), clone_args(args)
@@ -302,12 +348,13 @@ def test_op_matches_reference(cpu_isa, case):
                 assert not torch.equal(g, b), f"{key}[{index}] was not updated"
 
 
-@pytest.mark.parametrize("hook", ["deterministic_backup", "target_min"])
+@pytest.mark.parametrize("hook", ["deterministic_backup", "target_min", "cql"])
 def test_target_hooks_change_the_step(hook):
-    """The reference's entropy-free backup and target clamp really act on these inputs (so the
-    backend comparisons above test them): the critics move differently with the hook on. With a
+    """The reference's entropy-free backup, target clamp and CQL term really act on these inputs (so
+    the backend comparisons above test them): the critics move differently with the hook on. With a
     random batch, r - penalty + gamma V' is negative on many rows, so a clamp at 0 binds."""
-    plain, hooked = op_args(), op_args(**{hook: True if hook == "deterministic_backup" else 0.0})
+    value = {"deterministic_backup": True, "target_min": 0.0, "cql": (6, 15)}[hook]
+    plain, hooked = op_args(), op_args(**{hook: value})
     sac_update_ref(**plain)
     sac_update_ref(**hooked)
     assert not torch.allclose(plain["critic_weights"][-1], hooked["critic_weights"][-1], rtol=0, atol=1e-7)
@@ -320,6 +367,8 @@ def test_opcheck():
     args = op_args(batch=12, hidden=(8,), target_penalty=False, auto_alpha=False)
     torch.library.opcheck(torch.ops.pyscorepen.sac_update.default, tuple(args.values()))
     args = op_args(batch=12, hidden=(8,), deterministic_backup=True, target_min=0.0)
+    torch.library.opcheck(torch.ops.pyscorepen.sac_update.default, tuple(args.values()))
+    args = op_args(batch=12, hidden=(8,), cql=(3, 5))
     torch.library.opcheck(torch.ops.pyscorepen.sac_update.default, tuple(args.values()))
 
 
@@ -337,6 +386,18 @@ def test_bad_arguments_are_clear_errors():
     args = op_args()
     args["exp_avgs"] = args["exp_avgs"][:-1]
     with pytest.raises(RuntimeError, match="Adam states"):
+        sac_update(**args, backend="cpp")
+    args = op_args(cql=(3, 5))
+    args["cql_log_density"] = args["cql_log_density"][:, :4]
+    with pytest.raises(RuntimeError, match=r"cql_log_density must be \[K, C\]"):
+        sac_update(**args, backend="cpp")
+    args = op_args(cql=(3, 5))
+    del args["cql_push_up"]
+    with pytest.raises(RuntimeError, match="come together"):
+        sac_update(**args, backend="cpp")
+    args = op_args(cql=(3, 5))
+    args["cql_push_up"].zero_()
+    with pytest.raises(RuntimeError, match="selects no row"):
         sac_update(**args, backend="cpp")
 
 
@@ -375,7 +436,14 @@ def test_batch_size_policy(monkeypatch, cpu_isa):
     assert agent.fused_update_backend(make_batch(5, 2, 256, gen)) == "cpp"
     big = make_batch(5, 2, 1024, gen)
     assert agent.fused_update_backend(big) == ("cpp" if limit is None or limit >= 1024 else None)
-    assert sac_update(**op_args(batch=300), backend="cpp").shape == (3,)   # an explicit request ignores the policy
+    assert sac_update(**op_args(batch=300), backend="cpp").shape == (4,)   # an explicit request ignores the policy
+    # COMBO: the policy counts the regulariser's sampled rows (3R per push-down state)
+    combo = make_agent(5, 2, (16,), 2, cls=COMBO)
+    small = make_batch(5, 2, 8, gen)                         # 8 + 3 * 10 * 8 = 248 critic rows
+    assert combo.regularizer_rows(small) == 240
+    assert combo.fused_update_backend(small) == "cpp"
+    batch = make_batch(5, 2, 256, gen)                       # 256 + 7 680 rows
+    assert combo.fused_update_backend(batch) == ("cpp" if limit is None else None)
 
 
 def test_fused_path_takes_the_backup_and_clamp_hooks():

@@ -456,6 +456,7 @@ SAC_UPDATE_CASES = {
     "B7-N1-1hidden": dict(hidden=(9,), critics=1, batch=7),
     "B30-no-hidden": dict(hidden=(), batch=30),
     "B40-deterministic-backup-clamped": dict(deterministic_backup=True, target_min=0.0),
+    "B40-cql": dict(cql=(6, 15)),
 }
 
 

@@ -11,8 +11,9 @@ deltas on this class:
 
 :meth:`SAC.update` runs the whole step as one fused op (:func:`pyscorepen.ops.sac_update`: forward,
 backward, Adam and Polyak in C++, no autograd graph) when :meth:`SAC.fused_update_backend` allows:
-the cpp backend, the stored penalty (fused) and target-time plug-ins (precomputed, passed in), but
-no critic regulariser (COMBO keeps the module path). :meth:`SAC.update_ref` specifies both paths.
+the cpp backend, the stored penalty (fused), target-time plug-ins (precomputed, passed in) and a
+critic regulariser with a fused form (:meth:`SAC.fused_regularizer_args`: COMBO's CQL term).
+:meth:`SAC.update_ref` specifies both paths.
 """
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ class SACConfig:
     no gain measured on the cliff task (docs/mujoco.md, "Defaults and their sources"); not yet measured on MuJoCo."""
     fused_update: bool = True
     """Run :meth:`SAC.update` as the one fused ``sac_update`` op where :meth:`SAC.fused_update_backend`
-    allows it (C++ backend, no critic regulariser); False: always the module path."""
+    allows it (C++ backend, a critic regulariser only with a fused form); False: always the module path."""
 
 
 class SAC:
@@ -199,6 +200,19 @@ class SAC:
         Info values may be floats or 0-dim tensors."""
         return q_pred.new_zeros(()), {}
 
+    def fused_regularizer_args(self, batch: Batch) -> tuple[dict, str | None]:
+        """:meth:`critic_regularizer` as arguments of the fused ``sac_update`` op: (its ``cql_*``
+        keyword arguments, the statistic name of the op's 4th output, ``combo/q_gap``), or ({}, None)
+        when the term is zero. Draws the same random numbers, in the same order, as
+        :meth:`critic_regularizer`. SAC has no regulariser; a subclass that overrides
+        :meth:`critic_regularizer` without this method has no fused form (the module path runs)."""
+        return {}, None
+
+    def regularizer_rows(self, batch: Batch) -> int:
+        """Extra critic rows the fused regulariser adds to the batch's B (the op's batch-size policy
+        counts them); 0 for SAC."""
+        return 0
+
     # ----------------------------------------------------------------------------- update
     def update(self, batch: Batch) -> dict[str, float]:
         """One critic, actor and alpha step and the Polyak update; returns float statistics.
@@ -280,13 +294,17 @@ class SAC:
         and the algorithm's hooks have a fused form: the stored penalty (fused) and
         :attr:`target_penalties` (computed before the step and passed in, MOBILE). None (the module
         path) when ``config.fused_update`` is off, when a subclass overrides :meth:`critic_regularizer`
-        (COMBO) or :meth:`compute_target`, the networks are not the standard actor / Q ensemble, or an
-        optimizer uses an Adam option the op does not have (amsgrad, maximize, per-optimizer betas).
+        without :meth:`fused_regularizer_args` or overrides :meth:`compute_target`, the networks are not
+        the standard actor / Q ensemble, or an optimizer uses an Adam option the op does not have
+        (amsgrad, maximize, per-optimizer betas). The batch-size policy counts the regulariser's rows
+        (:meth:`regularizer_rows`: COMBO's 3R sampled actions per state).
         """
         cls = type(self)
         if not self.config.fused_update:
             return None
-        if cls.critic_regularizer is not SAC.critic_regularizer or cls.compute_target is not SAC.compute_target:
+        if cls.compute_target is not SAC.compute_target or (
+                cls.critic_regularizer is not SAC.critic_regularizer
+                and cls.fused_regularizer_args is SAC.fused_regularizer_args):
             return None
         if type(self.actor) is not TanhGaussianActor or type(self.critic) is not QEnsemble:
             return None
@@ -299,7 +317,7 @@ class SAC:
                or g.get("decoupled_weight_decay") or any(g[k] != groups[0][k] for k in shared) for g in groups):
             return None
         try:   # auto: cpp up to the op's measured per-ISA batch limit (pyscorepen.ops.sac_update.MAX_CPP_ROWS)
-            backend = _sac_update.resolve(batch.obs)
+            backend = _sac_update.resolve(batch.obs, rows=batch.obs.shape[0] + self.regularizer_rows(batch))
         except BackendUnavailableError:   # an explicit request this op cannot serve: the modules' ops honour it
             return None
         return backend if backend in ("cpp", "triton") else None
@@ -352,6 +370,7 @@ class SAC:
                 extra = plugin(self, batch)                                    # [B]
                 target_penalty = extra if target_penalty is None else target_penalty + extra
                 info[f"penalty/{plugin.name}"] = extra.mean()
+            regularizer, regularizer_stat = self.fused_regularizer_args(batch)  # COMBO: its sampled actions
             actor_noise = torch.randn(B, A, device=batch.obs.device)           # [B, A] the draw of actor(obs)
             t = self._fused_tensors()
             self.anneal_actor_lr()                                             # as the module path does
@@ -365,13 +384,16 @@ class SAC:
                 self.actor.action_scale, self.actor.action_offset, config.gamma, config.tau, self.target_entropy,
                 config.auto_alpha, *lr, *group["betas"], group["eps"], group["weight_decay"],
                 self.actor.LOG_STD_MIN, self.actor.LOG_STD_MAX, config.deterministic_backup,
-                self.target_min())                                             # [3] critic loss, actor loss, mean Q
+                self.target_min(), **regularizer)                              # [4] losses, mean Q, CQL gap
             self.num_updates += 1
             extra_values = [v.reshape(1) for v in info.values()]
             values = torch.cat([stats, self.alpha.reshape(1), batch.penalty.mean().reshape(1), *extra_values]).tolist()
-        critic_loss, actor_loss, q_mean, alpha, stored = values[:5]
-        return {"loss/critic": critic_loss, "loss/actor": actor_loss, "alpha": alpha, "q_mean": q_mean,
-                "penalty/stored_mean": stored, **dict(zip(info, values[5:]))}
+        critic_loss, actor_loss, q_mean, gap, alpha, stored = values[:6]
+        stats = {"loss/critic": critic_loss, "loss/actor": actor_loss, "alpha": alpha, "q_mean": q_mean,
+                 "penalty/stored_mean": stored, **dict(zip(info, values[6:]))}
+        if regularizer_stat is not None:
+            stats[regularizer_stat] = gap
+        return stats
 
     # ----------------------------------------------------------------------------- state
     def state_dict(self) -> dict:

@@ -69,7 +69,9 @@ SCHEMAS = {
         "Tensor(i!)[] exp_avg_sqs, Tensor(j!)[] steps, Tensor action_scale, Tensor action_offset, float gamma, "
         "float tau, float target_entropy, bool auto_alpha, float actor_lr, float critic_lr, float alpha_lr, "
         "float beta1, float beta2, float adam_eps, float weight_decay, float log_std_min, float log_std_max, "
-        "bool deterministic_backup=False, float? target_min=None) -> Tensor"
+        "bool deterministic_backup=False, float? target_min=None, Tensor? cql_obs=None, Tensor? cql_actions=None, "
+        "Tensor? cql_log_density=None, Tensor? cql_push_up=None, float cql_weight=0., float cql_temperature=1.) "
+        "-> Tensor"
     ),
 }
 # CompositeImplicitAutograd ops (no CPU/Meta kernel of their own): name -> (schema, the ops it is made of).
@@ -203,7 +205,7 @@ def _ensemble_mlp_composite(x: Tensor, weights: list[Tensor], biases: list[Tenso
 
 
 def _sac_update_ref_kernel(*args) -> Tensor:
-    return sac_update_ref(*args)   # updates the parameters / Adam states in place; [3] statistics
+    return sac_update_ref(*args)   # updates the parameters / Adam states in place; [4] statistics
 
 
 _REF_KERNELS = {"rollout_step": _rollout_step_ref_kernel, "score_penalty": _score_penalty_ref_kernel,
@@ -276,7 +278,7 @@ def _ensemble_mlp_backward_fake(grad_out, x, weights, saved, activation, output_
 @torch.library.register_fake(f"{NAMESPACE}::sac_update")
 def _sac_update_fake(obs, *args):
     torch._check(obs.dim() == 2)
-    return obs.new_empty(3)   # (critic loss, actor loss, mean Q); the parameters are updated in place
+    return obs.new_empty(4)   # (critic loss, actor loss, mean Q, CQL gap); the parameters are updated in place
 
 
 # ------------------------------------------------------------------ autograd

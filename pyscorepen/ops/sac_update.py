@@ -4,7 +4,8 @@ the Polyak average, applied in place to the caller's parameters and optimizer st
 Public API: :func:`sac_update` (dispatching) and :func:`sac_update_ref` (the readable pure-PyTorch
 specification, autograd on the same tensors). The user is
 :meth:`pyscorepen.algos.sac.SAC.update`, which calls it when :meth:`~pyscorepen.algos.sac.SAC.
-fused_update_backend` allows (cpp backend, no critic regulariser); :meth:`~pyscorepen.algos.sac.SAC.
+fused_update_backend` allows (cpp backend; a critic regulariser only with a fused form, COMBO's
+CQL term); :meth:`~pyscorepen.algos.sac.SAC.
 update_ref` stays the specification of both.
 
 The math (Haarnoja et al. 2018, SAC Eq. 3, 5, 7 with clipped double Q; Haarnoja et al. 2018b,
@@ -15,6 +16,11 @@ Eq. 18 for the temperature), B rows, N critics, alpha = exp(log_alpha) before th
              [alpha = 0 in this term if ``deterministic_backup`` (COMBO's entropy-free backup);
               y <- max(y, ``target_min``) if given (MOBILE's references clamp at 0)]
     L_Q    = sum_k mean_b (Q_k(s, a) - y)^2                        -> Adam(critic_lr) on the critics
+             [+ cql_weight sum_k ( mean_c T logsumexp_j ((Q_k(s_c, a_jc) - log rho_jc) / T)
+                                   - sum_b m_b Q_k(s_b, a_b) / sum_b m_b )
+              if ``cql_actions`` is given: COMBO Eq. 2's CQL(H) regulariser (Kumar et al. 2020,
+              App. F importance sampling), states s_c = ``cql_obs``, K sampled actions a_jc per state
+              with log densities log rho_jc, T = ``cql_temperature``, m = ``cql_push_up``]
     L_pi   = mean_b [alpha log pi(a~|s) - min_k Q_k(s, a~)],       a~ ~ pi(.|s) drawn with ``actor_noise``,
              through the critics *after* their step               -> Adam(actor_lr) on the actor
     L_alpha = -mean_b log_alpha (log pi(a~|s) + target_entropy)     -> Adam(alpha_lr) (if ``auto_alpha``)
@@ -22,7 +28,8 @@ Eq. 18 for the temperature), B rows, N critics, alpha = exp(log_alpha) before th
 
 with the tanh-Gaussian actor of :class:`pyscorepen.models.nets.TanhGaussianActor` (log_std clamped,
 density on [-1, 1]^A) and ReLU critics on cat(s, a). Adam is torch.optim.Adam's (no amsgrad, not
-maximizing; its steps are incremented here). Returns [3]: (L_Q, L_pi, mean Q(s, a)).
+maximizing; its steps are incremented here). Returns [4]: (the TD part of L_Q, L_pi, mean Q(s, a),
+the CQL gap mean_k (push-down - push-up), 0 without ``cql_actions``).
 
 Arguments and layout (every tensor float32, parameters and Adam states contiguous):
 
@@ -35,12 +42,17 @@ Arguments and layout (every tensor float32, parameters and Adam states contiguou
 * ``target_noise``, ``actor_noise`` [B, A]: standard normal draws, made by the caller in the order
   :meth:`~pyscorepen.algos.sac.SAC.update_ref` draws them (so both consume the same random numbers);
 * ``target_penalty`` [B] or None: target-time penalties (MOBILE) computed by the caller before the
-  step, on the same networks the target uses.
+  step, on the same networks the target uses;
+* ``cql_obs`` [C, S], ``cql_actions`` [K, C, A], ``cql_log_density`` [K, C], ``cql_push_up`` [B] (or all
+  None): the critic regulariser's push-down states, the K actions sampled per state by the caller
+  before the step (COMBO: uniform, pi(.|s), pi(.|s')), their log densities, and the 0/1 mask of the
+  batch rows pushed up (the dataset rows); ``cql_weight`` and ``cql_temperature`` scale it.
 
 Hooks: the stored per-transition penalty (MOPO, ScorePen-MORL) is fused; target-time penalties
 (MOBILE) enter precomputed as ``target_penalty``, and MOBILE's target clamp as ``target_min``; the
-entropy-free backup is ``deterministic_backup``; a critic regulariser (COMBO's CQL term) has no
-fused form: the agent falls back to its module path for it.
+entropy-free backup is ``deterministic_backup``; COMBO's CQL regulariser is fused as the ``cql_*``
+arguments (the critics run once on the B batch rows and the K*C sampled rows together); another
+critic regulariser has no fused form and its agent takes the module path.
 
 Population (several seeds in one process, not implemented yet): the layouts generalise with a
 leading dimension P and no new kernel. The critics are already an ensemble; P agents' N critics
@@ -106,9 +118,12 @@ def sac_update_ref(
     beta1: float, beta2: float, adam_eps: float, weight_decay: float,
     log_std_min: float, log_std_max: float,
     deterministic_backup: bool = False, target_min: float | None = None,
+    cql_obs: Tensor | None = None, cql_actions: Tensor | None = None,   # [C, S], [K, C, A]
+    cql_log_density: Tensor | None = None, cql_push_up: Tensor | None = None,   # [K, C], [B]
+    cql_weight: float = 0.0, cql_temperature: float = 1.0,
 ) -> Tensor:
     """The step of the module docstring with autograd and :func:`adam_ref_`; updates the
-    parameters and states in place and returns [3] (critic loss, actor loss, mean Q)."""
+    parameters and states in place and returns [4] (TD critic loss, actor loss, mean Q, CQL gap)."""
     adam = dict(beta1=beta1, beta2=beta2, eps=adam_eps, weight_decay=weight_decay)
     n_actor, n_critic = 2 * len(actor_weights), 2 * len(critic_weights)
     with torch.no_grad():
@@ -129,7 +144,16 @@ def sac_update_ref(
         leaves = [p.detach().requires_grad_() for p in critic_params]
         q = ensemble_mlp_ref(torch.cat([obs, actions], -1), leaves[0::2], leaves[1::2], F.relu).squeeze(-1)  # [N, B]
         critic_loss = (q - target).square().mean(1).sum()
-        critic_grads = torch.autograd.grad(critic_loss, leaves)
+        gap = torch.zeros(q.shape[0])                                         # [N]
+        if cql_actions is not None:                                           # COMBO Eq. 2
+            K, C, A = cql_actions.shape
+            x_cql = torch.cat([cql_obs.repeat(K, 1), cql_actions.reshape(K * C, A)], -1)   # [K*C, S+A]
+            q_cql = ensemble_mlp_ref(x_cql, leaves[0::2], leaves[1::2], F.relu).view(-1, K, C)  # [N, K, C]
+            t = cql_temperature
+            push_down = (t * torch.logsumexp((q_cql - cql_log_density) / t, dim=1)).mean(1)   # [N]
+            push_up = (q * cql_push_up).sum(1) / cql_push_up.sum()            # [N]
+            gap = push_down - push_up
+        critic_grads = torch.autograd.grad(critic_loss + cql_weight * gap.sum(), leaves)
     with torch.no_grad():
         adam_ref_(critic_params, list(critic_grads), exp_avgs[n_actor:n_actor + n_critic],
                   exp_avg_sqs[n_actor:n_actor + n_critic], steps[n_actor:n_actor + n_critic], critic_lr, **adam)
@@ -151,7 +175,7 @@ def sac_update_ref(
             adam_ref_([log_alpha], [grad_log_alpha], exp_avgs[-1:], exp_avg_sqs[-1:], steps[-1:], alpha_lr, **adam)
         for p_target, p in zip([p for pair in zip(target_weights, target_biases) for p in pair], critic_params):
             p_target.lerp_(p, tau)
-        return torch.stack([critic_loss.detach(), actor_loss.detach(), q.detach().mean()])
+        return torch.stack([critic_loss.detach(), actor_loss.detach(), q.detach().mean(), gap.detach().mean()])
 
 
 _backend.register_reference("sac_update", sac_update_ref)
@@ -171,8 +195,9 @@ _backend.register_reference("sac_update", sac_update_ref)
 MAX_CPP_ROWS: dict[str, int | None] = {"avx512": None, "avx2": 256, "generic": 256}
 
 
-def resolve(obs: Tensor, backend: str | None = None) -> str:
-    """Backend of :func:`sac_update` for a batch like ``obs`` [B, S]: :func:`pyscorepen.ops.backend.
+def resolve(obs: Tensor, backend: str | None = None, rows: int | None = None) -> str:
+    """Backend of :func:`sac_update` for a batch like ``obs`` [B, S] (``rows``: the critic rows of the
+    step when a regulariser adds sampled ones, COMBO's B + K*C; default B): :func:`pyscorepen.ops.backend.
     resolve_backend` with the policy above (auto skips cpp above ``MAX_CPP_ROWS`` on the current ISA)
     and without ``triton`` in the automatic order (the Triton step has run under the interpreter
     only, not yet on a GPU; ``backend="triton"`` / ``PYSCOREPEN_BACKEND=triton`` still select it)."""
@@ -180,7 +205,7 @@ def resolve(obs: Tensor, backend: str | None = None) -> str:
     if not obs.is_cuda:
         isa = _backend.cpu_isa()
         limit = MAX_CPP_ROWS.get(isa, MAX_CPP_ROWS["generic"]) if isa is not None else None
-        if limit is not None and obs.shape[0] > limit:
+        if limit is not None and (obs.shape[0] if rows is None else rows) > limit:
             skip = (*skip, "cpp")
     return _backend.resolve_backend("sac_update", obs, backend, auto_skip=skip)
 
