@@ -1,6 +1,7 @@
 """Probabilistic ensemble: shapes, elites, training, rollouts, and MOPO's penalty off-data."""
 import copy
 
+import pytest
 import torch
 
 from pyscorepen.data import ReplayBuffer, TransitionDataset
@@ -33,6 +34,26 @@ def test_ensemble_shapes_and_elites():
     assert dyn.elites.shape == (2,) and len(set(dyn.elites.tolist())) == 2
     # elites are the members with the lowest holdout error
     assert set(dyn.elites.tolist()) == set(torch.argsort(dyn.holdout_mse)[:2].tolist())
+
+
+@pytest.mark.parametrize("backend", ["ref", None])
+def test_predict_members_evaluates_only_those(monkeypatch, backend):
+    """predict(members=elites) equals the all-member prediction's elite rows (to rounding: the
+    subset runs fewer members through the same kernels), in the order of ``members``."""
+    if backend is None:
+        monkeypatch.delenv("PYSCOREPEN_BACKEND", raising=False)
+    else:
+        monkeypatch.setenv("PYSCOREPEN_BACKEND", backend)
+    torch.manual_seed(0)
+    dyn = EnsembleDynamics(obs_dim=11, action_dim=3, config=DynamicsConfig())
+    members = torch.tensor([4, 0, 6, 2, 1])
+    obs, actions = torch.randn(243, 11), torch.randn(243, 3)
+    with torch.no_grad():
+        mean, std = dyn.predict(obs, actions)                                     # [7, B, S+1]
+        sub_mean, sub_std = dyn.predict(obs, actions, members=members)            # [5, B, S+1]
+    assert sub_mean.shape == sub_std.shape == (5, 243, 12)
+    torch.testing.assert_close(sub_mean, mean[members], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sub_std, std[members], rtol=1e-5, atol=1e-7)
 
 
 def test_dynamics_learns_cliff_and_step_samples_from_elites():

@@ -91,14 +91,16 @@ class EnsembleDynamics(nn.Module):
     def normalize(self, obs: Tensor, actions: Tensor) -> Tensor:
         return (torch.cat([obs, actions], -1) - self.input_mean) / self.input_std   # [.., S+A]
 
-    def forward(self, x_norm: Tensor) -> tuple[Tensor, Tensor]:
-        """x_norm [B, S+A] or [E, B, S+A] -> mean, logvar [E, B, S+1]."""
-        mean, logvar = self.net(x_norm).chunk(2, dim=-1)
+    def forward(self, x_norm: Tensor, members: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """x_norm [B, S+A] or [E', B, S+A] -> mean, logvar [E', B, S+1]; ``members`` (int64 [E']):
+        only those members are evaluated (None: all E)."""
+        mean, logvar = self.net(x_norm, members).chunk(2, dim=-1)
         return mean, soft_bound_logvar(logvar, self.max_logvar, self.min_logvar)
 
-    def predict(self, obs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
-        """All-member mean and std of (delta_s, r): [E, B, S+1] each."""
-        mean, logvar = self(self.normalize(obs, actions))
+    def predict(self, obs: Tensor, actions: Tensor, members: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Mean and std of (delta_s, r) of every member, [E, B, S+1] each, or of ``members`` only
+        ([E', B, S+1]; e.g. ``self.elites``: MOBILE needs no other member's prediction)."""
+        mean, logvar = self(self.normalize(obs, actions), members)
         return mean, (0.5 * logvar).exp()
 
     @torch.no_grad()

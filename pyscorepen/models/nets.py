@@ -42,17 +42,24 @@ class EnsembleMLP(nn.Module):
         self.layers = nn.ModuleList(EnsembleLinear(ensemble_size, i, o) for i, o in zip(dims[:-1], dims[1:]))
         self.ensemble_size = ensemble_size
 
-    def forward(self, x: Tensor) -> Tensor:   # [B, in] or [E, B, in] -> [E, B, out]
-        weights = self.weights()
+    def forward(self, x: Tensor, members: Tensor | None = None) -> Tensor:
+        """x [B, in] or [E', B, in] -> [E', B, out]; ``members`` (int64 [E']): only those members
+        (e.g. the elites), the others are not evaluated; None: all E."""
+        weights, biases = self.weights(), self.biases()
+        if members is not None:
+            weights = [w.index_select(0, members) for w in weights]        # [E', in, out]
+            biases = [b.index_select(0, members) for b in biases]          # [E', out]
         backend = _ensemble_mlp_backend(x, weights, "silu")
         if backend != "ref":  # one fused forward (+ backward) op for all layers and members
-            return _run_ensemble_mlp(backend, x, weights, self.biases(), "silu")
+            return _run_ensemble_mlp(backend, x, weights, biases, "silu")
         # SiLU's backward needs its input: in place only when no graph is recorded. In place
         # matters on CPU: a fresh large activation costs page faults (17x a relu_ at 3M floats).
         inplace = not torch.is_grad_enabled()
-        for layer in self.layers[:-1]:
-            x = F.silu(layer(x), inplace=inplace)
-        return self.layers[-1](x)
+        for layer, (w, b) in enumerate(zip(weights, biases)):
+            x = torch.baddbmm(b.unsqueeze(1), x if x.dim() == 3 else x.expand(w.shape[0], *x.shape), w)
+            if layer + 1 < len(weights):
+                x = F.silu(x, inplace=inplace)
+        return x
 
     def weights(self) -> list[Tensor]:
         return [layer.weight for layer in self.layers]

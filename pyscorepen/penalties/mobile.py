@@ -106,9 +106,8 @@ class MobilePenalty:
         if not bool(model.any()) or self.coef == 0.0:
             return out
         obs, actions = batch.obs[model], batch.actions[model]              # [Bm, S], [Bm, A]
-        mean, std = self.dynamics.predict(obs, actions)                    # [E, Bm, S+1] each
-        elites = self.dynamics.elites
-        mean, std = mean[elites], std[elites]                              # [M, Bm, S+1]
+        # the elites only ([M, Bm, S+1] each): the other members' forward would be thrown away
+        mean, std = self.dynamics.predict(obs, actions, members=self.dynamics.elites)
         noise = torch.randn((self.num_samples, *mean.shape), device=mean.device)  # [K, M, Bm, S+1]
         if self.fused:
             u = mobile_penalty(obs, actions, mean, std, noise, agent.soft_value, agent.config.gamma,
