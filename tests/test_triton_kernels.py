@@ -485,10 +485,13 @@ def test_sac_update_matches_ref(kernels, case):
             torch.testing.assert_close(g.cpu(), w, **tol, msg=lambda m: f"{key}[{index}]: {m}")
 
 
-def test_sac_agent_runs_the_triton_step_when_requested(kernels, monkeypatch):
-    """PYSCOREPEN_BACKEND=triton: SAC.update runs sac_update_triton and still matches update_ref."""
+@pytest.mark.parametrize("algo", ["sac", "combo"])
+def test_sac_agent_runs_the_triton_step_when_requested(kernels, monkeypatch, algo):
+    """PYSCOREPEN_BACKEND=triton: SAC.update (and COMBO's, its CQL term fused) runs sac_update_triton
+    and still matches update_ref."""
     import copy
 
+    from pyscorepen.algos.combo import COMBO, ComboConfig
     from pyscorepen.algos.sac import SAC, SACConfig
     from pyscorepen.ops import backend as ops_backend
     from tests.test_ops_sac_update import make_batch
@@ -496,7 +499,9 @@ def test_sac_agent_runs_the_triton_step_when_requested(kernels, monkeypatch):
     monkeypatch.delitem(ops_backend._triton_cache, "sac_update", raising=False)
     monkeypatch.setenv("PYSCOREPEN_BACKEND", "triton")
     torch.manual_seed(0)
-    agent = SAC(5, 2, SACConfig(hidden_dims=(16,)), -torch.ones(2), torch.ones(2), device=kernels.device)
+    extra = {"combo": ComboConfig(num_sampled_actions=3)} if algo == "combo" else {}
+    agent = (COMBO if algo == "combo" else SAC)(5, 2, SACConfig(hidden_dims=(16,)), -torch.ones(2), torch.ones(2),
+                                                device=kernels.device, **extra)
     ref = copy.deepcopy(agent)
     gen = torch.Generator().manual_seed(1)
     batches = [make_batch(5, 2, 20, gen).to(kernels.device) for _ in range(2)]
