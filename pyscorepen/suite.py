@@ -430,7 +430,8 @@ def add_published(row: dict) -> None:
 _BAR_MARK = {"pass": " ✓", "fail": " ✗", "": ""}
 
 
-def _cell(row: dict | None) -> str:
+def _cell(row: dict | None, full: int = 0) -> str:
+    """One table cell; ``full``: the most seeds any cell has, so a cell with fewer says how many."""
     paper = row.get("published_normalized_score") if row is not None else None
     paper = f" (paper {paper:.1f})" if paper is not None else ""
     if row is None or row["seeds_done"] == 0:
@@ -439,7 +440,9 @@ def _cell(row: dict | None) -> str:
         text = f"{row['normalized_score_mean']:.1f}±{row['normalized_score_std']:.1f}"
     else:  # no reference scores: raw return, marked
         text = f"R {row['return_mean']:.1f}±{row['return_std']:.1f}"
-    return text + _BAR_MARK[row.get("bar", "")] + paper
+    partial = row["seeds_done"] < full
+    seeds = f" [{row['seeds_done']} of {full} seeds]" if partial else ""
+    return text + _BAR_MARK[row.get("bar", "")] + seeds + paper
 
 
 def markdown_table(rows: list[dict], algos: tuple[str, ...], tasks: tuple[str, ...]) -> str:
@@ -448,6 +451,7 @@ def markdown_table(rows: list[dict], algos: tuple[str, ...], tasks: tuple[str, .
     then an Average row over datasets with normalized scores for every algorithm."""
     from pyscorepen.published import COMPARABILITY, bar_for, published_score
     by_key = {(r["algo"], r["task"]): r for r in rows}
+    full = max((r["seeds_done"] for r in rows), default=0)   # a cell with fewer seeds is marked
     lines = ["| Task Name | Behaviour | Bar | " + " | ".join(algos) + " |", "|---|---|---|" + "---|" * len(algos)]
     for task in tasks:
         known = [r["behaviour_normalized_score"] for r in rows
@@ -455,7 +459,7 @@ def markdown_table(rows: list[dict], algos: tuple[str, ...], tasks: tuple[str, .
         behaviour = f"{known[0]:.1f}" if known else "–"
         bar = bar_for(task)
         lines.append(f"| {short_name(task)} | {behaviour} | {bar.describe() if bar else '–'} | "
-                     + " | ".join(_cell(by_key.get((a, task))) for a in algos) + " |")
+                     + " | ".join(_cell(by_key.get((a, task)), full) for a in algos) + " |")
     averages = []
     for algo in algos:
         means = [by_key[(algo, t)]["normalized_score_mean"] for t in tasks if (algo, t) in by_key]
@@ -467,12 +471,12 @@ def markdown_table(rows: list[dict], algos: tuple[str, ...], tasks: tuple[str, .
         else:
             averages.append("–" + paper)
     lines.append("| Average | | | " + " | ".join(averages) + " |")
-    seeds = sorted({r["seeds_done"] for r in rows if r["seeds_done"]})
+    partial = any(0 < r["seeds_done"] < full for r in rows)
     pending = "; – : no seed finished yet" if any(not r["seeds_done"] for r in rows) else ""
     steps = sorted({str(r["steps"]) for r in rows if r.get("steps") is not None})
     lines.append("")
-    lines.append(f"D4RL normalized score, mean ± std over seeds ({'/'.join(map(str, seeds)) or 0} finished per cell"
-                 f"{pending})"
+    lines.append(f"D4RL normalized score, mean ± std over the {full} finished seed(s) of each cell"
+                 f"{' (fewer where a cell says so)' if partial else ''}{pending})"
                  + (f", after {' / '.join(steps)} gradient steps" if steps else "") + "; "
                  "Behaviour: the dataset's mean episode return, normalized; "
                  "'R' marks raw returns of datasets without reference scores. "

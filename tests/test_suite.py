@@ -70,6 +70,7 @@ def test_aggregate_table_csv_and_curves(tmp_path, monkeypatch):
     assert "| Average | | | 61.0±1.0 (paper 35.1) | 101.0±1.0 (paper 63.0) |" in table
     assert "after 20 gradient steps" in table
     assert "What can be compared" in table and "D4RL v2" in table and "Gymnasium v5" in table
+    assert "over the 2 finished seed(s) of each cell)" in table
     import csv
     with open(tmp_path / "suite" / "results.csv") as f:
         records = list(csv.DictReader(f))
@@ -241,3 +242,21 @@ def test_bad_status_interval_is_a_user_error(tmp_path, capsys):
     from pyscorepen.suite import main
     assert main(["--algos", "mopo", "--tasks", "cliff", "--out", str(tmp_path), "--status-interval", "-1"]) == 2
     assert "--status-interval" in capsys.readouterr().err
+
+
+def test_a_cell_with_fewer_seeds_says_how_many(tmp_path, monkeypatch):
+    """A grid in progress: the cell whose seeds are not all finished says so, the others do not."""
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "no-datasets"))
+    task = "mujoco/hopper/medium-v0"
+    config = SuiteConfig(algos=("mopo", "mobile", "scorepen"), tasks=(task,), seeds=(0, 1, 2),
+                         out=str(tmp_path / "suite"), aggregate_only=True)
+    for algo, seeds in (("mopo", (0, 1, 2)), ("mobile", (0, 1))):
+        for seed in seeds:
+            fake_run(config, algo, task, seed, 60.0 + seed, [(0, 0.0), (20, 60.0 + seed)], 38.2)
+    run_suite(config)
+    table = (tmp_path / "suite" / "results.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| ho-m |"))
+    mopo, mobile, scorepen = (cell.strip() for cell in row.split("|")[4:7])
+    assert "seeds]" not in mopo and mobile.startswith("60.5±0.5 ✓ [2 of 3 seeds]") and "[2 of 3 seeds]" in mobile
+    assert scorepen.startswith("–")
+    assert "over the 3 finished seed(s) of each cell (fewer where a cell says so); – : no seed finished yet)" in table
