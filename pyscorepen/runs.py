@@ -309,6 +309,14 @@ class RunInUseError(PyScorePenError):
     """Another live process holds the run folder (:class:`RunLock`)."""
 
 
+def _proc_locks() -> str | None:
+    """The kernel's table of held file locks (Linux ``/proc/locks``), None where there is none."""
+    try:
+        return Path("/proc/locks").read_text()
+    except OSError:
+        return None
+
+
 class RunLock:
     """Exclusive use of a run folder by this process while it trains there.
 
@@ -358,6 +366,41 @@ class RunLock:
         if self.fd is not None:
             os.close(self.fd)   # releases the flock
             self.fd = None
+
+    @classmethod
+    def holder(cls, run_dir: Path) -> str | None:
+        """Who trains in ``run_dir`` now ("pid N on host, since ..."), or None when nobody does.
+
+        Read without taking the lock: a probe that locked the file, even for a moment, could make a
+        run starting at that moment fail with :class:`RunInUseError`. On Linux the kernel's table of
+        held locks (``/proc/locks``) says whether a flock is held on this ``.lock`` file (its device
+        and inode); elsewhere the holder's pid is checked for life (``os.kill(pid, 0)``), which a
+        pid reused after the holder ended would fool. The text is what the holder wrote."""
+        path = Path(run_dir) / cls.NAME
+        try:
+            text = path.read_text(errors="replace").strip()
+            stat = path.stat()
+        except OSError:
+            return None
+        table = _proc_locks()
+        if table is not None:
+            device = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+            held = any(fields[1] == "FLOCK" and device in fields
+                       for fields in (line.split() for line in table.splitlines()) if len(fields) > 1)
+            return (text or "a process that wrote nothing yet") if held else None
+        match = re.match(r"pid (\d+) on (\S+),", text)
+        if match is None:
+            return None
+        import socket
+        if match.group(2) != socket.gethostname():
+            return text + " (another host: not checked)"
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:   # alive, another user's
+            pass
+        return text
 
 
 def fault_injection_point(point: str, index: int) -> None:

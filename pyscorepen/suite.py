@@ -75,6 +75,10 @@ class SuiteConfig:
     """Do not launch runs; only rebuild the tables and plots from the existing run folders."""
     dry_run: bool = False
     """Print the commands of the runs still to do, and exit."""
+    status: bool = False
+    """Print the state of every run of the grid (finished with its score; running, with its step,
+    score, rate and time left; stopped at a checkpoint, which the suite resumes; not started) and
+    exit. Starts nothing and writes nothing, so it is safe next to running suites."""
     progress: bool = False
     """Show the train CLI's progress bars."""
     status_interval: float = 60.0
@@ -172,6 +176,10 @@ def run_suite(config: SuiteConfig, defaults: dict | None = None) -> dict:
             or config.parallel < 1:
         raise PyScorePenError(f"--threads-per-run must be >= 1 (got {config.threads_per_run}), --parallel >= 1 "
                               f"(got {config.parallel}) and --ray-max-retries >= 0 (got {config.ray_max_retries}).")
+    if config.status:
+        lines = grid_status(config, time.time())
+        print("\n".join(lines))
+        return {"table": "", "rows": [], "failed": [], "status": lines}
     defaults = load_defaults(config.defaults_file) if defaults is None else defaults
     if config.ray is not None and not (config.dry_run or config.aggregate_only):
         from pyscorepen.suite_ray import import_ray
@@ -239,15 +247,16 @@ def launch_on_ray(config: SuiteConfig, todo: list[tuple[str, str, int]], default
     return failed
 
 
-def run_status(folder: Path, steps: int | None, started: float, now: float) -> str:
+def run_status(folder: Path, steps: int | None, started: float | None, now: float) -> str:
     """One status line of a run in progress, from the newest row of its metrics.jsonl: step of
     ``steps``, the last normalized score (or return), updates/s and the time left at the rate since
-    its first logged step; "pretraining or starting" before the first evaluation."""
+    its first logged step; "pretraining or starting" before the first evaluation. ``started``
+    (time.time of its launch) adds the minutes since; None leaves them out."""
     from pyscorepen.runs import read_metrics
     rows = [r for r in read_metrics(folder) if "step" in r]
-    elapsed = f"{(now - started) / 60:.0f} min"
+    elapsed = f" ({(now - started) / 60:.0f} min)" if started is not None else ""
     if not rows:
-        return f"pretraining or starting ({elapsed})"
+        return f"pretraining or starting{elapsed}"
     last = rows[-1]
     step = int(last["step"])
     parts = [f"step {step}" + (f"/{steps} ({100 * step / steps:.0f} %)" if steps else "")]
@@ -260,7 +269,41 @@ def run_status(folder: Path, steps: int | None, started: float, now: float) -> s
         parts.append(f"{rate:.0f} updates/s")
         if steps and step < steps and rate > 0:
             parts.append(f"~{(steps - step) / rate / 60:.0f} min left")
-    return ", ".join(parts) + f" ({elapsed})"
+    return ", ".join(parts) + elapsed
+
+
+def grid_status(config: SuiteConfig, now: float) -> list[str]:
+    """``--status``: one line per run of the grid and a count line. Finished: its final score;
+    running (a live holder of the run folder's lock, :meth:`pyscorepen.runs.RunLock.holder`):
+    :func:`run_status`; stopped: the step of its newest checkpoint (the suite resumes from it);
+    not started. Reads the run folders only."""
+    from pyscorepen.runs import RunLock, checkpoint_files
+    lines, counts = [], {"finished": 0, "running": 0, "stopped": 0, "not started": 0}
+    for algo in config.algos:
+        for task in config.tasks:
+            for seed in config.seeds:
+                folder = run_dir(config, algo, task, seed)
+                summary = _read_json(folder / SUMMARY)
+                holder = None if summary else RunLock.holder(folder)
+                checkpoints = checkpoint_files(folder) if folder.is_dir() else []
+                if summary:
+                    state = "finished"
+                    score = summary.get("normalized_score_mean")
+                    text = (f"finished, normalized {score:.1f}" if score is not None else
+                            f"finished, return {summary.get('return_mean', float('nan')):.1f}")
+                elif holder is not None:
+                    state, text = "running", f"running ({holder}): {run_status(folder, config.steps, None, now)}"
+                elif checkpoints or (folder / METRICS).is_file():
+                    state = "stopped"
+                    at = f"checkpoint of step {checkpoints[0][0]}" if checkpoints else "no checkpoint yet"
+                    text = f"stopped, {at} (rerunning the suite resumes it): {run_status(folder, config.steps, None, now)}"
+                else:
+                    state, text = "not started", "not started"
+                counts[state] += 1
+                lines.append(f"{algo} {task} seed {seed}: {text}")
+    total = sum(counts.values())
+    lines.append(f"[suite] {total} run(s) in {config.out}: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    return lines
 
 
 def status_lines(config: SuiteConfig, running: dict, now: float) -> list[str]:
@@ -498,7 +541,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------ publishing
-_NOT_IN_COMMAND = ("aggregate_only", "dry_run", "publish", "progress")
+_NOT_IN_COMMAND = ("aggregate_only", "dry_run", "status", "publish", "progress")
 
 
 def suite_command(config: SuiteConfig) -> str:

@@ -79,3 +79,28 @@ def test_collect_refuses_a_run_folder_in_use(tmp_path, capsys):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait()
+
+
+@pytest.mark.parametrize("kernel_table", [True, False], ids=["proc-locks", "pid-fallback"])
+def test_holder_reports_a_live_holder_without_taking_the_lock(tmp_path, monkeypatch, kernel_table):
+    """``RunLock.holder`` (the suite's --status): None for a folder nobody locked, the holder's text
+    while a process holds the lock, None again once it is gone, and the probe itself never makes a
+    run that starts at the same time fail. Linux reads /proc/locks; elsewhere the pid is checked."""
+    if not kernel_table:
+        monkeypatch.setattr(runs, "_proc_locks", lambda: None)
+    elif runs._proc_locks() is None:
+        pytest.skip("no /proc/locks here")
+    folder = tmp_path / "run"
+    assert runs.RunLock.holder(folder) is None                           # no folder, no lock file
+    proc = hold_lock(folder)
+    try:
+        text = runs.RunLock.holder(folder)
+        assert text is not None and text.startswith(f"pid {proc.pid} on ")
+        with pytest.raises(runs.RunInUseError):                          # still held by the other process
+            runs.RunLock(folder).__enter__()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert runs.RunLock.holder(folder) is None                           # gone (kill -9): nobody holds it
+    with runs.RunLock(folder):                                            # and the folder is usable again
+        assert runs.RunLock.holder(folder).startswith(f"pid {os.getpid()} on ")

@@ -260,3 +260,33 @@ def test_a_cell_with_fewer_seeds_says_how_many(tmp_path, monkeypatch):
     assert "seeds]" not in mopo and mobile.startswith("60.5±0.5 ✓ [2 of 3 seeds]") and "[2 of 3 seeds]" in mobile
     assert scorepen.startswith("–")
     assert "over the 3 finished seed(s) of each cell (fewer where a cell says so); – : no seed finished yet)" in table
+
+
+def test_status_lists_every_run_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    """``--status``: finished (score), running (a live lock holder), stopped (its newest checkpoint),
+    not started; a count line; no file written."""
+    from pyscorepen.runs import RunLock
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "no-datasets"))
+    task = "mujoco/hopper/medium-v0"
+    config = SuiteConfig(algos=("mopo",), tasks=(task,), seeds=(0, 1, 2, 3), out=str(tmp_path / "suite"),
+                         steps=100, status=True)
+    fake_run(config, "mopo", task, 0, 61.0, [(0, 0.0), (100, 61.0)], 38.2)
+    for seed in (1, 2):   # in progress: metrics up to step 50, a checkpoint of step 40
+        folder = run_dir(config, "mopo", task, seed)
+        folder.mkdir(parents=True)
+        (folder / "metrics.jsonl").write_text(json.dumps({"step": 50, "normalized_score_mean": 30.0,
+                                                          "updates_per_s": 10.0}) + "\n")
+        (folder / "checkpoint-40.pt").write_bytes(b"")
+    before = sorted(p for p in tmp_path.rglob("*"))
+    with RunLock(run_dir(config, "mopo", task, 1)):
+        result = run_suite(config)
+    lines = result["status"]
+    assert lines[0] == f"mopo {task} seed 0: finished, normalized 61.0"
+    assert lines[1].startswith(f"mopo {task} seed 1: running (pid ") and "step 50/100 (50 %), normalized 30.0" in lines[1]
+    assert lines[1].endswith("10 updates/s, ~0 min left")
+    assert lines[2].startswith(f"mopo {task} seed 2: stopped, checkpoint of step 40 (rerunning the suite resumes it)")
+    assert lines[3] == f"mopo {task} seed 3: not started"
+    assert lines[4].endswith("4 run(s) in " + str(tmp_path / "suite") + ": 1 finished, 1 running, 1 stopped, 1 not started")
+    after = sorted(p for p in tmp_path.rglob("*") if p.name != ".lock")
+    assert after == before                                               # nothing written (the test's own lock aside)
+    assert "not started" in capsys.readouterr().out
