@@ -9,8 +9,8 @@ gradients in the actor loss, per-parameter Adam loop, one ``.item()`` per statis
 :meth:`~pyscorepen.algos.sac.SAC.update` on the modules (``SACConfig(fused_update=False)``: fused Adam,
 actor loss without critic weight gradients, one statistics conversion, foreach Polyak), ``fused`` =
 :meth:`~pyscorepen.algos.sac.SAC.update` as the one ``sac_update`` op (C++: forward, backward, Adam
-and Polyak without autograd; the default wherever it applies). COMBO's regularizer has no fused
-form, so COMBO has no ``fused`` row. ``ref`` and ``fast`` share the nets (in-place activations),
+and Polyak without autograd; the default wherever it applies; COMBO's CQL term goes in as the op's
+``cql_*`` arguments, its samples drawn in Python). ``ref`` and ``fast`` share the nets (in-place activations),
 so ``ref`` is not the pre-optimization code: benches/README.md lists that comparison separately.
 
 extra_info: updates/s, GFLOP/s (useful FLOPs, below) and % of the session's sgemm probe.

@@ -233,89 +233,90 @@ Tensor sac_update_cpu(const Tensor& obs, const Tensor& actions, const Tensor& re
   }
 
   // 2. critic step: L_Q = sum_k mean_b (Q_k(s, a) - y)^2 (SAC Eq. 5, every critic); dL/dQ = 2 (Q - y) / B.
-  //    With CQL (COMBO Eq. 2) the critics run once on the B batch rows and the K*C sampled rows
-  //    (row B + j*C + c: state c, its j-th action) and L_Q gains
-  //    w sum_k [mean_c T lse_j((Q_kjc - log rho_jc) / T) - sum_b m_b Q_kb / sum m]:
-  //    dL/dQ_kjc = w softmax_j(...) / C, dL/dQ_kb += -w m_b / sum m.
+  //    With CQL (COMBO Eq. 2) the critics also run on the K*C sampled rows, state-major (row
+  //    B + c*K + j: push-down state c, its j-th action), and L_Q gains
+  //    w sum_k [mean_c T lse_j((Q_kcj - log rho_jc) / T) - sum_b m_b Q_kb / sum m]:
+  //    dL/dQ_kcj = w softmax_j(...) / C, dL/dQ_kb += -w m_b / sum m.
   const int64_t R = B + K * C;                                                                           // rows
   Tensor x = at::cat({obs, actions}, 1);                                                                 // [B, S+A]
   if (cql) {
-    const Tensor x_cql = at::cat({cql_obs->unsqueeze(0).expand({K, C, S}), *cql_actions}, 2).reshape({K * C, S + A});
+    const Tensor x_cql = at::cat({cql_obs->unsqueeze(1).expand({C, K, S}), cql_actions->transpose(0, 1)}, 2)
+                             .reshape({C * K, S + A});                                                  // [C*K, S+A]
     x = at::cat({x, x_cql}, 0);                                                                          // [R, S+A]
   }
-  // The critic passes run on chunks of at most kCriticChunk rows (COMBO's R = B + K*C = 7 936 at
-  // Hopper sizes): on the AMD EPYC Zen 5, 2 threads, 4 096 rows of a 2 x (14-256-256-1) critic
-  // took 13.6 ms forward + backward in one pass and 10.0 ms in 1 024-row chunks (512: 10.0, 256:
-  // 10.6; 1 thread: 23.4 vs 21.0 ms). One chunk, as before, when R <= kCriticChunk (SAC, MOPO, MOBILE).
+  // Every row's loss gradient depends only on rows of the same unit (a batch row; a push-down
+  // state's K actions), so the critics stream over chunks of whole units of at most kCriticChunk
+  // rows: forward, loss gradient, backward, then the chunk's activations are released and the
+  // next chunk reuses their memory (COMBO's R = B + K*C = 4 096-7 936 rows at Hopper sizes would
+  // otherwise hold 4-8 MB of activations per 1 024 rows until the last backward). One chunk when
+  // R <= kCriticChunk (SAC, MOPO, MOBILE). On the AMD EPYC Zen 5, 2 threads, 4 096 rows of a
+  // 2 x (14-256-256-1) critic took 13.6 ms forward + backward in one pass, 10.0 ms in 1 024-row
+  // chunks with every forward before every backward (512: 10.0, 256: 10.6).
   constexpr int64_t kCriticChunk = 1024;
-  std::vector<std::vector<Tensor>> saved_q;
-  Tensor q;                                                                                              // [N, R, 1]
-  for (int64_t r0 = 0; r0 < R; r0 += kCriticChunk) {
-    auto [q_chunk, saved_chunk] = call_forward(x.narrow(0, r0, std::min(kCriticChunk, R - r0)), critic_weights,
-                                               critic_biases);
-    if (R <= kCriticChunk) {
-      q = q_chunk;
-    } else {
-      if (r0 == 0) q = at::empty({N, R, 1}, f32);
-      q.narrow(1, r0, q_chunk.size(1)).copy_(q_chunk);
-    }
-    saved_q.push_back(std::move(saved_chunk));
+  const auto chunk_end = [&](int64_t r0) {
+    int64_t r1 = std::min(r0 + kCriticChunk, R);
+    if (K > 0 && r1 > B) r1 = B + (r1 - B) / K * K;                  // whole push-down states only
+    if (r1 <= r0) r1 = std::max(r0, B) + K;                           // one state of more than kCriticChunk rows
+    return r1;
+  };
+  const Tensor y_c = y.contiguous();
+  const float* y_p = y_c.data_ptr<float>();
+  Tensor m_c, logd_c;   // CQL push-up mask [B], log densities [K, C]
+  const float *m_p = nullptr, *logd_p = nullptr;
+  double m_sum = 0.0;
+  if (cql) {
+    m_c = cql_push_up->contiguous();
+    logd_c = cql_log_density->contiguous();
+    m_p = m_c.data_ptr<float>();
+    logd_p = logd_c.data_ptr<float>();
+    for (int64_t b = 0; b < B; ++b) m_sum += m_p[b];
+    TORCH_CHECK(m_sum > 0.0, "pyscorepen.sac_update: cql_push_up selects no row");
   }
-  const Tensor grad_q = at::empty({N, R, 1}, f32);
-  double critic_loss = 0.0, q_sum = 0.0, cql_gap = 0.0;
-  {
-    const Tensor qc = q.contiguous();
-    const float *q_p = qc.data_ptr<float>(), *y_p = y.data_ptr<float>();
+  const float cql_t = static_cast<float>(cql_temperature);
+  const float up_grad = cql ? static_cast<float>(-cql_weight / m_sum) : 0.0f;
+  const float down_grad = cql ? static_cast<float>(cql_weight / static_cast<double>(C)) : 0.0f;
+  std::vector<double> sq(N, 0.0), push_up(N, 0.0), push_down(N, 0.0);   // per critic, summed over the chunks
+  double q_sum = 0.0;
+  std::vector<float> v(K);
+  std::vector<Tensor> grad_cw, grad_cb;                                   // summed over the chunks
+  for (int64_t r0 = 0; r0 < R;) {
+    const int64_t r1 = chunk_end(r0), n = r1 - r0;
+    const Tensor x_chunk = x.narrow(0, r0, n);
+    auto [q_chunk, saved_chunk] = call_forward(x_chunk, critic_weights, critic_biases);                  // [N, n, 1]
+    const Tensor qc = q_chunk.contiguous();
+    const Tensor grad_q = at::empty({N, n, 1}, f32);                                                     // [N, n, 1]
+    const float* q_p = qc.data_ptr<float>();
     float* g_p = grad_q.data_ptr<float>();
     for (int64_t k = 0; k < N; ++k) {
-      double sq = 0.0;
-      for (int64_t b = 0; b < B; ++b) {
-        const float diff = q_p[k * R + b] - y_p[b];
-        sq += static_cast<double>(diff) * diff;
-        q_sum += q_p[k * R + b];
-        g_p[k * R + b] = 2.0f * diff * inv_b;
-      }
-      critic_loss += sq / static_cast<double>(B);
-    }
-    if (cql) {
-      const Tensor m = cql_push_up->contiguous(), logd = cql_log_density->contiguous();
-      const float *m_p = m.data_ptr<float>(), *logd_p = logd.data_ptr<float>();
-      double m_sum = 0.0;
-      for (int64_t b = 0; b < B; ++b) m_sum += m_p[b];
-      TORCH_CHECK(m_sum > 0.0, "pyscorepen.sac_update: cql_push_up selects no row");
-      const float w = static_cast<float>(cql_weight), t = static_cast<float>(cql_temperature);
-      const float up_grad = static_cast<float>(-cql_weight / m_sum), down_grad = w / static_cast<float>(C);
-      std::vector<float> v(K);
-      for (int64_t k = 0; k < N; ++k) {
-        double push_up = 0.0, push_down = 0.0;
-        for (int64_t b = 0; b < B; ++b) {
-          push_up += static_cast<double>(m_p[b]) * q_p[k * R + b];
-          g_p[k * R + b] += up_grad * m_p[b];
+      const float* qk = q_p + k * n;
+      float* gk = g_p + k * n;
+      for (int64_t b = r0; b < std::min(r1, B); ++b) {   // batch rows: TD error (and CQL's push-up)
+        const float diff = qk[b - r0] - y_p[b];
+        sq[k] += static_cast<double>(diff) * diff;
+        q_sum += qk[b - r0];
+        gk[b - r0] = 2.0f * diff * inv_b;
+        if (cql) {
+          push_up[k] += static_cast<double>(m_p[b]) * qk[b - r0];
+          gk[b - r0] += up_grad * m_p[b];
         }
-        for (int64_t c = 0; c < C; ++c) {   // log-sum-exp over the K actions of state c, max-shifted
-          float top = -INFINITY;
-          for (int64_t j = 0; j < K; ++j) {
-            v[j] = (q_p[k * R + B + j * C + c] - logd_p[j * C + c]) / t;
-            top = std::max(top, v[j]);
-          }
-          float total = 0.0f;
-          for (int64_t j = 0; j < K; ++j) {
-            v[j] = std::exp(v[j] - top);
-            total += v[j];
-          }
-          push_down += t * (top + std::log(total));
-          for (int64_t j = 0; j < K; ++j) g_p[k * R + B + j * C + c] = down_grad * v[j] / total;
-        }
-        cql_gap += push_down / static_cast<double>(C) - push_up / m_sum;
       }
-      cql_gap /= static_cast<double>(N);
+      for (int64_t s0 = std::max(r0, B); s0 < r1; s0 += K) {   // push-down state c: lse over its K actions
+        const int64_t c = (s0 - B) / K;
+        float top = -INFINITY;
+        for (int64_t j = 0; j < K; ++j) {
+          v[j] = (qk[s0 - r0 + j] - logd_p[j * C + c]) / cql_t;
+          top = std::max(top, v[j]);
+        }
+        float total = 0.0f;
+        for (int64_t j = 0; j < K; ++j) {
+          v[j] = std::exp(v[j] - top);
+          total += v[j];
+        }
+        push_down[k] += cql_t * (top + std::log(total));
+        for (int64_t j = 0; j < K; ++j) gk[s0 - r0 + j] = down_grad * v[j] / total;
+      }
     }
-  }
-  std::vector<Tensor> grad_cw, grad_cb;   // summed over the chunks
-  for (int64_t r0 = 0, i = 0; r0 < R; r0 += kCriticChunk, ++i) {
-    const int64_t n = std::min(kCriticChunk, R - r0);
-    auto [unused_gx, gw, gb] = call_backward(R <= kCriticChunk ? grad_q : grad_q.narrow(1, r0, n).contiguous(),
-                                             x.narrow(0, r0, n), critic_weights, saved_q[i], {false, true, true});
+    auto [unused_gx, gw, gb] = call_backward(grad_q, x_chunk, critic_weights, saved_chunk, {false, true, true});
     if (r0 == 0) {
       grad_cw = std::move(gw);
       grad_cb = std::move(gb);
@@ -323,7 +324,14 @@ Tensor sac_update_cpu(const Tensor& obs, const Tensor& actions, const Tensor& re
       at::_foreach_add_(grad_cw, gw);
       at::_foreach_add_(grad_cb, gb);
     }
+    r0 = r1;
   }
+  double critic_loss = 0.0, cql_gap = 0.0;
+  for (int64_t k = 0; k < N; ++k) {
+    critic_loss += sq[k] / static_cast<double>(B);
+    if (cql) cql_gap += push_down[k] / static_cast<double>(C) - push_up[k] / m_sum;
+  }
+  if (cql) cql_gap /= static_cast<double>(N);
   std::vector<Tensor> critic_params, critic_grads;
   for (size_t l = 0; l < Lc; ++l) {
     critic_params.insert(critic_params.end(), {critic_weights[l], critic_biases[l]});

@@ -326,9 +326,13 @@ MUTATED = ("actor_weights", "actor_biases", "critic_weights", "critic_biases", "
                                   dict(hidden=(9,), critics=1, batch=7), dict(hidden=(), batch=30),
                                   dict(deterministic_backup=True, target_min=0.0), dict(cql=(6, 15)),
                                   dict(obs_dim=11, act_dim=3, hidden=(256, 256), batch=256, cql=(30, 256),
-                                       deterministic_backup=True)],
+                                       deterministic_backup=True),
+                                  # the critic passes stream over chunks of whole units (<= 1 024 rows):
+                                  # a batch of more than one chunk, and one state of more than a chunk
+                                  dict(hidden=(16,), batch=1500, cql=(7, 300)), dict(hidden=(16,), batch=9, cql=(1100, 2))],
                          ids=["default", "no-target-penalty-no-alpha", "hopper", "N1-B7", "no-hidden",
-                              "deterministic-backup-clamped", "cql", "hopper-combo"])
+                              "deterministic-backup-clamped", "cql", "hopper-combo", "cql-batch-over-chunk",
+                              "cql-state-over-chunk"])
 def test_op_matches_reference(cpu_isa, case):
     args = op_args(**case)
     got_args, want_args = clone_args(args), clone_args(args)
