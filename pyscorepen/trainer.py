@@ -85,6 +85,9 @@ class Trainer:
         self.step = 0
         self.score_params = None
         self.running: dict[str, float] = {}        # running means of the update statistics (logged)
+        # wall time of policy learning: what earlier processes of this run saved in their
+        # checkpoints, plus this process's since its start of policy learning
+        self.seconds_before, self.segment_start = 0.0, time.perf_counter()
         self.last_rollout: dict[str, float] = {}   # statistics of the latest rollout round (logged)
         self.interrupt = runs.GracefulInterrupt()  # replaced by the active one in train()
         self.tb = None                             # TensorBoard sink while train() runs (--tensorboard)
@@ -257,7 +260,13 @@ class Trainer:
         """Everything policy learning needs to continue bit-identically, metrics included."""
         return {"step": self.step, "agent": self.agent.state_dict(), "model_buffer": self.model_buffer.state_dict(),
                 "rng": rng.get_rng_state(), "logging": {"running": dict(self.running),
-                                                        "last_rollout": dict(self.last_rollout)}}
+                                                        "last_rollout": dict(self.last_rollout),
+                                                        "train_seconds": self.train_seconds()}}
+
+    def train_seconds(self) -> float:
+        """Wall time of policy learning over every process that worked on this run, each counted up
+        to its last checkpoint (the steps after it were redone, and the redo is counted)."""
+        return self.seconds_before + time.perf_counter() - self.segment_start
 
     def save_checkpoint(self) -> Path:
         return runs.save_checkpoint(self.training_state(), self.run_dir, self.step, self.config.keep_checkpoints)
@@ -280,6 +289,8 @@ class Trainer:
         self.model_buffer.load_state_dict(state["model_buffer"])
         rng.set_rng_state(state["rng"])
         self.running, self.last_rollout = dict(state["logging"]["running"]), dict(state["logging"]["last_rollout"])
+        # checkpoints of versions before it was saved: counted from this restart
+        self.seconds_before = float(state["logging"].get("train_seconds", 0.0))
         return True
 
     def check_finite(self, values: dict, what: str, limit: float = float("inf")) -> None:
@@ -324,6 +335,7 @@ class Trainer:
             from pyscorepen.tensorboard_log import TensorBoardLog
             self.tb = TensorBoardLog(self.run_dir, resume_step=self.step if resumed else None)
         t_start, t_updates, updates = time.perf_counter(), 0.0, 0
+        self.segment_start = t_start
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.algo}", unit="step",
                    disable=not cfg.progress, dynamic_ncols=True)
         while self.step < cfg.steps:
@@ -350,7 +362,7 @@ class Trainer:
                 result = self.return_stats(self.evaluate(cfg.eval_episodes)) if self.algorithm.has_policy else {}
                 row = {"step": self.step, **result, **self.running, **self.last_rollout,
                        **({} if self.step > cfg.eval_interval else pre),
-                       "updates_per_s": updates / max(t_updates, 1e-9)}
+                       "updates_per_s": updates / max(t_updates, 1e-9), "train_seconds": self.train_seconds()}
                 self.check_finite(row, "the logged value")
                 runs.append_metrics(self.run_dir, row)
                 if self.tb is not None:
@@ -369,7 +381,7 @@ class Trainer:
         final = self.evaluate(cfg.eval_episodes, keep_trajectories=True) if self.algorithm.has_policy else None
         summary = {"algo": cfg.algo, "task": cfg.task, "seed": cfg.seed, "steps": self.step,
                    **(self.return_stats(final) if final is not None else self.running), **self.behaviour_stats(),
-                   "train_seconds": time.perf_counter() - t_start}
+                   "train_seconds": self.train_seconds(), "last_process_train_seconds": time.perf_counter() - t_start}
         self.check_finite(summary, "the final evaluation")
         runs.atomic_torch_save(self.agent.state_dict(), self.run_dir / runs.POLICY)
         if final is not None:

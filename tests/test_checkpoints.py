@@ -152,9 +152,17 @@ def test_sigterm_checkpoints_exits_143_and_resumes_identically(reference, tmp_pa
     assert (copy / "checkpoint-15.pt.corrupt").exists()
     assert_same_run(copy, reference)
 
+    saved_seconds = torch.load(out / "checkpoint-15.pt", weights_only=False)["logging"]["train_seconds"]
     resumed = train(out)
     assert resumed.returncode == 0 and "from checkpoint-15.pt" in resumed.stderr, resumed.stderr
     assert_same_run(out, reference)
+    # the wall time covers both processes: the first one's up to its checkpoint, then the second's
+    summary = json.loads((out / runs.SUMMARY).read_text())
+    assert saved_seconds > 0
+    assert summary["train_seconds"] == pytest.approx(saved_seconds + summary["last_process_train_seconds"],
+                                                     rel=0.05, abs=0.05)
+    seconds = [row["train_seconds"] for row in runs.read_metrics(out)]
+    assert seconds == sorted(seconds) and seconds[-1] <= summary["train_seconds"]
 
 
 @pytest.mark.parametrize("point, sig, code, where", [
