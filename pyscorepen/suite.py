@@ -101,8 +101,10 @@ class SuiteConfig:
     CPU with OpenMP threads (see pyscorepen/threads.py). Range: [1, inf)."""
     publish: str | None = None
     """After aggregating, copy results.md, results.csv and curves/*.png into this folder (e.g.
-    docs/results/mujoco-grid) with command.md: the suite command and every run's train command, so a
-    committed table can be checked against its files. Use with --aggregate-only."""
+    docs/results/mujoco-grid) with command.md (the suite command and every run's train command) and
+    runs/<algo>/<dataset>/seed<k>/ with each finished run's summary.json, metrics.jsonl and
+    config.json (a few kB each: the table is recomputable from them, and copying runs/ back into
+    --out restores the finished runs on another machine). Use with --aggregate-only."""
 
 
 def slug(task: str) -> str:
@@ -583,8 +585,12 @@ def run_commands(config: SuiteConfig) -> list[str]:
     return [shlex.join(last[key]) for key in sorted(last, key=str)]
 
 
+RUN_RECORDS = (SUMMARY, METRICS, "config.json")   # what --publish keeps of a finished run
+
+
 def publish_results(config: SuiteConfig, folder: Path) -> list[Path]:
-    """Copy results.md, results.csv and curves/*.png of the suite folder into ``folder`` and write
+    """Copy results.md, results.csv and curves/*.png of the suite folder into ``folder``, each
+    finished run's :data:`RUN_RECORDS` into ``folder/runs/`` (the layout of --out), and write
     ``folder/command.md`` (:func:`suite_command` and :func:`run_commands`). Returns the files written."""
     import shutil
     out = Path(config.out)
@@ -596,12 +602,26 @@ def publish_results(config: SuiteConfig, folder: Path) -> list[Path]:
     for png in sorted((out / "curves").glob("*.png")):
         shutil.copyfile(png, folder / "curves" / png.name)
         written.append(folder / "curves" / png.name)
+    for algo in config.algos:
+        for task in config.tasks:
+            for seed in config.seeds:
+                run = run_dir(config, algo, task, seed)
+                if not (run / SUMMARY).is_file():
+                    continue
+                dest = folder / "runs" / run.relative_to(out)
+                dest.mkdir(parents=True, exist_ok=True)
+                for name in RUN_RECORDS:
+                    if (run / name).is_file():
+                        shutil.copyfile(run / name, dest / name)
+                        written.append(dest / name)
     commands = run_commands(config)
     text = ["# How these files were made", "",
             "The suite (it trains every missing run, then writes the tables and curves; rerunning it skips "
             "finished runs):", "", "```bash", suite_command(config), "```", "",
-            f"then `... --aggregate-only --publish {folder}` copied `results.md`, `results.csv` and "
-            f"`curves/` from `{out}` here.", ""]
+            f"then `... --aggregate-only --publish {folder}` copied `results.md`, `results.csv`, "
+            f"`curves/` and each finished run's {', '.join(f'`{n}`' for n in RUN_RECORDS)} (`runs/`) from "
+            f"`{out}` here. To continue the suite elsewhere without retraining these runs: "
+            f"`cp -r {folder}/runs/* <new --out>/`.", ""]
     if commands:
         text += [f"The train command of each of the {len(commands)} finished runs (from `{out}/suite_log.jsonl`; "
                  "runs launched by other suite commands into the same folder, e.g. per dataset with its own "
@@ -633,7 +653,8 @@ def plot_learning_curves(config: SuiteConfig, folder: Path) -> list[Path]:
     """One PNG per dataset: each algorithm's mean over seeds with a ±1 std band.
 
     Seeds are aligned on the evaluation steps they all share (runs of one suite evaluate at the
-    same steps); a seed that has not reached a step yet is left out of that step's statistics.
+    same steps); a seed that has not reached a step yet is left out of that step's statistics, and
+    the legend counts the unfinished seeds drawn.
     """
     import matplotlib
     matplotlib.use("Agg")
@@ -645,10 +666,11 @@ def plot_learning_curves(config: SuiteConfig, folder: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         metric_used = None
         for algo in config.algos:
-            curves = [read_curve(run_dir(config, algo, task, s)) for s in config.seeds]
-            curves = [c for c in curves if c is not None]
+            runs = [run_dir(config, algo, task, s) for s in config.seeds]
+            curves = [c for c in map(read_curve, runs) if c is not None]
             if not curves:
                 continue
+            unfinished = sum(1 for run in runs if (run / METRICS).is_file() and not (run / SUMMARY).is_file())
             metric_used = curves[0][2]
             steps = np.unique(np.concatenate([c[0] for c in curves]))
             mean, std = [], []
@@ -657,7 +679,8 @@ def plot_learning_curves(config: SuiteConfig, folder: Path) -> list[Path]:
                 mean.append(np.mean(vals))
                 std.append(np.std(vals))
             mean, std = np.array(mean), np.array(std)
-            line, = ax.plot(steps, mean, label=f"{algo} ({len(curves)} seeds)")
+            label = f"{algo} ({len(curves)} seeds" + (f", {unfinished} unfinished)" if unfinished else ")")
+            line, = ax.plot(steps, mean, label=label)
             ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
         if metric_used is None:
             plt.close(fig)

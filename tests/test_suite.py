@@ -1,5 +1,6 @@
 """``python -m pyscorepen.suite``: defaults file, aggregation into the ScorePen table, and a smoke run."""
 import json
+import shutil
 
 import pytest
 
@@ -156,6 +157,13 @@ def test_publish_copies_tables_curves_and_commands(tmp_path, monkeypatch):
     assert main(argv) == 0
     for name in ("results.md", "results.csv", "curves/halfcheetah-medium.png"):
         assert (dest / name).read_bytes() == (out / name).read_bytes(), name
+    # each finished run's records, in --out's layout; an unfinished run (no summary.json) is left out
+    for algo in config.algos:
+        for seed in config.seeds:
+            run = run_dir(config, algo, task, seed)
+            for name in ("summary.json", "metrics.jsonl"):
+                published = dest / "runs" / run.relative_to(out) / name
+                assert published.read_bytes() == (run / name).read_bytes(), published
     assert "| ha-m | 40.0 | ≥ behaviour + 5 | 50.5±0.5 ✓ (paper 73.0) | 50.5±0.5 ✓ (paper 74.6) |" in \
         (dest / "results.md").read_text()
     command = (dest / "command.md").read_text()
@@ -171,6 +179,17 @@ def test_publish_copies_tables_curves_and_commands(tmp_path, monkeypatch):
     again = parse_args(shlex.split(suite_line)[3:])
     assert (again.algos, again.tasks, again.seeds, again.steps, again.extra_args) == \
         (config.algos, config.tasks, config.seeds, 20, "--threads 1 --no-progress")
+    table = (out / "results.md").read_text()
+    unfinished = run_dir(config, "mopo", task, 2)
+    unfinished.mkdir(parents=True)
+    (unfinished / "metrics.jsonl").write_text('{"step": 10}\n')
+    assert main([*argv[:6], "0", "1", "2", *argv[8:]]) == 0
+    assert not (dest / "runs" / unfinished.relative_to(out)).exists()
+    # copied back into an empty --out, the records give the same table
+    again = tmp_path / "again"
+    shutil.copytree(dest / "runs", again)
+    assert main([*argv[:8], "--out", str(again), *argv[10:-2]]) == 0
+    assert (again / "results.md").read_text() == table.replace(str(out), str(again))
 
 
 @pytest.mark.parametrize("returncode", [0, 143])
