@@ -52,8 +52,10 @@ CRITIC_FLOPS = NUM_CRITICS * mlp_flops([OBS_DIM + ACT_DIM, *HIDDEN, 1])         
 # target (actor + target critic forward), critic step (forward + 2x backward), actor step
 # (actor forward + backward, critic forward + input-gradient backward)
 SAC_FLOPS_PER_ROW = 4 * ACTOR_FLOPS + 6 * CRITIC_FLOPS
-# COMBO per model row: actor at R x s and R x s' (no grad), critic forward + backward on 3R rows
-COMBO_FLOPS_PER_MODEL_ROW = 2 * SAMPLED_ACTIONS * ACTOR_FLOPS + 3 * SAMPLED_ACTIONS * 3 * CRITIC_FLOPS
+# COMBO per model row: the actor at s and s' (no grad; its R samples per state share one MLP pass,
+# TanhGaussianActor(repeats=R); before session 8 it ran R times and this count had 2R passes),
+# critic forward + backward on 3R rows
+COMBO_FLOPS_PER_MODEL_ROW = 2 * ACTOR_FLOPS + 3 * SAMPLED_ACTIONS * 3 * CRITIC_FLOPS
 
 
 def make_batch(model_fraction: float, gen: torch.Generator) -> Batch:

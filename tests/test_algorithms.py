@@ -130,3 +130,24 @@ def test_fast_update_matches_reference_update(algo):
         for p_fast, p_ref in zip(getattr(fast, name).parameters(), getattr(ref, name).parameters()):
             torch.testing.assert_close(p_fast, p_ref, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fast.log_alpha, ref.log_alpha)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_actor_repeats_equal_repeated_states(deterministic):
+    """``actor(obs, repeats=R)`` (COMBO's R samples per push-down state, the MLP once per state) gives
+    what ``actor(obs.repeat(R, 1))`` gives from the same RNG state: rows r*B + b, same noise draw."""
+    from pyscorepen.models.nets import TanhGaussianActor
+    torch.manual_seed(0)
+    actor = TanhGaussianActor(11, 3, (32, 32), -2 * torch.ones(3), torch.ones(3))
+    obs = torch.randn(7, 11)
+    torch.manual_seed(5)
+    want_actions, want_log_prob = actor(obs.repeat(4, 1), deterministic=deterministic)
+    torch.manual_seed(5)
+    got_actions, got_log_prob = actor(obs, deterministic=deterministic, repeats=4)
+    torch.testing.assert_close(got_actions, want_actions)
+    assert got_actions.shape == (28, 3)
+    if deterministic:
+        assert got_log_prob is None and want_log_prob is None
+    else:
+        torch.testing.assert_close(got_log_prob, want_log_prob)
+        assert not torch.equal(got_actions[:7], got_actions[7:14]), "each repeat draws its own noise"

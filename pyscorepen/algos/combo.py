@@ -65,8 +65,9 @@ class COMBO(SAC):
         A = scale.shape[0]
         with torch.no_grad():
             rand_actions = offset + scale * (2 * torch.rand(R * C, A, device=obs.device) - 1)   # [R*C, A]
-            pi_actions, pi_log_prob = self.actor(obs.repeat(R, 1))                  # [R*C, A], [R*C]
-            next_actions, next_log_prob = self.actor(next_obs.repeat(R, 1))
+            # R samples per state, the actor's MLP once per state (its rows are those of obs.repeat(R, 1))
+            pi_actions, pi_log_prob = self.actor(obs, repeats=R)                   # [R*C, A], [R*C]
+            next_actions, next_log_prob = self.actor(next_obs, repeats=R)
             log_uniform = pi_log_prob.new_full((R * C,), -A * math.log(2.0))   # uniform density on [-1, 1]^A (see actor)
             actions = torch.cat([rand_actions, pi_actions, next_actions]).view(3 * R, C, A)          # [K, C, A]
             log_density = torch.cat([log_uniform, pi_log_prob, next_log_prob]).view(3 * R, C)      # [K, C]

@@ -123,9 +123,14 @@ class TanhGaussianActor(nn.Module):
         """The ReLU MLP's output mu | log_std [B, 2A] for obs [B, S] (:func:`relu_mlp`)."""
         return relu_mlp(self.net, obs)
 
-    def forward(self, obs: Tensor, deterministic: bool = False, with_log_prob: bool = True
+    def forward(self, obs: Tensor, deterministic: bool = False, with_log_prob: bool = True, repeats: int = 1
                 ) -> tuple[Tensor, Tensor | None]:
+        """Actions [B, A] (and log pi [B]) for obs [B, S]. ``repeats`` = R > 1: R independent
+        samples per state, as ``forward(obs.repeat(R, 1))`` returns them ([R*B, A], row r*B + b) and
+        with the same noise draw, but with the MLP evaluated once per state, not R times."""
         mu, log_std = self.trunk(obs).chunk(2, dim=-1)               # [B, A] each
+        if repeats > 1:
+            mu, log_std = mu.repeat(repeats, 1), log_std.repeat(repeats, 1)   # [R*B, A]
         if deterministic:
             return torch.tanh(mu) * self.action_scale + self.action_offset, None
         log_std = log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
