@@ -517,12 +517,13 @@ def markdown_table(rows: list[dict], algos: tuple[str, ...], tasks: tuple[str, .
             averages.append("–" + paper)
     lines.append("| Average | | | " + " | ".join(averages) + " |")
     partial = any(0 < r["seeds_done"] < full for r in rows)
-    pending = "; – : no seed finished yet" if any(not r["seeds_done"] for r in rows) else ""
+    notes = ["fewer where a cell says so"] if partial else []
+    notes += ["– : no seed finished yet"] if any(not r["seeds_done"] for r in rows) else []
     steps = sorted({str(r["steps"]) for r in rows if r.get("steps") is not None})
     lines.append("")
-    lines.append(f"D4RL normalized score, mean ± std over the {full} finished seed(s) of each cell"
-                 f"{' (fewer where a cell says so)' if partial else ''}{pending})"
-                 + (f", after {' / '.join(steps)} gradient steps" if steps else "") + "; "
+    lines.append("D4RL normalized score" + (f" after {' / '.join(steps)} gradient steps" if steps else "")
+                 + f", mean ± std over the {full} finished seed(s) of each cell"
+                 + (f" ({'; '.join(notes)})" if notes else "") + ". "
                  "Behaviour: the dataset's mean episode return, normalized; "
                  "'R' marks raw returns of datasets without reference scores. "
                  "(paper x): the published D4RL v2 score of the same algorithm and dataset type "

@@ -71,7 +71,7 @@ def test_aggregate_table_csv_and_curves(tmp_path, monkeypatch):
     assert "| Average | | | 61.0±1.0 (paper 35.1) | 101.0±1.0 (paper 63.0) |" in table
     assert "after 20 gradient steps" in table
     assert "What can be compared" in table and "D4RL v2" in table and "Gymnasium v5" in table
-    assert "over the 2 finished seed(s) of each cell)" in table
+    assert "after 20 gradient steps, mean ± std over the 2 finished seed(s) of each cell. " in table
     import csv
     with open(tmp_path / "suite" / "results.csv") as f:
         records = list(csv.DictReader(f))
@@ -278,7 +278,7 @@ def test_a_cell_with_fewer_seeds_says_how_many(tmp_path, monkeypatch):
     mopo, mobile, scorepen = (cell.strip() for cell in row.split("|")[4:7])
     assert "seeds]" not in mopo and mobile.startswith("60.5±0.5 ✓ [2 of 3 seeds]") and "[2 of 3 seeds]" in mobile
     assert scorepen.startswith("–")
-    assert "over the 3 finished seed(s) of each cell (fewer where a cell says so); – : no seed finished yet)" in table
+    assert "over the 3 finished seed(s) of each cell (fewer where a cell says so; – : no seed finished yet)." in table
 
 
 def test_status_lists_every_run_and_writes_nothing(tmp_path, monkeypatch, capsys):
