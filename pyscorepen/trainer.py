@@ -86,7 +86,7 @@ class Trainer:
         self.score_params = None
         self.running: dict[str, float] = {}        # running means of the update statistics (logged)
         # wall time of policy learning: what earlier processes of this run saved in their
-        # checkpoints, plus this process's since its start of policy learning
+        # checkpoints, plus this process's since its start of policy learning (set in _train)
         self.seconds_before, self.segment_start = 0.0, time.perf_counter()
         self.last_rollout: dict[str, float] = {}   # statistics of the latest rollout round (logged)
         self.interrupt = runs.GracefulInterrupt()  # replaced by the active one in train()
@@ -334,8 +334,7 @@ class Trainer:
         if cfg.tensorboard:   # optional scalars sink (pyscorepen.tensorboard_log)
             from pyscorepen.tensorboard_log import TensorBoardLog
             self.tb = TensorBoardLog(self.run_dir, resume_step=self.step if resumed else None)
-        t_start, t_updates, updates = time.perf_counter(), 0.0, 0
-        self.segment_start = t_start
+        self.segment_start, t_updates, updates = time.perf_counter(), 0.0, 0
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.algo}", unit="step",
                    disable=not cfg.progress, dynamic_ncols=True)
         while self.step < cfg.steps:
@@ -381,7 +380,7 @@ class Trainer:
         final = self.evaluate(cfg.eval_episodes, keep_trajectories=True) if self.algorithm.has_policy else None
         summary = {"algo": cfg.algo, "task": cfg.task, "seed": cfg.seed, "steps": self.step,
                    **(self.return_stats(final) if final is not None else self.running), **self.behaviour_stats(),
-                   "train_seconds": self.train_seconds(), "last_process_train_seconds": time.perf_counter() - t_start}
+                   "train_seconds": self.train_seconds(), "last_process_train_seconds": time.perf_counter() - self.segment_start}
         self.check_finite(summary, "the final evaluation")
         runs.atomic_torch_save(self.agent.state_dict(), self.run_dir / runs.POLICY)
         if final is not None:
