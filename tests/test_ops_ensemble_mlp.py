@@ -198,6 +198,24 @@ def test_cpp_non_contiguous_and_threads():
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("cpu_isa", cpp_isa_params("ensemble_mlp"), indirect=True)
+def test_cpp_weight_gradient_task_groups(cpu_isa):
+    """The weight-gradient phase splits a layer's column blocks into as many groups as the threads need
+    (csrc/pyscorepen.cpp): whole layers at 1 thread, one group per block at many. Every split (1-4 threads,
+    1 and 2 members, > 256 rows so that the slabs of rows are walked too) gives the reference's gradients."""
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3, 4):
+            torch.set_num_threads(n)
+            for members in (1, 2):
+                x, weights, biases = make_inputs(600, (23, 200, 256, 5), members)
+                check_against_reference(x, weights, biases, "relu", "cpp")
+                x, weights, biases = make_inputs(300, (11, 200, 36), members, shared=False)
+                check_against_reference(x, weights, biases, "silu", "cpp")
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
 def test_cpp_dtype_and_bad_inputs(monkeypatch):
     monkeypatch.delenv("PYSCOREPEN_BACKEND", raising=False)

@@ -139,8 +139,10 @@ struct Kernels {
   // Phase 1: dz_{L-2} .. dz_0 of `member` on the rows, from dz_{L-1}.
   void (*ensemble_backward_dz_rows)(const EnsembleTrainArgs& args, int64_t member, int64_t row_begin,
                                     int64_t row_end);
-  // Phase 2: grad_w[layer][member] and grad_b[layer][member] for one column block (all batch rows).
-  void (*ensemble_backward_params)(const EnsembleTrainArgs& args, int layer, int64_t member, int64_t block);
+  // Phase 2: grad_w[layer][member] and grad_b[layer][member] for the column blocks [block_begin,
+  // block_end) (all batch rows; the blocks of a slab of rows are done before the next slab).
+  void (*ensemble_backward_params)(const EnsembleTrainArgs& args, int layer, int64_t member, int64_t block_begin,
+                                   int64_t block_end);
   // Phase 3: grad_x on the rows (shared x: sum over members; else member `member` only).
   void (*ensemble_backward_grad_x_rows)(const EnsembleTrainArgs& args, int64_t member, int64_t row_begin,
                                         int64_t row_end);

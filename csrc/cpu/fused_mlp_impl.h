@@ -705,7 +705,8 @@ void ensemble_backward_dz_rows(const EnsembleTrainArgs& args, int64_t member, in
 }
 
 template <class V>
-void ensemble_backward_params(const EnsembleTrainArgs& args, int layer, int64_t member, int64_t block) {
+void ensemble_backward_params(const EnsembleTrainArgs& args, int layer, int64_t member, int64_t block_begin,
+                              int64_t block_end) {
   constexpr int W = V::kWidth;
   const MlpDesc& mlp = args.mlp;
   const int64_t B = args.batch_pad, k_in = mlp.dims[layer], n = mlp.dims[layer + 1], ld = args.ld[layer];
@@ -721,12 +722,22 @@ void ensemble_backward_params(const EnsembleTrainArgs& args, int layer, int64_t 
   }
   float* gw = args.grad_w[layer] ? args.grad_w[layer] + member * k_in * n : nullptr;   // [k_in, n]
   float* gb = args.grad_b[layer] ? args.grad_b[layer] + member * n : nullptr;         // [n]
+  // Everything below walks the batch in slabs of kSlab rows: a slab of h and of dz (<= 256 KB at
+  // 256 columns) stays in L2 while the passes over it (row tiles of h^T, column vectors) re-read it.
+  constexpr int64_t kSlab = 256;
   if (n == 1) {
-    // single output (a critic's Q head): grad_w[k] = sum_b h[b, k] dz[b], vectorized over k
-    if (gw != nullptr) {
+    // single output (a critic's Q head): grad_w[k] = sum_b h[b, k] dz[b], vectorized over k; the
+    // running sums go through gw between slabs (the same additions, in the same order, as one pass)
+    for (int64_t b0 = 0; b0 < B && gw != nullptr; b0 += kSlab) {
+      const int64_t b1 = B - b0 < kSlab ? B : b0 + kSlab;
       for (int64_t k = 0; k < k_in; k += 4 * W) {
-        typename V::Vec acc[4] = {V::zero(), V::zero(), V::zero(), V::zero()};
-        for (int64_t b = 0; b < B; ++b) {
+        typename V::Vec acc[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) {
+          const int64_t kk = k + W * v;
+          acc[v] = b0 == 0 || kk >= k_in ? V::zero() : V::load(V::tail(k_in - kk), gw + kk);
+        }
+        for (int64_t b = b0; b < b1; ++b) {
           const auto d = V::set1(dz[b * ld]);
 #pragma GCC unroll 4
           for (int v = 0; v < 4; ++v) {
@@ -747,36 +758,40 @@ void ensemble_backward_params(const EnsembleTrainArgs& args, int layer, int64_t 
     }
     return;
   }
-  if (gw != nullptr) {
-    // grad_w = h^T dz: [k_in, B_pad] x [B_pad, n], summed over slabs of kSlab batch rows so that
-    // the slab of dz's column block and of h stay in L2 while every row tile of h^T walks them
-    // (one pass over all B rows per tile streamed ~1 MB per tile from L3 at B = 3840: 4x slower)
-    constexpr int64_t kSlab = 256;
-    for (int64_t b0 = 0; b0 < B; b0 += kSlab) {
-      const int64_t rows = B - b0 < kSlab ? B - b0 : kSlab;
+  // grad_w = h^T dz: [k_in, B_pad] x [B_pad, n], summed over the slabs (one pass over all B rows
+  // per row tile of h^T streamed ~1 MB per tile from L3 at B = 3840: 4x slower). Slab outer, the
+  // task's column blocks inner: each slab of h is read from memory once for all of them (block
+  // outer read all of h once per block, 4x per 256-wide layer). grad_b = the sum of dz's rows,
+  // per slab while it is in L2 (a pass per column vector over all B rows strode through memory).
+  for (int64_t b0 = 0; b0 < B; b0 += kSlab) {
+    const int64_t rows = B - b0 < kSlab ? B - b0 : kSlab;
+    if (gw != nullptr) {
       if (b0 == 0)
         train_layer<V, Epi::kNone, Init::kZero, true>(h, ld_h, k_in, rows, dz, ld, n, nullptr, gw, n, nullptr,
-                                                      nullptr, false, block, block + 1);
+                                                      nullptr, false, block_begin, block_end);
       else
         train_layer<V, Epi::kNone, Init::kLoad, true>(h + b0 * ld_h, ld_h, k_in, rows, dz + b0 * ld, ld, n, nullptr,
-                                                      gw, n, nullptr, nullptr, false, block, block + 1);
+                                                      gw, n, nullptr, nullptr, false, block_begin, block_end);
     }
-  }
-  if (gb != nullptr) {
-    // this block's columns of grad_b = sum over rows of dz
-    for_column_blocks<V>(n, block, block + 1, [&](auto, int64_t col, int64_t cols, typename V::Mask, bool) {
-      for (int64_t j = 0; j < cols; j += W) {
-        const auto m = V::tail(cols - j);
-        auto acc0 = V::zero(), acc1 = V::zero();
-        int64_t b = 0;
-        for (; b + 2 <= B; b += 2) {
-          acc0 = V::add(acc0, V::load(m, dz + b * ld + col + j));
-          acc1 = V::add(acc1, V::load(m, dz + (b + 1) * ld + col + j));
+    if (gb != nullptr) {
+      for_column_blocks<V>(n, block_begin, block_end, [&](auto nv_tag, int64_t col, int64_t cols, typename V::Mask,
+                                                          bool) {
+        constexpr int NV = decltype(nv_tag)::value;
+        typename V::Mask masks[NV];
+        typename V::Vec acc[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+          masks[v] = V::tail(cols - W * v);
+          acc[v] = b0 == 0 ? V::zero() : V::load(masks[v], gb + col + W * v);
         }
-        if (b < B) acc0 = V::add(acc0, V::load(m, dz + b * ld + col + j));
-        V::store(m, gb + col + j, V::add(acc0, acc1));
-      }
-    });
+        for (int64_t b = b0; b < b0 + rows; ++b) {
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; ++v) acc[v] = V::add(acc[v], V::load(masks[v], dz + b * ld + col + W * v));
+        }
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) V::store(masks[v], gb + col + W * v, acc[v]);
+      });
+    }
   }
 }
 
