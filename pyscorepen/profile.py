@@ -374,8 +374,10 @@ def format_table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     import tyro
 
+    from pyscorepen.allocator import tune_malloc
     from pyscorepen.errors import report
     config = tyro.cli(ProfileConfig, args=argv, description=__doc__.split("\n\n")[0])
+    tune_malloc()   # as `python -m pyscorepen.train` does, so the profile measures what a run does
 
     def go(cfg: ProfileConfig) -> dict:
         result = profile_run(cfg)

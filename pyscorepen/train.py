@@ -146,6 +146,8 @@ def parse_config(argv: list[str]) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else list(argv)
+    from pyscorepen.allocator import tune_malloc
+    tune_malloc()   # this process's steps reuse their buffers instead of faulting them in again
     try:
         return cli_main(lambda args: run(parse_config(args)), argv)
     except TrainingInterrupted as stop:   # SIGINT/SIGTERM: a checkpoint was written
