@@ -54,6 +54,19 @@ def penalty_flops_per_row(num_elites: int, with_dynamics: bool = True) -> int:
     return soft_value + (num_elites * DYNAMICS_FLOPS if with_dynamics else 0)
 
 
+def make_update(provider: str):
+    """The agent with MOBILE's target penalty and its update function (``update_ref`` for ref)."""
+    agent, dynamics = make_parts(provider)
+    agent.target_penalties = [mobile.MobilePenalty(1.0, dynamics, num_samples=NUM_SAMPLES, fused=provider == "fast")]
+    return agent, (agent.update if provider == "fast" else agent.update_ref)
+
+
+def update_flops(agent, batch) -> int:
+    """Useful FLOPs of one MOBILE update of ``agent`` (from :func:`make_update`) on ``batch``."""
+    elites = len(agent.target_penalties[0].dynamics.elites)
+    return BATCH * SAC_FLOPS_PER_ROW + int(batch.from_model.sum()) * penalty_flops_per_row(elites)
+
+
 @pytest.mark.parametrize("rows", MODEL_ROWS)
 @pytest.mark.parametrize("provider", ["ref", "fast"])
 def test_mobile_penalty(benchmark, sgemm_limit, monkeypatch, one_thread, provider, rows):
@@ -83,9 +96,7 @@ def test_mobile_penalty(benchmark, sgemm_limit, monkeypatch, one_thread, provide
 def test_mobile_update(benchmark, sgemm_limit, monkeypatch, threads, provider):
     if provider == "ref":  # everything on the reference backends (the nets' fused ensemble_mlp too)
         monkeypatch.setenv("PYSCOREPEN_BACKEND", "ref")
-    agent, dynamics = make_parts(provider)
-    agent.target_penalties = [mobile.MobilePenalty(1.0, dynamics, num_samples=NUM_SAMPLES, fused=provider == "fast")]
-    update = agent.update if provider == "fast" else agent.update_ref
+    agent, update = make_update(provider)
     gen = torch.Generator().manual_seed(1)
     batches = [make_batch(0.95, gen) for _ in range(2)]
     state = {"i": 0}
@@ -95,9 +106,7 @@ def test_mobile_update(benchmark, sgemm_limit, monkeypatch, threads, provider):
         return update(batches[state["i"] % len(batches)])
 
     benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)
-    model_rows = int(batches[0].from_model.sum())
-    flops = BATCH * SAC_FLOPS_PER_ROW + model_rows * penalty_flops_per_row(len(dynamics.elites))
-    record(benchmark, rows=1, flops_per_row=flops, limit=sgemm_limit,
+    record(benchmark, rows=1, flops_per_row=update_flops(agent, batches[0]), limit=sgemm_limit,
            updates_per_s=1 / benchmark.stats.stats.median, batch=BATCH)
     _BEST[(provider, "update" if threads == 1 else f"update-{threads}threads")] = benchmark.stats.stats.min
 

@@ -58,6 +58,12 @@ SAC_FLOPS_PER_ROW = 4 * ACTOR_FLOPS + 6 * CRITIC_FLOPS
 COMBO_FLOPS_PER_MODEL_ROW = 2 * ACTOR_FLOPS + 3 * SAMPLED_ACTIONS * 3 * CRITIC_FLOPS
 
 
+def update_flops(algo: str, batch: Batch) -> int:
+    """Useful FLOPs of one update of ``algo`` ("sac" or "combo") on ``batch``."""
+    model_rows = int(batch.from_model.sum())
+    return BATCH * SAC_FLOPS_PER_ROW + (model_rows * COMBO_FLOPS_PER_MODEL_ROW if algo == "combo" else 0)
+
+
 def make_batch(model_fraction: float, gen: torch.Generator) -> Batch:
     from_model = torch.arange(BATCH) >= round(BATCH * (1 - model_fraction))
     penalty = torch.rand(BATCH, generator=gen) * from_model
@@ -101,9 +107,7 @@ def test_update(benchmark, sgemm_limit, monkeypatch, provider, algo, threads):
 
     rounds = 20 if algo == "sac" else 5
     benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=2)
-    model_rows = int(batches[0].from_model.sum())
-    flops = BATCH * SAC_FLOPS_PER_ROW + (model_rows * COMBO_FLOPS_PER_MODEL_ROW if algo == "combo" else 0)
-    record(benchmark, rows=1, flops_per_row=flops, limit=sgemm_limit,
+    record(benchmark, rows=1, flops_per_row=update_flops(algo, batches[0]), limit=sgemm_limit,
            updates_per_s=1 / benchmark.stats.stats.median, batch=BATCH)
     _BEST[(provider, algo, threads)] = benchmark.stats.stats.min
 

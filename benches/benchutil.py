@@ -8,10 +8,10 @@ import torch
 PROBE_SHAPE = (8192, 256, 256)  # M, K, N: same regime as the 200/256-wide MLP layers
 
 
-def _best_seconds(fn, repeats=7):
+def _best_seconds(fn, repeats=7, wall=False):
     # one thread: CPU time of the process (what `--benchmark-timer time.process_time` measures on
-    # a shared machine, see benches/README.md); several threads: wall time
-    clock = time.process_time if torch.get_num_threads() == 1 else time.perf_counter
+    # a shared machine, see benches/README.md); several threads, or `wall`: wall time
+    clock = time.process_time if torch.get_num_threads() == 1 and not wall else time.perf_counter
     fn()
     best = float("inf")
     for _ in range(repeats):
@@ -27,15 +27,17 @@ def cpu_isa() -> str:
     return current() or "none (extension not loaded)"
 
 
-def probe_sgemm_gflops() -> dict[str, float]:
+def probe_sgemm_gflops(repeats: int = 7, wall: bool = False) -> dict[str, float]:
+    """MKL's and oneDNN's GFLOP/s on PROBE_SHAPE (best of ``repeats`` calls each) and the better one."""
     m, k, n = PROBE_SHAPE
     a, w = torch.randn(m, k), torch.randn(k, n)
     w_t, bias = w.t().contiguous(), torch.zeros(n)
     flops = 2 * m * k * n
-    result = {"mkl_gflops": flops / _best_seconds(lambda: torch.mm(a, w)) / 1e9}
+    result = {"mkl_gflops": flops / _best_seconds(lambda: torch.mm(a, w), repeats, wall) / 1e9}
     linear_pointwise = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
     if torch.backends.mkldnn.is_available() and linear_pointwise is not None:
-        result["onednn_gflops"] = flops / _best_seconds(lambda: linear_pointwise(a, w_t, bias, "none", [], "")) / 1e9
+        onednn = _best_seconds(lambda: linear_pointwise(a, w_t, bias, "none", [], ""), repeats, wall)
+        result["onednn_gflops"] = flops / onednn / 1e9
     result["limit_gflops"] = max(result.values())
     return result
 

@@ -36,29 +36,25 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_ensemble_mlp  # noqa: E402
 import bench_mobile  # noqa: E402
 import bench_sac_update  # noqa: E402
-from benchutil import PROBE_SHAPE, cpu_isa  # noqa: E402
+from benchutil import cpu_isa, probe_sgemm_gflops  # noqa: E402
 
 TARGETS = {"sac": 75.0, "combo": 80.0, "mobile": 80.0, "critic-3840": 85.0}   # % of the probe (issue 9)
 
 
 def probe_gflops() -> float:
-    """The better of MKL and oneDNN on PROBE_SHAPE, best of 3 calls each (wall time)."""
-    m, k, n = PROBE_SHAPE
-    a, w = torch.randn(m, k), torch.randn(k, n)
-    w_t, bias = w.t().contiguous(), torch.zeros(n)
-    calls = [lambda: torch.mm(a, w)]
-    linear_pointwise = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
-    if torch.backends.mkldnn.is_available() and linear_pointwise is not None:
-        calls.append(lambda: linear_pointwise(a, w_t, bias, "none", [], ""))
-    best = float("inf")
+    """The better of MKL and oneDNN on PROBE_SHAPE, best of 3 calls each, wall time (as the workloads)."""
     with torch.no_grad():
-        for call in calls:
-            call()
-            for _ in range(3):
-                start = time.perf_counter()
-                call()
-                best = min(best, time.perf_counter() - start)
-    return 2 * m * k * n / best / 1e9
+        return probe_sgemm_gflops(repeats=3, wall=True)["limit_gflops"]
+
+
+def cycling(update, batches):
+    """A step function that runs ``update`` on ``batches`` in turn."""
+    state = {"i": 0}
+
+    def step():
+        state["i"] += 1
+        update(batches[state["i"] % len(batches)])
+    return step
 
 
 def update_workload(algo: str):
@@ -67,46 +63,25 @@ def update_workload(algo: str):
     batches = [bench_sac_update.make_batch(bench_sac_update.MODEL_FRACTION[algo], gen) for _ in range(4)]
     if agent.fused_update_backend(batches[0]) is None:
         raise SystemExit(f"{algo}: no fused update on this machine (extension not built or policy)")
-    model_rows = int(batches[0].from_model.sum())
-    flops = bench_sac_update.BATCH * bench_sac_update.SAC_FLOPS_PER_ROW
-    if algo == "combo":
-        flops += model_rows * bench_sac_update.COMBO_FLOPS_PER_MODEL_ROW
-    state = {"i": 0}
-
-    def step():
-        state["i"] += 1
-        update(batches[state["i"] % len(batches)])
-    return step, flops
+    return cycling(update, batches), bench_sac_update.update_flops(algo, batches[0])
 
 
 def mobile_workload():
-    agent, dynamics = bench_mobile.make_parts("fast")
-    from pyscorepen.penalties import mobile
-    agent.target_penalties = [mobile.MobilePenalty(1.0, dynamics, num_samples=bench_mobile.NUM_SAMPLES, fused=True)]
+    agent, update = bench_mobile.make_update("fast")
     gen = torch.Generator().manual_seed(1)
     batches = [bench_mobile.make_batch(0.95, gen) for _ in range(2)]
-    model_rows = int(batches[0].from_model.sum())
-    flops = bench_mobile.BATCH * bench_mobile.SAC_FLOPS_PER_ROW
-    flops += model_rows * bench_mobile.penalty_flops_per_row(len(dynamics.elites))
-    state = {"i": 0}
-
-    def step():
-        state["i"] += 1
-        agent.update(batches[state["i"] % len(batches)])
-    return step, flops
+    return cycling(update, batches), bench_mobile.update_flops(agent, batches[0])
 
 
 def ensemble_workload(shape: str):
     from pyscorepen.ops.ensemble_mlp import ensemble_mlp
     x, weights, biases, activation = bench_ensemble_mlp.make_inputs(shape)
     leaves = [x, *weights, *biases]
-    members, batch, dims, _, _ = bench_ensemble_mlp.SHAPES[shape]
-    flops = batch * 3 * members * sum(2 * i * o for i, o in zip(dims, dims[1:]))
 
     def step():
         out = ensemble_mlp(x, weights, biases, activation, backend="cpp")
         torch.autograd.grad(out.square().sum(), leaves)
-    return step, flops
+    return step, bench_ensemble_mlp.SHAPES[shape][1] * bench_ensemble_mlp.flops_per_row(shape)
 
 
 WORKLOADS = {
