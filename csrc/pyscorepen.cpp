@@ -111,6 +111,12 @@ const cpu::Kernels* simd_kernels() {
   }
 }
 
+}  // namespace
+
+const cpu::Kernels* active_kernels() { return simd_kernels(); }
+
+namespace {
+
 void check_cpu_f32(const Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), "pyscorepen: ", name, " must be a CPU tensor, got ", t.device());
   TORCH_CHECK(t.scalar_type() == at::kFloat, "pyscorepen: ", name, " must be float32, got ", t.scalar_type());
@@ -797,6 +803,12 @@ TORCH_LIBRARY(pyscorepen, m) {
       "bool deterministic_backup=False, float? target_min=None, Tensor? cql_obs=None, Tensor? cql_actions=None, "
       "Tensor? cql_log_density=None, Tensor? cql_push_up=None, float cql_weight=0., float cql_temperature=1.) "
       "-> Tensor");
+  // one minibatch step of the dynamics ensemble's fit in place (kernel: csrc/dynamics_fit_step.cpp,
+  // see pyscorepen/ops/dynamics_fit_step.py)
+  m.def(
+      "dynamics_fit_step(Tensor x, Tensor target, Tensor(a!)[] weights, Tensor(b!)[] biases, Tensor(c!) max_logvar, "
+      "Tensor(d!) min_logvar, Tensor(e!)[] exp_avgs, Tensor(f!)[] exp_avg_sqs, Tensor(g!)[] steps, "
+      "float[] weight_decays, float lr, float beta1, float beta2, float eps, float logvar_bound_coef) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pyscorepen, CPU, m) {

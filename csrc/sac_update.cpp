@@ -20,6 +20,8 @@
 #include <tuple>
 #include <vector>
 
+#include "adam.h"
+#include "ensemble_ops.h"
 #include "cpu/fused_mlp.h"
 #include "transpose.h"
 
@@ -39,41 +41,6 @@ Tensor call_soft_value(const Tensor& obs, const Tensor& noise, at::TensorList ac
                         at::TensorList, const Tensor&, const Tensor&, const Tensor&, double, double)>();
   return op.call(obs, noise, actor_weights, actor_biases, critic_weights, critic_biases, scale, offset, alpha, lo,
                  hi);
-}
-
-std::tuple<Tensor, std::vector<Tensor>> call_forward(const Tensor& x, at::TensorList weights,
-                                                     at::TensorList biases) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("pyscorepen::ensemble_mlp_forward", "")
-                             .typed<std::tuple<Tensor, std::vector<Tensor>>(const Tensor&, at::TensorList,
-                                                                            at::TensorList, c10::string_view)>();
-  return op.call(x, weights, biases, "relu");
-}
-
-std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> call_backward(const Tensor& grad_out, const Tensor& x,
-                                                                           at::TensorList weights,
-                                                                           at::TensorList saved,
-                                                                           std::array<bool, 3> mask) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("pyscorepen::ensemble_mlp_backward", "")
-          .typed<std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>>(
-              const Tensor&, const Tensor&, at::TensorList, at::TensorList, c10::string_view, std::array<bool, 3>)>();
-  return op.call(grad_out, x, weights, saved, "relu", mask);
-}
-
-// Adam (Kingma & Ba 2015, Alg. 1; torch.optim.Adam's fused kernel) on params[i] with grads[i]
-// and the state slices [first, first + params.size()) of exp_avgs / exp_avg_sqs / steps.
-void adam_step(std::vector<Tensor> params, std::vector<Tensor> grads, at::TensorList exp_avgs,
-               at::TensorList exp_avg_sqs, at::TensorList steps, size_t first, double lr, double beta1, double beta2,
-               double eps, double weight_decay) {
-  const size_t n = params.size();
-  std::vector<Tensor> m(exp_avgs.begin() + first, exp_avgs.begin() + first + n);
-  std::vector<Tensor> v(exp_avg_sqs.begin() + first, exp_avg_sqs.begin() + first + n);
-  std::vector<Tensor> t(steps.begin() + first, steps.begin() + first + n);
-  at::_foreach_add_(t, 1);   // torch.optim.Adam increments the steps first
-  at::_fused_adam_(params, grads, m, v, at::TensorList(), t, lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false,
-                   /*maximize=*/false);
 }
 
 void check_f32(const Tensor& t, const char* name) {
@@ -282,7 +249,7 @@ Tensor sac_update_cpu(const Tensor& obs, const Tensor& actions, const Tensor& re
   for (int64_t r0 = 0; r0 < R;) {
     const int64_t r1 = chunk_end(r0), n = r1 - r0;
     const Tensor x_chunk = x.narrow(0, r0, n);
-    auto [q_chunk, saved_chunk] = call_forward(x_chunk, critic_weights, critic_biases);                  // [N, n, 1]
+    auto [q_chunk, saved_chunk] = call_forward(x_chunk, critic_weights, critic_biases, "relu");                  // [N, n, 1]
     const Tensor qc = q_chunk.contiguous();
     const Tensor grad_q = at::empty({N, n, 1}, f32);                                                     // [N, n, 1]
     const float* q_p = qc.data_ptr<float>();
@@ -316,7 +283,7 @@ Tensor sac_update_cpu(const Tensor& obs, const Tensor& actions, const Tensor& re
         for (int64_t j = 0; j < K; ++j) gk[s0 - r0 + j] = down_grad * v[j] / total;
       }
     }
-    auto [unused_gx, gw, gb] = call_backward(grad_q, x_chunk, critic_weights, saved_chunk, {false, true, true});
+    auto [unused_gx, gw, gb] = call_backward(grad_q, x_chunk, critic_weights, saved_chunk, "relu", {false, true, true});
     if (r0 == 0) {
       grad_cw = std::move(gw);
       grad_cb = std::move(gb);
@@ -342,7 +309,7 @@ Tensor sac_update_cpu(const Tensor& obs, const Tensor& actions, const Tensor& re
 
   // 3. actor step through the updated critics: L_pi = mean_b [alpha log pi(a|s) - min_k Q_k(s, a)]
   //    (SAC Eq. 7), a = scale tanh(u) + offset, u = mu + exp(log_std) eps (reparameterized)
-  auto [head, saved_pi] = call_forward(obs, actor_w_1, actor_b_1);                                       // [1, B, 2A]
+  auto [head, saved_pi] = call_forward(obs, actor_w_1, actor_b_1, "relu");                                       // [1, B, 2A]
   const Tensor head_c = head.contiguous(), obs_c = obs.contiguous(), eps_c = actor_noise.contiguous();
   const float *head_p = head_c.data_ptr<float>(), *obs_p = obs_c.data_ptr<float>(), *eps_p = eps_c.data_ptr<float>();
   const Tensor x_pi = at::empty({B, S + A}, f32);                                                        // [B, S+A]
@@ -376,7 +343,7 @@ Tensor sac_update_cpu(const Tensor& obs, const Tensor& actions, const Tensor& re
       lp_p[b] = gauss - squash;
     }
   }
-  auto [q_pi, saved_q_pi] = call_forward(x_pi, critic_weights, critic_biases);                           // [N, B, 1]
+  auto [q_pi, saved_q_pi] = call_forward(x_pi, critic_weights, critic_biases, "relu");                           // [N, B, 1]
   // min over critics; dL/dQ = -1/B on the critic that attained the min (torch's min backward), 0 on the others
   std::vector<std::vector<int64_t>> rows_of(N);   // the rows whose min critic is k
   double actor_loss = 0.0, log_prob_sum = 0.0;
@@ -411,7 +378,7 @@ Tensor sac_update_cpu(const Tensor& obs, const Tensor& actions, const Tensor& re
       saved_k.push_back(gathered);
     }
     auto [grad_x_k, unused_w, unused_b] = call_backward(at::full({1, n, 1}, -inv_b, f32), x_pi.index_select(0, index),
-                                                        weights_k, saved_k, {true, false, false});     // [n, S+A]
+                                                        weights_k, saved_k, "relu", {true, false, false});     // [n, S+A]
     grad_x_pi.index_copy_(0, index, grad_x_k);
   }
   // dlog pi/du = 2 tanh(u); dlog pi/dlog_std = -1 + 2 tanh(u) std eps (the Gaussian term's mu and std
@@ -433,7 +400,7 @@ Tensor sac_update_cpu(const Tensor& obs, const Tensor& actions, const Tensor& re
       }
     }
   }
-  auto [unused_gobs, grad_aw, grad_ab] = call_backward(grad_head, obs, actor_w_1, saved_pi, {false, true, true});
+  auto [unused_gobs, grad_aw, grad_ab] = call_backward(grad_head, obs, actor_w_1, saved_pi, "relu", {false, true, true});
   std::vector<Tensor> actor_params, actor_grads;
   for (size_t l = 0; l < La; ++l) {
     actor_params.insert(actor_params.end(), {actor_weights[l], actor_biases[l]});

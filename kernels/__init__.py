@@ -6,6 +6,7 @@ kernels are loaded on first attribute access::
     from pyscorepen.kernels import rollout_step_triton, score_penalty_triton   # imports triton here
     from pyscorepen.kernels import soft_value_triton, ensemble_mlp_triton   # ensemble_mlp: autograd
     from pyscorepen.kernels import sac_update_triton   # one whole SAC step, in place
+    from pyscorepen.kernels import dynamics_fit_step_triton   # one dynamics-fit minibatch step, in place
 
 Use :func:`triton_usable` to ask whether they can run in this process (a CUDA device, or
 ``TRITON_INTERPRET=1`` for slow CPU correctness runs). Triton decides interpreted vs compiled when the
@@ -18,7 +19,7 @@ import importlib.util
 import os
 
 __all__ = ["HAS_TRITON", "triton_usable", "ensemble_mlp_triton", "rollout_step_triton", "score_penalty_triton",
-           "soft_value_triton", "sac_update_triton"]
+           "soft_value_triton", "sac_update_triton", "dynamics_fit_step_triton"]
 
 HAS_TRITON: bool = importlib.util.find_spec("triton") is not None
 """Triton is installed (it may still fail to import; see :func:`triton_usable`)."""
@@ -29,6 +30,7 @@ _LAZY = {
     "score_penalty_triton": ".score_penalty",
     "soft_value_triton": ".soft_value",
     "sac_update_triton": ".sac_update",
+    "dynamics_fit_step_triton": ".dynamics_fit_step",
 }
 
 

@@ -74,6 +74,9 @@ def kernels():
     sac_update_module = importlib.import_module(package.__name__ + ".sac_update")
     if sac_update_module._forward is not ensemble_module._forward:   # built against the replaced modules
         sac_update_module = importlib.reload(sac_update_module)
+    fit_step_module = importlib.import_module(package.__name__ + ".dynamics_fit_step")
+    if fit_step_module._forward is not ensemble_module._forward or fit_step_module._adam is not sac_update_module._adam:
+        fit_step_module = importlib.reload(fit_step_module)
     assert score_module.interpreter_consistent()
     if not ON_GPU and not score_module.INTERPRET:
         pytest.skip("no CUDA device and TRITON_INTERPRET is not 1: Triton kernels cannot run here")
@@ -85,6 +88,7 @@ def kernels():
         ensemble_mlp=ensemble_module.ensemble_mlp_triton,
         ensemble_mlp_module=ensemble_module,
         sac_update=sac_update_module.sac_update_triton,
+        dynamics_fit_step=fit_step_module.dynamics_fit_step_triton,
         device=torch.device("cpu" if score_module.INTERPRET else "cuda"),
         rtol=rtol, atol=atol,
     )
@@ -515,3 +519,57 @@ def test_sac_agent_runs_the_triton_step_when_requested(kernels, monkeypatch, alg
     for name in ("actor", "critic", "critic_target"):
         for key, value in getattr(ref, name).state_dict().items():
             torch.testing.assert_close(getattr(agent, name).state_dict()[key], value, rtol=0, atol=0.01 * 3e-4 * 2)
+
+
+# --- dynamics_fit_step (one minibatch step of the dynamics fit, in place) ----------------------------
+# Against dynamics_fit_step_ref after 4 steps, with the tolerances of tests/test_ops_dynamics_fit_step.py
+# (parameters within 1 % of the distance Adam can move them, moments rtol 1e-3, losses rtol 1e-5).
+
+@pytest.mark.parametrize("shape", ["cheetah-O18-E3", "odd-1hidden-E1", "odd-3hidden-B97"])
+@pytest.mark.parametrize("saturated", [False, True], ids=["inside", "saturated-bounds"])
+def test_dynamics_fit_step_matches_ref(kernels, shape, saturated):
+    from pyscorepen.ops.dynamics_fit_step import dynamics_fit_step_ref
+    from tests.test_ops_dynamics_fit_step import assert_steps_close, clone_case, make_case, run_steps
+
+    params, states, batches, decays, coef = make_case(shape, saturated=saturated)
+    want_params, want_states = clone_case(params, states)
+    want_losses = run_steps(dynamics_fit_step_ref, want_params, want_states, batches, decays, coef)
+    got_params = [p.to(kernels.device) for p in params]
+    got_states = tuple([t.to(kernels.device) if t.dim() else t for t in ts] for ts in states)
+    got_batches = [(x.to(kernels.device), y.to(kernels.device)) for x, y in batches]
+    losses = run_steps(kernels.dynamics_fit_step, got_params, got_states, got_batches, decays, coef)
+    torch.testing.assert_close(losses, want_losses, rtol=1e-5, atol=0)
+    assert_steps_close([p.cpu() for p in got_params], tuple([t.cpu() for t in ts] for ts in got_states),
+                       want_params, want_states)
+
+
+def test_dynamics_train_epoch_runs_the_triton_step_when_requested(kernels, monkeypatch):
+    """PYSCOREPEN_BACKEND=triton: EnsembleDynamics.train_epoch runs dynamics_fit_step_triton and
+    still matches the module path (autograd on the reference ops, torch's Adam)."""
+    import copy
+    import dataclasses
+
+    from pyscorepen.models.dynamics import DynamicsConfig, EnsembleDynamics
+    from pyscorepen.ops import backend as ops_backend
+
+    monkeypatch.delitem(ops_backend._triton_cache, "dynamics_fit_step", raising=False)
+    monkeypatch.setenv("PYSCOREPEN_BACKEND", "triton")
+    torch.manual_seed(0)
+    fused = EnsembleDynamics(4, 2, DynamicsConfig(ensemble_size=2, hidden_dims=(16, 16), batch_size=32)).to(
+        kernels.device)
+    module = copy.deepcopy(fused)
+    module.config = dataclasses.replace(fused.config, fused_step=False)
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(100, 6, generator=gen).to(kernels.device), torch.randn(100, 5, generator=gen).to(kernels.device)
+    optims = [m.make_optimizer(1e-3) for m in (fused, module)]
+    assert fused.fused_step_backend(optims[0], x) == "triton"
+    monkeypatch.setenv("PYSCOREPEN_BACKEND", "ref")    # the module path on the reference ops
+    assert module.fused_step_backend(optims[1], x) is None
+    monkeypatch.setenv("PYSCOREPEN_BACKEND", "triton")
+    idx = torch.arange(100, device=kernels.device)
+    fused.train_epoch(x, y, idx, optims[0], torch.Generator().manual_seed(2))
+    monkeypatch.setenv("PYSCOREPEN_BACKEND", "ref")
+    module.train_epoch(x, y, idx, optims[1], torch.Generator().manual_seed(2))
+    for (key, got), want in zip(fused.state_dict().items(), module.state_dict().values()):
+        if got.is_floating_point() and torch.isfinite(want).all():
+            torch.testing.assert_close(got.cpu(), want.cpu(), rtol=0, atol=0.01 * 1e-3 * 4, msg=lambda m: f"{key}: {m}")

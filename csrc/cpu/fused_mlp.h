@@ -107,6 +107,21 @@ struct EnsembleTrainArgs {
   float* grad_w[kMaxLayers] = {};       // [E, dims[l], dims[l + 1]]; nullptr: not needed
   float* grad_b[kMaxLayers] = {};       // [E, dims[l + 1]]
 };
+// Gaussian negative log-likelihood of an ensemble's (mean | raw log-variance) outputs with the
+// learned soft log-variance bounds, and its gradient (pyscorepen/ops/dynamics_fit_step.py):
+//   lv = min + softplus(max - softplus(max - raw) - min),  term = (mean - y)^2 exp(-lv) + lv.
+// Rows are the E * B (member, batch) rows flattened; `scale` multiplies every term's gradient
+// (1 / (B * O): the mean over a member's rows and outputs).
+struct GaussianNllArgs {
+  int64_t outputs = 0;                // O
+  const float* out = nullptr;         // [rows, 2O] mean | raw log-variance
+  const float* target = nullptr;      // [rows, O]
+  const float* max_logvar = nullptr;  // [O]
+  const float* min_logvar = nullptr;  // [O]
+  float scale = 0.0f;
+  float* grad_out = nullptr;          // [rows, 2O] out: scale * dterm/d(mean | raw)
+};
+
 // Rows of a chunk are padded to a multiple of this (lcm of the micro-kernel
 // row tiles), so micro-kernels never need a row tail.
 constexpr int64_t kRowPad = 24;
@@ -148,6 +163,11 @@ struct Kernels {
                                         int64_t row_end);
   // Column blocks of a layer with n outputs in this ISA's micro-kernels (the phase-2 task unit).
   int64_t (*column_blocks)(int64_t n);
+  // Gaussian NLL on rows [row_begin, row_end): writes grad_out there, stores the rows' sums of
+  // scale * dterm/dmax_logvar and scale * dterm/dmin_logvar in grad_max / grad_min [O], returns
+  // the rows' sum of the (unscaled) terms.
+  float (*gaussian_nll_rows)(const GaussianNllArgs& args, int64_t row_begin, int64_t row_end, float* grad_max,
+                             float* grad_min);
 };
 
 // True when the CPU (and OS) support the kernels (always false off x86-64).
@@ -159,3 +179,9 @@ const Kernels* avx512_kernels();
 const Kernels* avx2_kernels();
 
 }  // namespace pyscorepen::cpu
+
+namespace pyscorepen {
+// The kernel table of the ISA the CPU ops run now (PYSCOREPEN_CPU_ISA / set_cpu_isa);
+// nullptr: the generic ATen path. Defined in csrc/pyscorepen.cpp.
+const cpu::Kernels* active_kernels();
+}  // namespace pyscorepen

@@ -830,6 +830,49 @@ void ensemble_backward_grad_x_rows(const EnsembleTrainArgs& args, int64_t member
   }
 }
 
+// ------------------------------------------------------- Gaussian NLL (dynamics fit)
+// Per element (o < O) of a row, with u = max - raw, l1 = max - softplus(u), v = l1 - min,
+// lv = min + softplus(v), r = mean - y, q = r^2 exp(-lv):
+//   term = q + lv;   g_lv = scale (1 - q);   dmean = scale 2 r exp(-lv);
+//   draw = g_lv sigmoid(v) sigmoid(u);   dmax = g_lv sigmoid(v) (1 - sigmoid(u));   dmin = g_lv (1 - sigmoid(v))
+// (softplus' = sigmoid). Column vectors outer, rows inner: the max / min sums stay in registers.
+template <class V>
+float gaussian_nll_rows(const GaussianNllArgs& args, int64_t row_begin, int64_t row_end, float* grad_max,
+                        float* grad_min) {
+  constexpr int W = V::kWidth;
+  const int64_t O = args.outputs;
+  const auto scale = V::set1(args.scale), one = V::set1(1.0f), two_scale = V::set1(2.0f * args.scale);
+  float total = 0.0f;
+  for (int64_t j = 0; j < O; j += W) {
+    const auto m = V::tail(O - j);
+    const auto hi = V::load(m, args.max_logvar + j), lo = V::load(m, args.min_logvar + j);
+    auto terms = V::zero(), dmax = V::zero(), dmin = V::zero();
+    for (int64_t r = row_begin; r < row_end; ++r) {
+      const float* out = args.out + r * 2 * O;
+      float* grad = args.grad_out + r * 2 * O;
+      const auto mean = V::load(m, out + j), raw = V::load(m, out + O + j);
+      const auto u = V::sub(hi, raw);
+      const auto v = V::sub(V::sub(hi, vsoftplus<V>(u)), lo);
+      const auto lv = V::add(lo, vsoftplus<V>(v));
+      const auto inv_var = vexp<V>(V::sub(V::zero(), lv));
+      const auto diff = V::sub(mean, V::load(m, args.target + r * O + j));
+      const auto q = V::mul(V::mul(diff, diff), inv_var);
+      terms = V::add(terms, V::select(m, V::add(q, lv), V::zero()));
+      const auto g_lv = V::mul(scale, V::sub(one, q));
+      const auto g_l1 = V::mul(g_lv, vsigmoid<V>(v));
+      const auto s_u = vsigmoid<V>(u);
+      V::store(m, grad + j, V::mul(two_scale, V::mul(diff, inv_var)));
+      V::store(m, grad + O + j, V::mul(g_l1, s_u));
+      dmax = V::add(dmax, V::fnmadd(g_l1, s_u, g_l1));   // g_l1 (1 - s_u)
+      dmin = V::add(dmin, V::sub(g_lv, g_l1));           // g_lv (1 - sigmoid(v))
+    }
+    V::store(m, grad_max + j, dmax);
+    V::store(m, grad_min + j, dmin);
+    total += V::reduce_add(terms);
+  }
+  return total;
+}
+
 // The entry points of one ISA (see Kernels in fused_mlp.h).
 template <class V>
 const Kernels* kernel_table(const char* name) {
@@ -841,7 +884,8 @@ const Kernels* kernel_table(const char* name) {
                                 &ensemble_backward_dz_rows<V>,
                                 &ensemble_backward_params<V>,
                                 &ensemble_backward_grad_x_rows<V>,
-                                &column_blocks<V>};
+                                &column_blocks<V>,
+                                &gaussian_nll_rows<V>};
   return &table;
 }
 

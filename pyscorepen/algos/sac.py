@@ -29,6 +29,7 @@ from pyscorepen.models.nets import QEnsemble, TanhGaussianActor, mlp_weights
 from pyscorepen.ops import sac_update as _sac_update
 from pyscorepen.ops.backend import BackendUnavailableError
 from pyscorepen.ops.soft_value import soft_value
+from pyscorepen.optim import adam_states
 
 
 @dataclass
@@ -322,20 +323,6 @@ class SAC:
             return None
         return backend if backend in ("cpp", "triton") else None
 
-    @staticmethod
-    def _adam_state(optimizer: torch.optim.Optimizer, params: list[Tensor]) -> list[tuple[Tensor, Tensor, Tensor]]:
-        """(exp_avg, exp_avg_sq, step) of each parameter, created as torch.optim.Adam's lazy init does."""
-        group, out = optimizer.param_groups[0], []
-        for p in params:
-            state = optimizer.state[p]
-            if len(state) == 0:
-                state["step"] = (torch.zeros((), dtype=torch.float32, device=p.device) if group["fused"]
-                                 else torch.tensor(0.0, dtype=torch.float32))
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            out.append((state["exp_avg"], state["exp_avg_sq"], state["step"]))
-        return out
-
     def _fused_tensors(self) -> dict[str, list[Tensor]]:
         """The parameter and Adam-state lists of the ``sac_update`` op, built once and reused while the
         optimizers keep their state dicts (``load_state_dict`` replaces them: then they are rebuilt),
@@ -348,9 +335,9 @@ class SAC:
         actor_layers = [m for m in self.actor.net if isinstance(m, torch.nn.Linear)]
         actor_params = [p for m in actor_layers for p in (m.weight, m.bias)]
         critic_params = [p for m in self.critic.layers for p in (m.weight, m.bias)]
-        states = self._adam_state(self.actor_optim, actor_params) + self._adam_state(self.critic_optim, critic_params)
+        states = adam_states(self.actor_optim, actor_params) + adam_states(self.critic_optim, critic_params)
         if self.config.auto_alpha:
-            states += self._adam_state(self.alpha_optim, [self.log_alpha])
+            states += adam_states(self.alpha_optim, [self.log_alpha])
         exp_avgs, exp_avg_sqs, steps = (list(t) for t in zip(*states))
         tensors = dict(actor_weights=actor_params[0::2], actor_biases=actor_params[1::2],
                        critic_weights=critic_params[0::2], critic_biases=critic_params[1::2],

@@ -21,6 +21,9 @@ from tqdm.auto import tqdm
 
 from pyscorepen.data import Normalizer, ReplayBuffer, TransitionDataset
 from pyscorepen.models.nets import EnsembleMLP
+from pyscorepen.ops import dynamics_fit_step as _fit_step
+from pyscorepen.ops.backend import BackendUnavailableError
+from pyscorepen.optim import adam_states
 from pyscorepen.ops.rollout_step import RolloutStepOut, soft_bound_logvar
 from pyscorepen.ops.score_penalty import score_penalty
 from pyscorepen.rng import get_rng_state, set_rng_state
@@ -66,6 +69,11 @@ class DynamicsConfig:
     training split, reshuffled every epoch: MBPO's BNN and OfflineRL-Kit's EnsembleDynamics.train
     (``randint(train_size, size=[num_ensemble, train_size])``), as MOPO uses. False: every member
     sees the whole training split, in its own order."""
+    fused_step: bool = True
+    """Run each minibatch step of the fit as the one ``dynamics_fit_step`` op (forward, loss
+    gradient, backward and Adam in C++, no autograd graph) where
+    :meth:`EnsembleDynamics.fused_step_backend` allows; False: always autograd and torch's fused
+    Adam. Same step either way (tests/test_ops_dynamics_fit_step.py)."""
 
 
 class EnsembleDynamics(nn.Module):
@@ -301,6 +309,7 @@ class EnsembleDynamics(nn.Module):
             if on_epoch is not None:
                 on_epoch(epoch, state_fn)
         bar.close()
+        self.__dict__.pop("_fused_step_cache", None)   # the op's view of this fit's optimizer
         self.load_state_dict(best_state)
         final = self.holdout_error(x_hold, y_hold)
         self.holdout_mse.copy_(final)
@@ -349,18 +358,68 @@ class EnsembleDynamics(nn.Module):
     def train_batches(self, x: Tensor, y: Tensor, idx: Tensor, optim: torch.optim.Optimizer,
                       l2_in_loss: bool = False, first_batch: int = 0):
         """Minibatch updates over the shuffle ``idx`` [E, n_train] from batch ``first_batch`` on;
-        yields (loss, member-samples) after each update."""
+        yields (loss, member-samples) after each update. Each update is one ``dynamics_fit_step``
+        op where :meth:`fused_step_backend` allows, else the loss, ``backward`` and ``optim.step()``."""
         batch_size = self.config.batch_size
+        backend = None if l2_in_loss else self.fused_step_backend(optim, x)
         for start in range(first_batch * batch_size, idx.shape[1], batch_size):
             b = idx[:, start:start + batch_size]                                         # [E, b]
             rows = b.reshape(-1)                  # index_select: ~4x faster than x[b]'s advanced indexing
             x_b = x.index_select(0, rows).view(*b.shape, x.shape[-1])                    # [E, b, S+A]
             y_b = y.index_select(0, rows).view(*b.shape, y.shape[-1])                    # [E, b, S+1]
-            loss = self.loss(x_b, y_b, l2=l2_in_loss)
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
+            if backend is not None:
+                loss = self._fused_step(backend, optim, x_b, y_b)
+            else:
+                loss = self.loss(x_b, y_b, l2=l2_in_loss)
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                optim.step()
             yield loss.detach(), b.numel()
+
+    def fused_step_backend(self, optim: torch.optim.Optimizer, x: Tensor) -> str | None:
+        """The one place that decides whether :meth:`train_batches` runs the ``dynamics_fit_step`` op:
+        its backend ("cpp"; "triton" only when requested by name, see
+        :func:`pyscorepen.ops.dynamics_fit_step.resolve`), or None for the module path: when
+        ``config.fused_step`` is off, or ``optim`` is not :meth:`make_optimizer`'s grouping (one
+        group per weight with its ``layer_decays`` entry, then every other parameter without decay;
+        one lr, betas and eps; no amsgrad / maximize / decoupled decay)."""
+        if not self.config.fused_step or type(optim) is not torch.optim.Adam:
+            return None
+        weights, groups = self.net.weights(), optim.param_groups
+        if len(groups) != len(weights) + 1:
+            return None
+        for group, weight, decay in zip(groups, weights, self.layer_decays()):
+            if len(group["params"]) != 1 or group["params"][0] is not weight or group["weight_decay"] != decay:
+                return None
+        ids = {id(w) for w in weights}
+        if {id(p) for p in groups[-1]["params"]} != {id(p) for p in self.parameters() if id(p) not in ids} \
+                or groups[-1]["weight_decay"] != 0.0:
+            return None
+        shared = ("lr", "betas", "eps")
+        if any(g.get("amsgrad") or g.get("maximize") or g.get("differentiable") or g.get("capturable")
+               or g.get("decoupled_weight_decay") or any(g[k] != groups[0][k] for k in shared) for g in groups):
+            return None
+        try:
+            backend = _fit_step.resolve(x)
+        except BackendUnavailableError:   # an explicit request this op cannot serve: the modules' ops honour it
+            return None
+        return backend if backend in ("cpp", "triton") else None
+
+    def _fused_step(self, backend: str, optim: torch.optim.Optimizer, x_b: Tensor, y_b: Tensor) -> Tensor:
+        """One minibatch step as the ``dynamics_fit_step`` op on the optimizer's own state tensors."""
+        key = (optim, optim.state)   # load_state_dict replaces the state dict: rebuild the lists then
+        cached = getattr(self, "_fused_step_cache", None)
+        if cached is None or cached[0][0] is not key[0] or cached[0][1] is not key[1]:
+            weights, biases = self.net.weights(), self.net.biases()
+            states = adam_states(optim, [*weights, *biases, self.max_logvar, self.min_logvar])
+            exp_avgs, exp_avg_sqs, steps = (list(t) for t in zip(*states))
+            cached = (key, dict(weights=weights, biases=biases, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs,
+                                steps=steps))
+            self._fused_step_cache = cached
+        t, group = cached[1], optim.param_groups[0]
+        return _fit_step.run(backend, x_b, y_b, t["weights"], t["biases"], self.max_logvar, self.min_logvar,
+                             t["exp_avgs"], t["exp_avg_sqs"], t["steps"], self.layer_decays(), group["lr"],
+                             *group["betas"], group["eps"], self.config.logvar_bound_coef)
 
     @torch.no_grad()
     def holdout_error(self, x_hold: Tensor, y_hold: Tensor) -> Tensor:

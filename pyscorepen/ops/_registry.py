@@ -3,7 +3,8 @@
 Importing this module (``import pyscorepen.ops`` does) makes ``torch.ops.pyscorepen.rollout_step``,
 ``score_penalty``, ``soft_value`` and the ensemble-MLP training ops (``ensemble_mlp_forward``,
 ``ensemble_mlp_backward`` and their composition ``ensemble_mlp``) and the whole-step
-``sac_update`` (in place on the parameters and Adam states, no autograd) exist, with or without the
+``sac_update`` and the dynamics fit's ``dynamics_fit_step`` (in place on the parameters and Adam
+states, no autograd) exist, with or without the
 compiled extension:
 
 * with ``pyscorepen._C`` built, its ``TORCH_LIBRARY(pyscorepen, m)`` declares the schemas
@@ -32,6 +33,7 @@ import os
 import torch
 from torch import Tensor
 
+from pyscorepen.ops.dynamics_fit_step import dynamics_fit_step_ref
 from pyscorepen.ops.ensemble_mlp import ACTIVATIONS, COL_PAD, ROW_PAD
 from pyscorepen.ops.rollout_step import rollout_step_ref
 from pyscorepen.ops.sac_update import sac_update_ref
@@ -72,6 +74,11 @@ SCHEMAS = {
         "bool deterministic_backup=False, float? target_min=None, Tensor? cql_obs=None, Tensor? cql_actions=None, "
         "Tensor? cql_log_density=None, Tensor? cql_push_up=None, float cql_weight=0., float cql_temperature=1.) "
         "-> Tensor"
+    ),
+    "dynamics_fit_step": (
+        "dynamics_fit_step(Tensor x, Tensor target, Tensor(a!)[] weights, Tensor(b!)[] biases, Tensor(c!) max_logvar, "
+        "Tensor(d!) min_logvar, Tensor(e!)[] exp_avgs, Tensor(f!)[] exp_avg_sqs, Tensor(g!)[] steps, "
+        "float[] weight_decays, float lr, float beta1, float beta2, float eps, float logvar_bound_coef) -> Tensor"
     ),
 }
 # CompositeImplicitAutograd ops (no CPU/Meta kernel of their own): name -> (schema, the ops it is made of).
@@ -208,9 +215,14 @@ def _sac_update_ref_kernel(*args) -> Tensor:
     return sac_update_ref(*args)   # updates the parameters / Adam states in place; [4] statistics
 
 
+def _dynamics_fit_step_ref_kernel(*args) -> Tensor:
+    return dynamics_fit_step_ref(*args)   # updates the parameters / Adam states in place; the loss
+
+
 _REF_KERNELS = {"rollout_step": _rollout_step_ref_kernel, "score_penalty": _score_penalty_ref_kernel,
                 "soft_value": _soft_value_ref_kernel, "ensemble_mlp_forward": _ensemble_mlp_forward_ref_kernel,
-                "ensemble_mlp_backward": _ensemble_mlp_backward_ref_kernel, "sac_update": _sac_update_ref_kernel}
+                "ensemble_mlp_backward": _ensemble_mlp_backward_ref_kernel, "sac_update": _sac_update_ref_kernel,
+                "dynamics_fit_step": _dynamics_fit_step_ref_kernel}
 _COMPOSITE_KERNELS = {"ensemble_mlp": _ensemble_mlp_composite}
 
 # Ops whose CUDA kernel comes from the compiled extension (before we add reference fallbacks).
@@ -279,6 +291,12 @@ def _ensemble_mlp_backward_fake(grad_out, x, weights, saved, activation, output_
 def _sac_update_fake(obs, *args):
     torch._check(obs.dim() == 2)
     return obs.new_empty(4)   # (critic loss, actor loss, mean Q, CQL gap); the parameters are updated in place
+
+
+@torch.library.register_fake(f"{NAMESPACE}::dynamics_fit_step")
+def _dynamics_fit_step_fake(x, *args):
+    torch._check(x.dim() == 3)
+    return x.new_empty(())   # the loss; the parameters are updated in place
 
 
 # ------------------------------------------------------------------ autograd
