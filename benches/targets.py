@@ -17,7 +17,10 @@ Workloads (the FLOP counts of the pytest benches, same inputs):
 * ``mobile``: the MOBILE update on the fused ops (bench_mobile.py);
 * ``critic-256``, ``critic-3840``, ``dynamics-256``: ``ensemble_mlp`` forward + all gradients
   (bench_ensemble_mlp.py), the last two being issue 9's ">= 85 % at B >= 4 096" class and the
-  dynamics fit's step.
+  dynamics fit's kernels;
+* ``fit-step``: one whole minibatch step of the dynamics fit as ``fit`` runs it (the
+  ``dynamics_fit_step`` op where the ISA allows; bench_dynamics_train.py's sizes: 7 x 4x200, S=17,
+  A=6, 256 rows per member; FLOPs of the forward + backward only, so the loss and Adam count as overhead).
 
 Run it with nothing else on the cores (one more busy process halves the 2-thread rates).
 """
@@ -84,6 +87,28 @@ def ensemble_workload(shape: str):
     return step, bench_ensemble_mlp.SHAPES[shape][1] * bench_ensemble_mlp.flops_per_row(shape)
 
 
+def fit_step_workload():
+    from pyscorepen.models.dynamics import DynamicsConfig, EnsembleDynamics
+    import bench_dynamics_train as b
+    torch.manual_seed(0)
+    dynamics = EnsembleDynamics(b.OBS_DIM, b.ACT_DIM, DynamicsConfig(ensemble_size=b.MEMBERS, hidden_dims=b.HIDDEN))
+    optim = dynamics.make_optimizer(1e-3)
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(b.TRAIN_SIZE, b.OBS_DIM + b.ACT_DIM, generator=gen), torch.randn(b.TRAIN_SIZE, b.OBS_DIM + 1,
+                                                                                      generator=gen)
+    idx = dynamics.shuffle(torch.arange(b.TRAIN_SIZE), gen)
+    state = {"steps": iter(())}
+
+    def step():
+        try:
+            next(state["steps"])
+        except StopIteration:   # a new pass over the same shuffle
+            state["steps"] = dynamics.train_batches(x, y, idx, optim)
+            next(state["steps"])
+    batch = dynamics.config.batch_size
+    return step, b.MEMBERS * batch * b.FLOPS_PER_SAMPLE
+
+
 WORKLOADS = {
     "sac": lambda: update_workload("sac"),
     "combo": lambda: update_workload("combo"),
@@ -91,6 +116,7 @@ WORKLOADS = {
     "critic-256": lambda: ensemble_workload("critic-256"),
     "critic-3840": lambda: ensemble_workload("critic-3840"),
     "dynamics-256": lambda: ensemble_workload("dynamics-256"),
+    "fit-step": fit_step_workload,
 }
 
 

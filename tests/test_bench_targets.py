@@ -18,10 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_targets_script_prints_paired_ratios():
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, str(ROOT / "benches" / "targets.py"), "--threads", "1", "--rounds", "2",
-                          "--calls", "1", "--workloads", "critic-256", "combo"],
+                          "--calls", "1", "--workloads", "critic-256", "combo", "fit-step"],
                          capture_output=True, text=True, env=env, timeout=300, check=True).stdout
-    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if re.match(r"\| (critic-256|combo) \|", line)}
-    assert set(rows) == {"critic-256", "combo"}, out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if re.match(r"\| (critic-256|combo|fit-step) \|", line)}
+    assert set(rows) == {"critic-256", "combo", "fit-step"}, out
     for name, line in rows.items():
         pct = float(re.search(r"\*\*([0-9.]+) %\*\*", line).group(1))
         assert 0 < pct < 1000, line
