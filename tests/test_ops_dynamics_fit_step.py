@@ -140,8 +140,17 @@ def _fit_models(members=3, hidden=(32, 32)):
     return fused, module
 
 
+@pytest.fixture
+def cpp_policy(monkeypatch):
+    """The automatic choice with the op's ISA policy but no batch-size threshold (the SiLU ensemble
+    kernels' threshold is 1 024 rows on Intel CPUs, which would send these small fits to the module path)."""
+    if fit_step_module._backend.cpu_isa() not in fit_step_module.AUTO_CPU_ISAS:
+        pytest.skip(f"the op is not chosen automatically on the {fit_step_module._backend.cpu_isa()} ISA")
+    monkeypatch.setattr(fit_step_module._backend, "cpp_min_rows", lambda shape_class: 0)
+
+
 @needs_cpp
-def test_train_epoch_on_the_op_matches_the_module_path():
+def test_train_epoch_on_the_op_matches_the_module_path(cpp_policy):
     fused, module = _fit_models()
     gen = torch.Generator().manual_seed(3)
     x, y = torch.randn(700, 7, generator=gen), torch.randn(700, 6, generator=gen)
@@ -163,7 +172,7 @@ def test_train_epoch_on_the_op_matches_the_module_path():
 
 
 @needs_cpp
-def test_fused_step_backend_decision(monkeypatch):
+def test_fused_step_backend_decision(monkeypatch, cpp_policy):
     fused, _ = _fit_models()
     x = torch.zeros(4, 7)
     optim = fused.make_optimizer(LR)
@@ -184,6 +193,10 @@ def test_fused_step_backend_decision(monkeypatch):
     monkeypatch.setenv("PYSCOREPEN_BACKEND", "ref")
     assert fused.fused_step_backend(optim, x) is None
     monkeypatch.delenv("PYSCOREPEN_BACKEND")
+    monkeypatch.setattr(fit_step_module._backend, "cpp_min_rows", lambda shape_class: fused.config.batch_size + 1)
+    assert fused.fused_step_backend(optim, x) is None   # the SiLU kernels' threshold is above the batch
+    monkeypatch.setattr(fit_step_module._backend, "cpp_min_rows", lambda shape_class: fused.config.batch_size)
+    assert fused.fused_step_backend(optim, x) == "cpp"
     monkeypatch.setattr(fit_step_module, "AUTO_CPU_ISAS", ())
     assert fused.fused_step_backend(optim, x) is None
 

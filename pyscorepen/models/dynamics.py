@@ -379,7 +379,8 @@ class EnsembleDynamics(nn.Module):
     def fused_step_backend(self, optim: torch.optim.Optimizer, x: Tensor) -> str | None:
         """The one place that decides whether :meth:`train_batches` runs the ``dynamics_fit_step`` op:
         its backend ("cpp"; "triton" only when requested by name, see
-        :func:`pyscorepen.ops.dynamics_fit_step.resolve`), or None for the module path: when
+        :func:`pyscorepen.ops.dynamics_fit_step.resolve`, for ``config.batch_size`` rows per member
+        like ``x``), or None for the module path: when
         ``config.fused_step`` is off, or ``optim`` is not :meth:`make_optimizer`'s grouping (one
         group per weight with its ``layer_decays`` entry, then every other parameter without decay;
         one lr, betas and eps; no amsgrad / maximize / decoupled decay)."""
@@ -400,7 +401,7 @@ class EnsembleDynamics(nn.Module):
                or g.get("decoupled_weight_decay") or any(g[k] != groups[0][k] for k in shared) for g in groups):
             return None
         try:
-            backend = _fit_step.resolve(x)
+            backend = _fit_step.resolve(x, rows=self.config.batch_size)
         except BackendUnavailableError:   # an explicit request this op cannot serve: the modules' ops honour it
             return None
         return backend if backend in ("cpp", "triton") else None

@@ -86,19 +86,29 @@ def dynamics_fit_step_ref(
 
 _backend.register_reference("dynamics_fit_step", dynamics_fit_step_ref)
 
-# Automatic choice on CPU (backend= / $PYSCOREPEN_BACKEND run whatever they name): cpp on the ISAs
-# where its step beat the module path it replaces (EnsembleDynamics.loss + backward + the fused Adam
-# of make_optimizer, every op on its own auto choice), see benches/bench_dynamics_train.py and
-# benches/README.md. The generic ISA (ATen's ops around the kernels) was not measured: the module path.
+# Automatic choice on CPU (backend= / $PYSCOREPEN_BACKEND run whatever they name): cpp where its
+# ensemble kernels are the automatic choice for the fit's batch (rows per member >= the
+# ``ensemble_mlp/silu`` threshold of pyscorepen.ops.backend.CPP_MIN_ROWS(_BY_VENDOR) on this ISA and
+# vendor) and on the ISAs where the whole step was measured against the module path it replaces
+# (EnsembleDynamics.loss + backward + make_optimizer's fused Adam). Measured 2026-12-03, AMD EPYC Zen 5,
+# idle, paired same-process A/B, Hopper sizes (E = 7, 4 x 200, 256 rows per member), module / op:
+#   avx512  1 thread 1.18x, 2 threads 1.33x      (S = 17, A = 6: 1.15x, 1.28x)
+#   avx2    1 thread 1.10x, 2 threads 1.20x      (PYSCOREPEN_CPU_ISA=avx2 on the same CPU)
+# The generic ISA (ATen's ops around the kernels) was not measured: the module path. On an Intel CPU
+# the SiLU threshold is 1 024 rows (MKL's batched GEMM wins below it), so the fit's 256-row steps
+# keep the module path there.
 AUTO_CPU_ISAS = ("avx512", "avx2")
 
 
-def resolve(x: Tensor, backend: str | None = None) -> str:
-    """Backend of :func:`dynamics_fit_step` for inputs like ``x``: :func:`pyscorepen.ops.backend.
-    resolve_backend` with the policy above, and without ``triton`` in the automatic order (run under
-    the interpreter only, not yet on a GPU; ``backend="triton"`` still selects it)."""
+def resolve(x: Tensor, backend: str | None = None, rows: int | None = None) -> str:
+    """Backend of :func:`dynamics_fit_step` for inputs like ``x`` [E, B, S+A] (``rows``: the rows per
+    member, default B): :func:`pyscorepen.ops.backend.resolve_backend` with the policy above, and
+    without ``triton`` in the automatic order (run under the interpreter only, not yet on a GPU;
+    ``backend="triton"`` still selects it)."""
     skip: tuple[str, ...] = ("triton",)
-    if not x.is_cuda and _backend.cpu_isa() not in AUTO_CPU_ISAS:
+    rows = x.shape[-2] if rows is None else rows
+    if not x.is_cuda and (_backend.cpu_isa() not in AUTO_CPU_ISAS
+                          or rows < _backend.cpp_min_rows("ensemble_mlp/silu")):
         skip = (*skip, "cpp")
     return _backend.resolve_backend("dynamics_fit_step", x, backend, auto_skip=skip)
 
