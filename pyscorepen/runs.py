@@ -479,9 +479,14 @@ def dataset_identity(task) -> dict:
 
 
 def model_fingerprint(kind: str, identity: dict, model_config) -> dict:
-    """What a trained model depends on: ``identity`` (:func:`dataset_identity`) and its config."""
+    """What a trained model depends on: ``identity`` (:func:`dataset_identity`) and its config, less the
+    fields the config class lists in ``NOT_IN_FINGERPRINT`` (how the model is computed, not what it
+    is: a model saved before such a field existed, or with it set otherwise, still matches)."""
     from dataclasses import asdict
-    return json.loads(json.dumps({"kind": kind, "dataset": identity, "config": asdict(model_config)}))
+    config = asdict(model_config)
+    for name in getattr(model_config, "NOT_IN_FINGERPRINT", ()):
+        config.pop(name, None)
+    return json.loads(json.dumps({"kind": kind, "dataset": identity, "config": config}))
 
 
 def save_model(path: Path, state_dict: dict, fingerprint: dict) -> None:

@@ -102,6 +102,26 @@ def test_cliff_sweep_reuses_checked_pretrained_models(tmp_path):
     assert (args.out / "sweep.md").exists()
 
 
+def test_dynamics_fingerprint_leaves_out_how_the_fit_is_computed(tmp_path):
+    """DynamicsConfig.fused_step (the dynamics_fit_step op or autograd) is not part of what a saved
+    dynamics.pt depends on: a model saved before the field existed, or with it off, loads for a
+    config with it on; a field that changes the model still refuses."""
+    import dataclasses
+
+    from pyscorepen.models.dynamics import DynamicsConfig
+    from pyscorepen.runs import RunFileError, load_model, model_fingerprint, save_model
+    identity = {"task": "cliff", "num_transitions": 300, "obs_dim": 2, "action_dim": 2, "sha256": "ab"}
+    on, off = DynamicsConfig(), DynamicsConfig(fused_step=False)
+    assert model_fingerprint("dynamics", identity, on) == model_fingerprint("dynamics", identity, off)
+    before_the_field = model_fingerprint("dynamics", identity, on)        # as an older version saved it
+    before_the_field["config"] = {k: v for k, v in dataclasses.asdict(on).items() if k != "fused_step"}
+    save_model(tmp_path / "dynamics.pt", {"w": torch.ones(1)}, before_the_field)
+    assert float(load_model(tmp_path / "dynamics.pt", "the dynamics", model_fingerprint("dynamics", identity, on))["w"]) == 1
+    with pytest.raises(RunFileError, match="config.num_elites"):
+        load_model(tmp_path / "dynamics.pt", "the dynamics",
+                   model_fingerprint("dynamics", identity, DynamicsConfig(num_elites=3)))
+
+
 def test_model_files_fingerprint_and_legacy(tmp_path, caplog):
     from pyscorepen import runs
     from pyscorepen.models.score import ScoreConfig

@@ -13,7 +13,7 @@ import copy
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -74,6 +74,11 @@ class DynamicsConfig:
     gradient, backward and Adam in C++, no autograd graph) where
     :meth:`EnsembleDynamics.fused_step_backend` allows; False: always autograd and torch's fused
     Adam. Same step either way (tests/test_ops_dynamics_fit_step.py)."""
+
+    NOT_IN_FINGERPRINT: ClassVar[tuple[str, ...]] = ("fused_step",)
+    """Fields left out of a saved model's fingerprint (:func:`pyscorepen.runs.model_fingerprint`):
+    they choose how the fit is computed, not the model, so a ``dynamics.pt`` saved before they
+    existed (or with them set otherwise) still loads for this config."""
 
 
 class EnsembleDynamics(nn.Module):
