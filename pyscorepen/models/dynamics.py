@@ -23,9 +23,9 @@ from pyscorepen.data import Normalizer, ReplayBuffer, TransitionDataset
 from pyscorepen.models.nets import EnsembleMLP
 from pyscorepen.ops import dynamics_fit_step as _fit_step
 from pyscorepen.ops.backend import BackendUnavailableError
-from pyscorepen.optim import adam_states
 from pyscorepen.ops.rollout_step import RolloutStepOut, soft_bound_logvar
 from pyscorepen.ops.score_penalty import score_penalty
+from pyscorepen.optim import adam_states
 from pyscorepen.rng import get_rng_state, set_rng_state
 
 try:  # dispatching op (cpp / triton / ref); the reference is always there
