@@ -22,7 +22,8 @@ Workloads (the FLOP counts of the pytest benches, same inputs):
   ``dynamics_fit_step`` op where the ISA allows; bench_dynamics_train.py's sizes: 7 x 4x200, S=17,
   A=6, 256 rows per member; FLOPs of the forward + backward only, so the loss and Adam count as overhead).
 
-Run it with nothing else on the cores (one more busy process halves the 2-thread rates).
+Run it with nothing else on the cores (one more busy process halves the 2-thread rates). It sets the
+training CLIs' allocator thresholds for its process (pyscorepen.allocator.tune_malloc), as a run has.
 """
 from __future__ import annotations
 
@@ -153,6 +154,9 @@ def main(argv=None) -> None:
     parser.add_argument("--calls", type=int, default=7, help="timed workload calls per round (their median is paired)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    # the CLIs' allocator settings (what a training run has; the fit step's op is chosen only with them)
+    from pyscorepen.allocator import tune_malloc
+    tune_malloc()
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, torch {torch.__version__}, "
           f"{args.threads} thread(s), C++ ISA {cpu_isa()}, {args.rounds} rounds x {args.calls} calls\n")
     print("| workload | median time | probe (median) | % of the paired probe: median [q25, q75] | target |")

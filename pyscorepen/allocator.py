@@ -84,3 +84,11 @@ def tune_malloc() -> bool:
     if not _done:
         log.warning("glibc refused the allocator thresholds; training steps may page-fault their buffers")
     return _done
+
+
+def buffers_kept() -> bool:
+    """True when :func:`tune_malloc` set its thresholds in this process, so a step's freed buffers
+    stay mapped for the next step. The automatic choice of ``dynamics_fit_step`` asks this
+    (pyscorepen/ops/dynamics_fit_step.py): its step frees ~16 MB at once, which glibc's default
+    thresholds hand back to the OS and fault in again on every step."""
+    return bool(_done)

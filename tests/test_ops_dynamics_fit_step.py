@@ -142,11 +142,14 @@ def _fit_models(members=3, hidden=(32, 32)):
 
 @pytest.fixture
 def cpp_policy(monkeypatch):
-    """The automatic choice with the op's ISA policy but no batch-size threshold (the SiLU ensemble
-    kernels' threshold is 1 024 rows on Intel CPUs, which would send these small fits to the module path)."""
+    """The automatic choice with the op's ISA policy, but no batch-size threshold (the SiLU ensemble
+    kernels' threshold is 1 024 rows on Intel CPUs, which would send these small fits to the module
+    path) and an allocator that keeps its buffers (what tune_malloc gives the CLIs; the test process
+    itself is left alone)."""
     if fit_step_module._backend.cpu_isa() not in fit_step_module.AUTO_CPU_ISAS:
         pytest.skip(f"the op is not chosen automatically on the {fit_step_module._backend.cpu_isa()} ISA")
     monkeypatch.setattr(fit_step_module._backend, "cpp_min_rows", lambda shape_class: 0)
+    monkeypatch.setattr(fit_step_module.allocator, "buffers_kept", lambda: True)
 
 
 @needs_cpp
@@ -196,6 +199,10 @@ def test_fused_step_backend_decision(monkeypatch, cpp_policy):
     monkeypatch.setattr(fit_step_module._backend, "cpp_min_rows", lambda shape_class: fused.config.batch_size + 1)
     assert fused.fused_step_backend(optim, x) is None   # the SiLU kernels' threshold is above the batch
     monkeypatch.setattr(fit_step_module._backend, "cpp_min_rows", lambda shape_class: fused.config.batch_size)
+    assert fused.fused_step_backend(optim, x) == "cpp"
+    monkeypatch.setattr(fit_step_module.allocator, "buffers_kept", lambda: False)
+    assert fused.fused_step_backend(optim, x) is None   # glibc would fault the op's buffers in every step
+    monkeypatch.setattr(fit_step_module.allocator, "buffers_kept", lambda: True)
     assert fused.fused_step_backend(optim, x) == "cpp"
     monkeypatch.setattr(fit_step_module, "AUTO_CPU_ISAS", ())
     assert fused.fused_step_backend(optim, x) is None

@@ -231,7 +231,8 @@ STALE_BUILD_SCRIPT = textwrap.dedent("""
     import pyscorepen.ops as ops
     from pyscorepen.ops import _registry
     assert ops.EXTENSION_LOADED and set(_registry.MISSING_FROM_EXTENSION) == {
-        "rollout_step", "soft_value", "ensemble_mlp_forward", "ensemble_mlp_backward", "sac_update", "ensemble_mlp"}
+        "rollout_step", "soft_value", "ensemble_mlp_forward", "ensemble_mlp_backward", "sac_update",
+        "dynamics_fit_step", "ensemble_mlp"}
     for op, schema in _registry.SCHEMAS.items():
         assert str(getattr(torch.ops.pyscorepen, op).default._schema) == "pyscorepen::" + schema
         assert torch._C._dispatch_has_kernel_for_dispatch_key("pyscorepen::" + op, "CPU")

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pyscorepen import allocator
 from pyscorepen.ops import backend as _backend
 from pyscorepen.ops.rollout_step import ensemble_mlp_ref, soft_bound_logvar
 from pyscorepen.ops.sac_update import adam_ref_
@@ -97,6 +98,14 @@ _backend.register_reference("dynamics_fit_step", dynamics_fit_step_ref)
 # The generic ISA (ATen's ops around the kernels) was not measured: the module path. On an Intel CPU
 # the SiLU threshold is 1 024 rows (MKL's batched GEMM wins below it), so the fit's 256-row steps
 # keep the module path there.
+# The allocator: the op frees its ~16 MB of saved activations and gradients at once at the end of
+# each step, and glibc's default thresholds give that memory back to the OS and fault it in again on
+# the next step. Fresh processes, 1 thread, the same fit step (S = 17, A = 6; CPU time and minor
+# faults per step): default allocator op 20.5-21.8 ms / 3 100-3 800 faults, module path 16.2-17.4 ms /
+# 130-460; with pyscorepen.allocator.tune_malloc() (what the train / profile / collect CLIs call) op
+# 11.4 ms / 9 faults, module path 14.4 ms / 6. So auto picks the op only in a process whose
+# allocator keeps its buffers (pyscorepen.allocator.buffers_kept()); a library user calls
+# tune_malloc() to get it.
 AUTO_CPU_ISAS = ("avx512", "avx2")
 
 
@@ -107,7 +116,7 @@ def resolve(x: Tensor, backend: str | None = None, rows: int | None = None) -> s
     ``backend="triton"`` still selects it)."""
     skip: tuple[str, ...] = ("triton",)
     rows = x.shape[-2] if rows is None else rows
-    if not x.is_cuda and (_backend.cpu_isa() not in AUTO_CPU_ISAS
+    if not x.is_cuda and (_backend.cpu_isa() not in AUTO_CPU_ISAS or not allocator.buffers_kept()
                           or rows < _backend.cpp_min_rows("ensemble_mlp/silu")):
         skip = (*skip, "cpp")
     return _backend.resolve_backend("dynamics_fit_step", x, backend, auto_skip=skip)
