@@ -190,9 +190,9 @@ class EnsembleDynamics(nn.Module):
         applies its gradient, decay_i * W_i, inside the fused optimizer step instead (the same
         gradient; one pass over the weights instead of square/sum/backward).
         """
-        mean, logvar = self(x_norm)                                                 # [E, B, S+1] each
-        nll = ((mean - target).square() * (-logvar).exp() + logvar).mean(dim=(1, 2)).sum()
-        loss = nll + self.config.logvar_bound_coef * (self.max_logvar.sum() - self.min_logvar.sum())
+        out = self.net(x_norm)                                                      # [E, B, 2(S+1)]
+        loss = _fit_step.gaussian_nll_ref(out, target, self.max_logvar, self.min_logvar,
+                                          self.config.logvar_bound_coef)
         return loss + self.l2_penalty() if l2 else loss
 
     def layer_decays(self) -> list[float]:
