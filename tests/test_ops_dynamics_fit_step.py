@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 
 import pytest
 import torch
@@ -175,7 +176,7 @@ def test_train_epoch_on_the_op_matches_the_module_path(cpp_policy):
 
 
 @needs_cpp
-def test_fused_step_backend_decision(monkeypatch, cpp_policy):
+def test_fused_step_backend_decision(monkeypatch, caplog, cpp_policy):
     fused, _ = _fit_models()
     x = torch.zeros(4, 7)
     optim = fused.make_optimizer(LR)
@@ -201,7 +202,12 @@ def test_fused_step_backend_decision(monkeypatch, cpp_policy):
     monkeypatch.setattr(fit_step_module._backend, "cpp_min_rows", lambda shape_class: fused.config.batch_size)
     assert fused.fused_step_backend(optim, x) == "cpp"
     monkeypatch.setattr(fit_step_module.allocator, "buffers_kept", lambda: False)
-    assert fused.fused_step_backend(optim, x) is None   # glibc would fault the op's buffers in every step
+    monkeypatch.setattr(fit_step_module, "_told_about_allocator", False)
+    with caplog.at_level(logging.INFO, logger="pyscorepen"):
+        assert fused.fused_step_backend(optim, x) is None   # glibc would fault the op's buffers in every step
+        assert fused.fused_step_backend(optim, x) is None
+    said = [r.getMessage() for r in caplog.records if "tune_malloc()" in r.getMessage()]
+    assert len(said) == 1 and "module path" in said[0], caplog.text   # once per process, with the remedy
     monkeypatch.setattr(fit_step_module.allocator, "buffers_kept", lambda: True)
     assert fused.fused_step_backend(optim, x) == "cpp"
     monkeypatch.setattr(fit_step_module, "AUTO_CPU_ISAS", ())

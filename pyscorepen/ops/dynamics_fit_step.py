@@ -41,6 +41,8 @@ autograd graph and no Python between the passes.
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -86,6 +88,7 @@ def dynamics_fit_step_ref(
 
 
 _backend.register_reference("dynamics_fit_step", dynamics_fit_step_ref)
+log = logging.getLogger("pyscorepen")
 
 # Automatic choice on CPU (backend= / $PYSCOREPEN_BACKEND run whatever they name): cpp where its
 # ensemble kernels are the automatic choice for the fit's batch (rows per member >= the
@@ -116,10 +119,27 @@ def resolve(x: Tensor, backend: str | None = None, rows: int | None = None) -> s
     ``backend="triton"`` still selects it)."""
     skip: tuple[str, ...] = ("triton",)
     rows = x.shape[-2] if rows is None else rows
-    if not x.is_cuda and (_backend.cpu_isa() not in AUTO_CPU_ISAS or not allocator.buffers_kept()
+    if not x.is_cuda and (_backend.cpu_isa() not in AUTO_CPU_ISAS
                           or rows < _backend.cpp_min_rows("ensemble_mlp/silu")):
         skip = (*skip, "cpp")
+    elif not x.is_cuda and not allocator.buffers_kept():
+        skip = (*skip, "cpp")
+        if backend is None and not _told_about_allocator:
+            _tell_about_allocator()
     return _backend.resolve_backend("dynamics_fit_step", x, backend, auto_skip=skip)
+
+
+_told_about_allocator = False
+
+
+def _tell_about_allocator() -> None:
+    """One INFO line per process: why the fit is not on the op, and how to get it."""
+    global _told_about_allocator
+    _told_about_allocator = True
+    log.info("pyscorepen.dynamics_fit_step: the dynamics fit takes the module path. The op frees ~16 MB per "
+             "step, which glibc's default thresholds fault in again on every step, and "
+             "pyscorepen.allocator.tune_malloc() has not raised them in this process (the train / profile / "
+             "collect CLIs call it; it declines under PYSCOREPEN_MALLOC=default, MALLOC_* or another allocator)")
 
 
 def dynamics_fit_step(*args, backend: str | None = None, **kwargs) -> Tensor:
