@@ -208,6 +208,13 @@ def test_fused_step_backend_decision(monkeypatch, caplog, cpp_policy):
         assert fused.fused_step_backend(optim, x) is None
     said = [r.getMessage() for r in caplog.records if "tune_malloc()" in r.getMessage()]
     assert len(said) == 1 and "module path" in said[0], caplog.text   # once per process, with the remedy
+    monkeypatch.setattr(fit_step_module, "_told_about_allocator", False)
+    monkeypatch.setenv("PYSCOREPEN_BACKEND", "ref")   # an explicit choice: nothing to explain
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pyscorepen"):
+        assert fused.fused_step_backend(optim, x) is None
+    assert "tune_malloc()" not in caplog.text
+    monkeypatch.delenv("PYSCOREPEN_BACKEND")
     monkeypatch.setattr(fit_step_module.allocator, "buffers_kept", lambda: True)
     assert fused.fused_step_backend(optim, x) == "cpp"
     monkeypatch.setattr(fit_step_module, "AUTO_CPU_ISAS", ())

@@ -42,6 +42,7 @@ autograd graph and no Python between the passes.
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 import torch.nn.functional as F
@@ -124,7 +125,8 @@ def resolve(x: Tensor, backend: str | None = None, rows: int | None = None) -> s
         skip = (*skip, "cpp")
     elif not x.is_cuda and not allocator.buffers_kept():
         skip = (*skip, "cpp")
-        if backend is None and not _told_about_allocator:
+        automatic = (backend or os.environ.get(_backend.ENV_VAR) or "auto") == "auto"
+        if automatic and not _told_about_allocator:   # an explicit backend is not the policy's doing
             _tell_about_allocator()
     return _backend.resolve_backend("dynamics_fit_step", x, backend, auto_skip=skip)
 
