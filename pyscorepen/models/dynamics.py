@@ -420,11 +420,11 @@ class EnsembleDynamics(nn.Module):
             states = adam_states(optim, [*weights, *biases, self.max_logvar, self.min_logvar])
             exp_avgs, exp_avg_sqs, steps = (list(t) for t in zip(*states))
             cached = (key, dict(weights=weights, biases=biases, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs,
-                                steps=steps))
+                                steps=steps, decays=self.layer_decays()))
             self._fused_step_cache = cached
         t, group = cached[1], optim.param_groups[0]
         return _fit_step.run(backend, x_b, y_b, t["weights"], t["biases"], self.max_logvar, self.min_logvar,
-                             t["exp_avgs"], t["exp_avg_sqs"], t["steps"], self.layer_decays(), group["lr"],
+                             t["exp_avgs"], t["exp_avg_sqs"], t["steps"], t["decays"], group["lr"],
                              *group["betas"], group["eps"], self.config.logvar_bound_coef)
 
     @torch.no_grad()

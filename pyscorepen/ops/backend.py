@@ -294,6 +294,16 @@ def resolve_backend(op: str, tensor: Tensor, backend: str | None = None, *, auto
     raise AssertionError("unreachable: the ref backend is always available")
 
 
+def run_in_place_op(op: str, backend: str, *args, **kwargs):
+    """Run a whole-step op that updates its arguments in place (``sac_update``, ``dynamics_fit_step``)
+    on ``backend``: the compiled op under ``no_grad`` (no autograd graph around it), else the kernel
+    :func:`get_kernel` gives."""
+    if backend == "cpp":
+        with torch.no_grad():
+            return getattr(torch.ops.pyscorepen, op).default(*args, **kwargs)
+    return get_kernel(op, backend)(*args, **kwargs)
+
+
 def get_kernel(op: str, backend: str) -> Callable:
     """The callable implementing ``op`` on ``backend`` (same signature as ``<op>_ref``)."""
     if backend == "ref":

@@ -153,7 +153,4 @@ def dynamics_fit_step(*args, backend: str | None = None, **kwargs) -> Tensor:
 
 def run(name: str, *args, **kwargs) -> Tensor:
     """:func:`dynamics_fit_step` on the backend ``name`` (callers that resolved it themselves)."""
-    if name == "cpp":
-        with torch.no_grad():
-            return torch.ops.pyscorepen.dynamics_fit_step.default(*args, **kwargs)
-    return _backend.get_kernel("dynamics_fit_step", name)(*args, **kwargs)
+    return _backend.run_in_place_op("dynamics_fit_step", name, *args, **kwargs)

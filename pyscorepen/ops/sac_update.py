@@ -224,7 +224,4 @@ def sac_update(*args, backend: str | None = None, **kwargs) -> Tensor:
 
 def run(name: str, *args, **kwargs) -> Tensor:
     """:func:`sac_update` on the backend ``name`` (callers that resolved it themselves)."""
-    if name == "cpp":
-        with torch.no_grad():
-            return torch.ops.pyscorepen.sac_update.default(*args, **kwargs)
-    return _backend.get_kernel("sac_update", name)(*args, **kwargs)
+    return _backend.run_in_place_op("sac_update", name, *args, **kwargs)
