@@ -24,7 +24,8 @@ from pyscorepen.algos import COMBO
 from pyscorepen.algos.sac import SAC, SACConfig
 from pyscorepen.data import Batch
 from pyscorepen.ops import _registry
-from pyscorepen.ops.sac_update import MAX_CPP_ROWS, sac_update, sac_update_ref
+from pyscorepen.ops import sac_update as sac_update_module
+from pyscorepen.ops.sac_update import MAX_CPP_ROWS, max_cpp_rows, sac_update, sac_update_ref
 from tests.isa_params import cpp_isa_params
 
 HAS_CPP = "cpp" in ops.available_backends("sac_update", torch.zeros(1))
@@ -173,7 +174,7 @@ def test_agent_fused_combo_update_matches_update_ref(monkeypatch, cpu_isa, rho):
     samples, after several updates; the q_gap statistic too."""
     from pyscorepen.algos.combo import ComboConfig
     monkeypatch.delenv("PYSCOREPEN_BACKEND", raising=False)
-    monkeypatch.setitem(MAX_CPP_ROWS, cpu_isa, None)   # run the fused path on every ISA for the comparison
+    monkeypatch.setattr(sac_update_module, "max_cpp_rows", lambda isa: None)   # the fused path on every ISA
     agent = make_agent(11, 3, (64, 64), 2, cls=COMBO, deterministic_backup=True)
     agent.combo = ComboConfig(cql_weight=5.0, rho=rho, num_sampled_actions=4)
     gen = torch.Generator().manual_seed(11)
@@ -196,7 +197,7 @@ def test_fused_update_backend_decision(monkeypatch):
     """The single place: cpp + plain SAC or COMBO (its regulariser has a fused form) -> fused; a
     regulariser without a fused form or the ref backend -> module path."""
     monkeypatch.delenv("PYSCOREPEN_BACKEND", raising=False)
-    monkeypatch.setitem(MAX_CPP_ROWS, _isa_key(), None)     # the batch-size policy is tested below
+    monkeypatch.setattr(sac_update_module, "max_cpp_rows", lambda isa: None)   # batch-size policy: below
     gen = torch.Generator().manual_seed(4)
     batch = make_batch(5, 2, 30, gen)
     sac, combo = make_agent(5, 2, (16,), 2), make_agent(5, 2, (16,), 2, cls=COMBO)
@@ -436,7 +437,7 @@ def test_batch_size_policy(monkeypatch, cpu_isa):
     monkeypatch.delenv("PYSCOREPEN_BACKEND", raising=False)
     agent = make_agent(5, 2, (16,), 2)
     gen = torch.Generator().manual_seed(9)
-    limit = MAX_CPP_ROWS[cpu_isa]
+    limit = max_cpp_rows(cpu_isa)
     assert agent.fused_update_backend(make_batch(5, 2, 256, gen)) == "cpp"
     big = make_batch(5, 2, 1024, gen)
     assert agent.fused_update_backend(big) == ("cpp" if limit is None or limit >= 1024 else None)
@@ -448,6 +449,19 @@ def test_batch_size_policy(monkeypatch, cpu_isa):
     assert combo.fused_update_backend(small) == "cpp"
     batch = make_batch(5, 2, 256, gen)                       # 256 + 7 680 rows
     assert combo.fused_update_backend(batch) == ("cpp" if limit is None else None)
+
+
+def test_batch_limit_per_vendor(monkeypatch):
+    """AMD CPUs take MAX_CPP_ROWS_BY_VENDOR (no limit on avx2 / avx512: MKL's AMD path is slow, the
+    fused op measured 1.12-1.34x the module path at 1 024 - 4 096 rows on a Zen 3); other vendors
+    MAX_CPP_ROWS, and an unmeasured ISA its "generic" entry."""
+    from pyscorepen.ops import backend
+    monkeypatch.setattr(backend, "cpu_vendor", lambda: "amd")
+    assert max_cpp_rows("avx2") is None and max_cpp_rows("avx512") is None
+    assert max_cpp_rows("generic") == MAX_CPP_ROWS["generic"]
+    monkeypatch.setattr(backend, "cpu_vendor", lambda: "intel")
+    assert max_cpp_rows("avx2") == MAX_CPP_ROWS["avx2"] == 256
+    assert max_cpp_rows("neon") == MAX_CPP_ROWS["generic"]
 
 
 def test_fused_path_takes_the_backup_and_clamp_hooks():

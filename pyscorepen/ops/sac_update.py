@@ -194,17 +194,35 @@ _backend.register_reference("sac_update", sac_update_ref)
 # large batches; the module path runs MKL for them.) None: no limit. An unmeasured ISA uses "generic".
 MAX_CPP_ROWS: dict[str, int | None] = {"avx512": None, "avx2": 256, "generic": 256}
 
+# Per CPU vendor (as backend.CPP_MIN_ROWS_BY_VENDOR: MKL, which the module path runs its critic passes
+# on, takes a slower code path on AMD CPUs); an entry replaces MAX_CPP_ROWS[ISA] there.
+# Measured 2026-12-03 (session 12) on a native AVX2-only AMD EPYC Zen 3 (family 25 model 1), idle,
+# paired same-process rounds (median of 12-20), module path / fused op, S=17, A=6, (256, 256) nets:
+#   SAC   B=32: 2.30x (1 thread)   256: 1.41x (1), 1.75x (2 threads)   1024: 1.24x (1), 1.34x (2)
+#   COMBO B=256 (+ 3 x 10 x 128 sampled rows = 4 096 critic rows): 1.12x (1), 1.20x (2)
+# So on AMD AVX2 no limit; AMD AVX-512 (Zen 5, session 5-11 runs) had none already.
+MAX_CPP_ROWS_BY_VENDOR: dict[str, dict[str, int | None]] = {"amd": {"avx512": None, "avx2": None}}
+
+
+def max_cpp_rows(isa: str) -> int | None:
+    """The automatic policy's batch limit for the fused op on ``isa`` and this CPU's vendor
+    (:data:`MAX_CPP_ROWS_BY_VENDOR`, else :data:`MAX_CPP_ROWS`; an unmeasured ISA: "generic")."""
+    by_vendor = MAX_CPP_ROWS_BY_VENDOR.get(_backend.cpu_vendor(), {})
+    if isa in by_vendor:
+        return by_vendor[isa]
+    return MAX_CPP_ROWS.get(isa, MAX_CPP_ROWS["generic"])
+
 
 def resolve(obs: Tensor, backend: str | None = None, rows: int | None = None) -> str:
     """Backend of :func:`sac_update` for a batch like ``obs`` [B, S] (``rows``: the critic rows of the
     step when a regulariser adds sampled ones, COMBO's B + K*C; default B): :func:`pyscorepen.ops.backend.
-    resolve_backend` with the policy above (auto skips cpp above ``MAX_CPP_ROWS`` on the current ISA)
-    and without ``triton`` in the automatic order (the Triton step has run under the interpreter
-    only, not yet on a GPU; ``backend="triton"`` / ``PYSCOREPEN_BACKEND=triton`` still select it)."""
+    resolve_backend` with the policy above (auto skips cpp above :func:`max_cpp_rows` of the current ISA
+    and vendor) and without ``triton`` in the automatic order (the Triton step has run under the
+    interpreter only, not yet on a GPU; ``backend="triton"`` / ``PYSCOREPEN_BACKEND=triton`` still select it)."""
     skip: tuple[str, ...] = ("triton",)
     if not obs.is_cuda:
         isa = _backend.cpu_isa()
-        limit = MAX_CPP_ROWS.get(isa, MAX_CPP_ROWS["generic"]) if isa is not None else None
+        limit = max_cpp_rows(isa) if isa is not None else None
         if limit is not None and (obs.shape[0] if rows is None else rows) > limit:
             skip = (*skip, "cpp")
     return _backend.resolve_backend("sac_update", obs, backend, auto_skip=skip)
