@@ -21,8 +21,10 @@ namespace pyscorepen {
 // no ISA dispatch), the ragged edges element by element; other CPUs take the element loop.
 // Measured on the dynamics fit's backward (7 x [200, 200] per layer, AMD EPYC Zen 5, 1 thread):
 // the element loop was 8-12 % of the backward's time (perf), the 4 x 4 blocks ~4x faster.
-inline void transpose_tiles(const float* src, int64_t rows, int64_t cols, float* dst) {
+// `ld_dst`: distance between dst's rows (default rows, contiguous).
+inline void transpose_tiles(const float* src, int64_t rows, int64_t cols, float* dst, int64_t ld_dst = -1) {
   constexpr int64_t kTile = 16;
+  if (ld_dst < 0) ld_dst = rows;
   for (int64_t i0 = 0; i0 < rows; i0 += kTile)
     for (int64_t j0 = 0; j0 < cols; j0 += kTile) {
       const int64_t i1 = std::min(rows, i0 + kTile), j1 = std::min(cols, j0 + kTile);
@@ -35,15 +37,15 @@ inline void transpose_tiles(const float* src, int64_t rows, int64_t cols, float*
           __m128 r0 = _mm_loadu_ps(src + i * cols + j), r1 = _mm_loadu_ps(src + (i + 1) * cols + j);
           __m128 r2 = _mm_loadu_ps(src + (i + 2) * cols + j), r3 = _mm_loadu_ps(src + (i + 3) * cols + j);
           _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-          _mm_storeu_ps(dst + j * rows + i, r0);
-          _mm_storeu_ps(dst + (j + 1) * rows + i, r1);
-          _mm_storeu_ps(dst + (j + 2) * rows + i, r2);
-          _mm_storeu_ps(dst + (j + 3) * rows + i, r3);
+          _mm_storeu_ps(dst + j * ld_dst + i, r0);
+          _mm_storeu_ps(dst + (j + 1) * ld_dst + i, r1);
+          _mm_storeu_ps(dst + (j + 2) * ld_dst + i, r2);
+          _mm_storeu_ps(dst + (j + 3) * ld_dst + i, r3);
         }
 #endif
       // the rest of the tile: rows [i4, i1) of every column, columns [j4, j1) of the block rows
       for (int64_t j = j0; j < j1; ++j)
-        for (int64_t i = (j < j4 ? i4 : i0); i < i1; ++i) dst[j * rows + i] = src[i * cols + j];
+        for (int64_t i = (j < j4 ? i4 : i0); i < i1; ++i) dst[j * ld_dst + i] = src[i * cols + j];
     }
 }
 

@@ -279,6 +279,42 @@ def test_opcheck_every_isa_and_padded_saved_buffers(cpu_isa):
     assert torch.count_nonzero(h[:, :, 19:]) == 0
 
 
+@pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
+@pytest.mark.parametrize("cpu_isa", cpp_isa_params("ensemble_mlp"), indirect=True)
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+@pytest.mark.parametrize("batch", [29, 300])
+def test_saved_buffers_skewed_leading_dimension(cpu_isa, activation, batch):
+    """Widths whose 16-column padding is a multiple of 128 floats get 16 more (saved_width, the C++
+    padded_cols): the forward writes zeros there (and in the SiLU derivative buffers), the fake
+    kernel agrees on the shape, and the forward and backward through the skewed buffers (and, from
+    256 rows, the forward's skewed copy of W and the backward's skewed W^T) match the reference."""
+    from pyscorepen.ops.ensemble_mlp import saved_width
+    assert [saved_width(w) for w in (1, 19, 120, 128, 200, 256, 384)] == [16, 32, 144, 144, 208, 272, 400]
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, batch, 9, generator=gen, requires_grad=True)
+    weights = [(torch.randn(2, i, o, generator=gen) / i**0.5).requires_grad_() for i, o in ((9, 128), (128, 256), (256, 3))]
+    biases = [torch.randn(2, o, generator=gen, requires_grad=True) for o in (128, 256, 3)]
+    out, saved = torch.ops.pyscorepen.ensemble_mlp_forward(x.detach(), [w.detach() for w in weights],
+                                                           [b.detach() for b in biases], activation)
+    rows = (batch + 23) // 24 * 24
+    assert [tuple(t.shape) for t in saved[:2]] == [(2, rows, 144), (2, rows, 272)]
+    for t, width in zip(saved, [128, 256] * 2):
+        assert torch.count_nonzero(t[:, :, width:]) == 0
+    mode = torch._subclasses.FakeTensorMode()
+    fake_args = [mode.from_tensor(x.detach()), [mode.from_tensor(w.detach()) for w in weights],
+                 [mode.from_tensor(b.detach()) for b in biases]]
+    with mode:
+        fake = torch.ops.pyscorepen.ensemble_mlp_forward(*fake_args, activation)
+    assert [t.shape for t in fake[1]] == [t.shape for t in saved]
+    got = ensemble_mlp(x, weights, biases, activation, backend="cpp")
+    grads_got = torch.autograd.grad(got.square().sum(), [x, *weights, *biases])
+    want = ensemble_mlp_ref(x, weights, biases, activation)
+    grads_want = torch.autograd.grad(want.square().sum(), [x, *weights, *biases])
+    torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
+    for a, b in zip(grads_got, grads_want):
+        torch.testing.assert_close(a, b, rtol=GRAD_RTOL, atol=GRAD_ATOL)
+
+
 def test_torch_compile_fullgraph_aot_eager():
     """Dynamo + fake kernels + AOT autograd see the op (forward and backward)."""
     x, weights, biases = make_inputs(37, (7, 19, 3), 2)

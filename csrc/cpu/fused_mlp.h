@@ -86,8 +86,9 @@ struct SoftValueArgs {
 // Training of an ensemble MLP (pyscorepen/ops/ensemble_mlp.py): forward keeping the hidden
 // activations, and the backward in three phases (dz chain per row block, weight/bias gradients
 // per column block, input gradient per row block). Every row count is padded to kRowPad; every
-// activation buffer is [E, batch_pad, ld[l]] with ld[l] = dims[l + 1] rounded up to 16 (pad
-// columns are written as zeros, pad rows hold the values of zero input rows / zero gradients).
+// activation buffer is [E, batch_pad, ld[l]] with ld[l] = dims[l + 1] rounded up to 16, skewed by
+// 16 more where that is a multiple of 128 (padded_cols in csrc/pyscorepen.cpp; pad columns are
+// written as zeros, pad rows hold the values of zero input rows / zero gradients).
 struct EnsembleTrainArgs {
   int64_t members = 0;                  // E
   int64_t batch_pad = 0;                // rows, a multiple of kRowPad
@@ -100,7 +101,9 @@ struct EnsembleTrainArgs {
   float* z[kMaxLayers] = {};            // saved silu'(z_l) (SiLU only), l < L - 1
   float* out = nullptr;                 // [E, B_pad, ld[L - 1]] forward output
   // backward
-  const float* wt[kMaxLayers] = {};     // W_l^T per member: [E, dims[l + 1], dims[l]]
+  const float* wt[kMaxLayers] = {};     // W_l^T per member: [E, dims[l + 1], ld_wt[l]]
+  int64_t ld_wt[kMaxLayers] = {};       // dims[l], skewed by 16 where it is a multiple of 128
+  int64_t ld_w[kMaxLayers] = {};        // W_l as the forward reads it: [E, dims[l], ld_w[l]] (0: dims[l + 1])
   float* dz[kMaxLayers] = {};           // dz_l [E, B_pad, ld[l]]; dz[L - 1] = padded grad_out (input)
   float* grad_x = nullptr;              // [B_pad, ld_gx] shared, or [E, B_pad, ld_gx]; nullptr: not needed
   int64_t ld_gx = 0;

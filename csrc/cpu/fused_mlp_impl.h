@@ -627,8 +627,8 @@ void train_column_block(const float* a, int64_t lda, int64_t rows, int64_t k_dim
 }
 
 // C[rows, n] = epi(init + A @ W) for the column blocks [block_begin, block_end) (balanced blocks
-// of at most kMaxVectors vectors, as dense_layer). `padded_store`: C has room up to the next
-// multiple of 16 columns and gets zeros there.
+// of at most kMaxVectors vectors, as dense_layer). `padded_store`: C's rows are ldc wide (a
+// multiple of 16 columns) and get zeros past n.
 template <class V, Epi EPI, Init INIT, bool TRANS_A>
 void train_layer(const float* a, int64_t lda, int64_t rows, int64_t k_dim, const float* w, int64_t ldw, int64_t n,
                  const float* bias, float* c, int64_t ldc, float* pre, const float* aux, bool padded_store,
@@ -651,13 +651,15 @@ void train_layer(const float* a, int64_t lda, int64_t rows, int64_t k_dim, const
     else
       run(Bool<false>{});
   });
-  // Columns between the last vector and the 16-column padding (8-lane ISAs): zeros.
-  const int64_t written = column_split<V>(n).n_vec * V::kWidth, padded = (n + 15) / 16 * 16;
-  if (padded_store && written < padded && block_end >= column_split<V>(n).n_blocks) {
+  // Columns between the last vector and the buffer's leading dimension (the 16-column padding on
+  // 8-lane ISAs, and the skew of padded_cols in csrc/pyscorepen.cpp): zeros. Both ends are
+  // multiples of kWidth.
+  const int64_t written = column_split<V>(n).n_vec * V::kWidth;
+  if (padded_store && written < ldc && block_end >= column_split<V>(n).n_blocks) {
     for (int64_t r = 0; r < rows; ++r)
-      for (int64_t j = written; j < padded; ++j) {
-        c[r * ldc + j] = 0.0f;
-        if (pre != nullptr) pre[r * ldc + j] = 0.0f;
+      for (int64_t j = written; j < ldc; j += V::kWidth) {
+        V::storeu(c + r * ldc + j, V::zero());
+        if (pre != nullptr) V::storeu(pre + r * ldc + j, V::zero());
       }
   }
 }
@@ -674,24 +676,25 @@ void ensemble_forward_rows(const EnsembleTrainArgs& args, int64_t member, int64_
   int64_t ld_in = args.ld_x;
   for (int l = 0; l < mlp.n_layers; ++l) {
     const int64_t k_dim = mlp.dims[l], n = mlp.dims[l + 1], ld = args.ld[l];
-    const float* w = mlp.w[l] + member * k_dim * n;   // [k, n]
-    const float* b = mlp.b[l] + member * n;           // [n]
+    const int64_t ld_w = args.ld_w[l] ? args.ld_w[l] : n;
+    const float* w = mlp.w[l] + member * k_dim * ld_w;   // [k, n]
+    const float* b = mlp.b[l] + member * n;              // [n]
     const int64_t offset = (member * B + row_begin) * ld;
     if (l + 1 == mlp.n_layers) {
       float* c = args.out + offset;
       if (n == 1)
         dot_column<V, Act::kNone>(in, ld_in, rows, k_dim, w, b, c, ld);
       else
-        train_layer<V, Epi::kNone, Init::kBias, false>(in, ld_in, rows, k_dim, w, n, n, b, c, ld, nullptr, nullptr,
-                                                       true, 0, INT64_MAX);
+        train_layer<V, Epi::kNone, Init::kBias, false>(in, ld_in, rows, k_dim, w, ld_w, n, b, c, ld, nullptr,
+                                                       nullptr, true, 0, INT64_MAX);
       break;
     }
     float* c = args.h[l] + offset;
     if (mlp.hidden == Activation::kSilu)
-      train_layer<V, Epi::kSilu, Init::kBias, false>(in, ld_in, rows, k_dim, w, n, n, b, c, ld, args.z[l] + offset,
-                                                     nullptr, true, 0, INT64_MAX);
+      train_layer<V, Epi::kSilu, Init::kBias, false>(in, ld_in, rows, k_dim, w, ld_w, n, b, c, ld,
+                                                     args.z[l] + offset, nullptr, true, 0, INT64_MAX);
     else
-      train_layer<V, Epi::kRelu, Init::kBias, false>(in, ld_in, rows, k_dim, w, n, n, b, c, ld, nullptr, nullptr,
+      train_layer<V, Epi::kRelu, Init::kBias, false>(in, ld_in, rows, k_dim, w, ld_w, n, b, c, ld, nullptr, nullptr,
                                                      true, 0, INT64_MAX);
     in = c;
     ld_in = ld;
@@ -706,15 +709,16 @@ void ensemble_backward_dz_rows(const EnsembleTrainArgs& args, int64_t member, in
     // dz_{l-1} = (dz_l W_l^T) * act'(z_{l-1}):  [rows, n_l] x [n_l, n_{l-1}]
     const int64_t k_dim = mlp.dims[l + 1], n = mlp.dims[l];
     const float* a = args.dz[l] + (member * B + row_begin) * args.ld[l];
-    const float* wt = args.wt[l] + member * k_dim * n;                 // [n_l, n_{l-1}]
+    const int64_t ld_wt = args.ld_wt[l];
+    const float* wt = args.wt[l] + member * k_dim * ld_wt;             // [n_l, n_{l-1}]
     const int64_t offset = (member * B + row_begin) * args.ld[l - 1];
     float* c = args.dz[l - 1] + offset;
     if (mlp.hidden == Activation::kSilu)
-      train_layer<V, Epi::kSiluGrad, Init::kZero, false>(a, args.ld[l], rows, k_dim, wt, n, n, nullptr, c,
+      train_layer<V, Epi::kSiluGrad, Init::kZero, false>(a, args.ld[l], rows, k_dim, wt, ld_wt, n, nullptr, c,
                                                          args.ld[l - 1], nullptr, args.z[l - 1] + offset, true, 0,
                                                          INT64_MAX);
     else
-      train_layer<V, Epi::kReluGrad, Init::kZero, false>(a, args.ld[l], rows, k_dim, wt, n, n, nullptr, c,
+      train_layer<V, Epi::kReluGrad, Init::kZero, false>(a, args.ld[l], rows, k_dim, wt, ld_wt, n, nullptr, c,
                                                          args.ld[l - 1], nullptr, args.h[l - 1] + offset, true, 0,
                                                          INT64_MAX);
   }
@@ -820,13 +824,13 @@ void ensemble_backward_grad_x_rows(const EnsembleTrainArgs& args, int64_t member
   float* c = args.grad_x + ((args.x_shared ? 0 : member * B) + row_begin) * args.ld_gx;
   for (int64_t e = first; e < last; ++e) {
     const float* a = args.dz[0] + (e * B + row_begin) * args.ld[0];
-    const float* wt = args.wt[0] + e * k_dim * n;   // [n_1, in]
+    const float* wt = args.wt[0] + e * k_dim * args.ld_wt[0];   // [n_1, in]
     if (e == first)
-      train_layer<V, Epi::kNone, Init::kZero, false>(a, args.ld[0], rows, k_dim, wt, n, n, nullptr, c, args.ld_gx,
-                                                     nullptr, nullptr, true, 0, INT64_MAX);
+      train_layer<V, Epi::kNone, Init::kZero, false>(a, args.ld[0], rows, k_dim, wt, args.ld_wt[0], n, nullptr, c,
+                                                     args.ld_gx, nullptr, nullptr, true, 0, INT64_MAX);
     else
-      train_layer<V, Epi::kNone, Init::kLoad, false>(a, args.ld[0], rows, k_dim, wt, n, n, nullptr, c, args.ld_gx,
-                                                     nullptr, nullptr, true, 0, INT64_MAX);
+      train_layer<V, Epi::kNone, Init::kLoad, false>(a, args.ld[0], rows, k_dim, wt, args.ld_wt[0], n, nullptr, c,
+                                                     args.ld_gx, nullptr, nullptr, true, 0, INT64_MAX);
   }
 }
 

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from pyscorepen.ops.dynamics_fit_step import dynamics_fit_step_ref
-from pyscorepen.ops.ensemble_mlp import ACTIVATIONS, COL_PAD, ROW_PAD
+from pyscorepen.ops.ensemble_mlp import ACTIVATIONS, ROW_PAD, saved_width
 from pyscorepen.ops.rollout_step import rollout_step_ref
 from pyscorepen.ops.sac_update import sac_update_ref
 from pyscorepen.ops.score_penalty import score_penalty_ref
@@ -158,7 +158,7 @@ def _padded_rows(batch):
 def _saved_buffer(t: Tensor) -> Tensor:
     """[E, B, n] -> zero-padded [E, B_pad, ld] in the layout of the ensemble_mlp_forward ``saved`` outputs."""
     members, batch, width = t.shape
-    out = t.new_zeros(members, _padded_rows(batch), (width + COL_PAD - 1) // COL_PAD * COL_PAD)
+    out = t.new_zeros(members, _padded_rows(batch), saved_width(width))
     out[:, :batch, :width] = t
     return out
 
@@ -273,7 +273,7 @@ def _ensemble_mlp_forward_fake(x, weights, biases, activation):
     torch._check(x.dim() in (2, 3) and len(weights) >= 1)
     members, batch = weights[0].shape[0], x.shape[-2]
     batch_pad = _padded_rows(batch)
-    saved = [x.new_empty(members, batch_pad, (w.shape[2] + COL_PAD - 1) // COL_PAD * COL_PAD) for w in weights[:-1]]
+    saved = [x.new_empty(members, batch_pad, saved_width(w.shape[2])) for w in weights[:-1]]
     if activation == "silu":
         saved = saved + [s.new_empty(s.shape) for s in saved]
     return x.new_empty(members, batch, weights[-1].shape[2]), saved

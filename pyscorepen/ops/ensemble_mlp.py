@@ -41,6 +41,16 @@ ACTIVATIONS = {"relu": F.relu, "silu": F.silu}
 ROW_PAD, COL_PAD = 24, 16  # saved activations: rows padded to ROW_PAD, leading dimension to COL_PAD
 
 
+def saved_width(width: int) -> int:
+    """Leading dimension of a saved activation buffer of a layer with ``width`` outputs (the C++
+    ``padded_cols``): ``width`` rounded up to COL_PAD, plus COL_PAD more where that is a multiple of
+    128 floats. Rows 512 B / 1 KB apart would put a column block's lines into 8 / 4 of the 64 L1
+    sets in the kernels' k loops (csrc/pyscorepen.cpp ``skewed_ld``: the backward of the 256-wide
+    critics ran 1.09-1.10x faster with it on a Zen 3; benches/README.md, session 12)."""
+    rounded = (width + COL_PAD - 1) // COL_PAD * COL_PAD
+    return rounded + COL_PAD if rounded % 128 == 0 else rounded
+
+
 def ensemble_mlp_ref(x: Tensor, weights: list[Tensor], biases: list[Tensor], activation: str) -> Tensor:
     """Plain autograd through :func:`pyscorepen.ops.rollout_step.ensemble_mlp_ref`.
 
