@@ -166,6 +166,16 @@ CPP_MIN_ROWS: dict[str, dict[str, int]] = {
 # wall clock): ref 18.4 ms, cpp 13.5 ms on 1 thread (1.37x); 11.2 vs 8.3 ms on 2 threads.
 # The Zen 4 figures in the comment above (ensemble SiLU 256: 0.95) predate the current ensemble
 # kernels (the 256-row weight-gradient slabs) and were not re-measured: no Zen 4 this session.
+#
+# Checked on a native AVX2-only Zen 3 (AMD EPYC family 25 model 1; session 12, 2026-12-03, idle,
+# `python benches/cpu_policy.py --rounds 7`, thread CPU time, best rounds; batch: ref/cpp):
+#   rollout_step        avx2    1: 0.63  16: 1.49  64: 1.32  256: 1.22  4096: 2.02
+#   score_penalty       avx2    1: 0.47  16: 1.21  64: 1.04  256: 1.01  4096: 1.30  50k: 1.88
+#                               (--rounds 15: 16: 1.22  64: 1.14  256: 1.10  4096: 1.19  50k: 2.11)
+#   soft_value          avx2    1: 1.81  16: 2.28  64: 1.71  256: 1.34  12150: 1.90
+# and, as medians of 15-25 paired rounds after the row skew of the training operands (skewed_ld in
+# csrc/pyscorepen.cpp): ensemble_mlp/relu 32: 0.92  64: 1.08  128: 1.07  256: 1.15  3840: 1.55;
+# ensemble_mlp/silu 128: 0.96  256: 1.03  1024: 1.15. Every AVX2 threshold below holds there.
 CPP_MIN_ROWS_BY_VENDOR: dict[str, dict[str, dict[str, int]]] = {
     "amd": {
         "rollout_step": {"avx512": 16, "avx2": 16},
