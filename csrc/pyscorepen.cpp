@@ -122,6 +122,36 @@ void check_cpu_f32(const Tensor& t, const char* name) {
   TORCH_CHECK(t.scalar_type() == at::kFloat, "pyscorepen: ", name, " must be float32, got ", t.scalar_type());
 }
 
+// Row skew of the kernels' operands. A tile walks its k loop down a column block of a
+// row-major operand (W in the forward, W^T in the dz chain and grad_x, dz and h^T in the weight
+// gradient; W in the inference ops' dense layers too). With rows 512 B or 1 KB apart (widths that
+// are multiples of 128 floats: the critics', actor's and score net's 256) those lines fall into 8 or 4 of the 64 L1 sets, so the block cannot stay in L1
+// and every row tile re-reads it from L2. 16 more floats per row spread it over all the sets.
+// Measured on an AVX2-only AMD EPYC Zen 3 (session 12, critics E = 2, [23, 256, 256, 1], 1 thread,
+// paired in one process, the layouts switched per round, medians of 30-60 rounds), time without /
+// with the skew: backward 1.09x (B = 3 840) and 1.10x (B = 256); forward with the skewed copy of W
+// 1.06x (3 840) and 1.03x (256, the copy included), 0.96-0.98x with the skewed buffers alone.
+int64_t skewed_ld(int64_t n) { return n % 128 == 0 ? n + 16 : n; }
+
+// The training forward reads a skewed copy of W_l [E, in, out] from this many rows per member on
+// (below, the copy costs more than the skew saves: a [256, 256] copy is ~the work of ~10 rows).
+constexpr int64_t kSkewedWeightMinRows = 256;
+
+// The inference ops (rollout_step, score_penalty, soft_value) read skewed copies of their
+// weights from this many rows per torch thread on: the copy is made once per call, before the
+// rows are split among the threads. Measured on an AVX2-only AMD EPYC Zen 3 (session 13, paired in
+// one process, medians of 8-10 rounds, time without / with the copies): soft_value 1 thread
+// 0.91x (64 rows), ~1.0x (128), 1.05-1.08x (256), 1.05-1.08x (4 096), 1.12x (50k); 2 threads
+// 0.93-0.94x (256), 0.98x (512), 1.03x (1 024), 1.09-1.10x (12 150, MOBILE's penalty);
+// score_penalty alike (1.14-1.15x at 50k, 1 thread); rollout_step 1.01x (its 200-wide ensemble
+// is not skewed, only the score net).
+constexpr int64_t kSkewedInferenceRowsPerThread = 384;
+
+bool skew_inference_weights(int64_t batch) {
+  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  return batch >= kSkewedInferenceRowsPerThread * threads;
+}
+
 // Fills `desc` from weights[l] ([E, in, out] when `members` > 0, else [in, out]) and biases[l];
 // hidden layers apply `hidden`. The contiguous copies are kept alive in `keep`.
 void describe_mlp(at::TensorList weights, at::TensorList biases, int64_t members, int64_t in_dim,
@@ -154,6 +184,24 @@ void describe_mlp(at::TensorList weights, at::TensorList biases, int64_t members
     desc.w[l] = keep[keep.size() - 2].data_ptr<float>();
     desc.b[l] = keep.back().data_ptr<float>();
     desc.dims[l + 1] = w.size(-1);
+  }
+}
+
+// Points desc's layers whose width skewed_ld widens at skewed copies of their weights
+// ([E, in, ld_w] or [in, ld_w], the extra columns zero, kept alive in `keep`). Call after
+// describe_mlp; worth it only where enough rows pass through each weight (see the callers).
+void skew_weights(at::TensorList weights, cpu::MlpDesc& desc, std::vector<Tensor>& keep) {
+  for (int l = 0; l < desc.n_layers; ++l) {
+    const int64_t n = desc.dims[l + 1], ld_w = skewed_ld(n);
+    if (ld_w == n) continue;
+    std::vector<int64_t> shape(weights[l].sizes().begin(), weights[l].sizes().end());
+    shape.back() = ld_w;
+    Tensor w = at::empty(shape, weights[l].options());
+    w.narrow(-1, 0, n).copy_(weights[l]);
+    w.narrow(-1, n, ld_w - n).zero_();
+    keep.push_back(w);
+    desc.w[l] = w.data_ptr<float>();
+    desc.ld_w[l] = ld_w;
   }
 }
 
@@ -340,6 +388,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rollout_step_cpu(
   Tensor obs_c = obs.contiguous(), actions_c = actions.contiguous(), mean_c = input_mean.contiguous(),
          std_c = input_std.contiguous(), max_c = max_logvar.contiguous(), min_c = min_logvar.contiguous(),
          index_c = member_index.contiguous(), noise_c = noise.contiguous();
+  if (skew_inference_weights(B)) {
+    skew_weights(weights, args.ensemble, keep);
+    skew_weights(score_weights, args.score, keep);
+  }
   args.batch = B;
   args.obs_dim = S;
   args.act_dim = A;
@@ -380,6 +432,7 @@ Tensor score_penalty_cpu(const Tensor& x, at::TensorList weights, at::TensorList
     return out;
   }
   Tensor x_c = x.contiguous();
+  if (skew_inference_weights(B)) skew_weights(weights, args.mlp, keep);
   args.batch = B;
   args.x = x_c.data_ptr<float>();
   args.out = out.data_ptr<float>();
@@ -434,6 +487,10 @@ Tensor soft_value_cpu(const Tensor& obs, const Tensor& noise, at::TensorList act
 
   Tensor obs_c = obs.contiguous(), noise_c = noise.contiguous(), scale_c = action_scale.contiguous(),
          offset_c = action_offset.contiguous();
+  if (skew_inference_weights(B)) {
+    skew_weights(actor_weights, args.actor, keep);
+    skew_weights(critic_weights, args.critic, keep);
+  }
   args.batch = B;
   args.obs_dim = S;
   args.act_dim = A;
@@ -464,24 +521,11 @@ cpu::Activation parse_activation(c10::string_view activation) {
 }
 
 int64_t padded_rows(int64_t batch) { return (std::max<int64_t>(batch, 1) + cpu::kRowPad - 1) / cpu::kRowPad * cpu::kRowPad; }
-// Row skew of the training kernels' operands. A tile walks its k loop down a column block of a
-// row-major operand (W in the forward, W^T in the dz chain and grad_x, dz and h^T in the weight
-// gradient). With rows 512 B or 1 KB apart (widths that are multiples of 128 floats: the critics'
-// and actor's 256) those lines fall into 8 or 4 of the 64 L1 sets, so the block cannot stay in L1
-// and every row tile re-reads it from L2. 16 more floats per row spread it over all the sets.
-// Measured on an AVX2-only AMD EPYC Zen 3 (session 12, critics E = 2, [23, 256, 256, 1], 1 thread,
-// paired in one process, the layouts switched per round, medians of 30-60 rounds), time without /
-// with the skew: backward 1.09x (B = 3 840) and 1.10x (B = 256); forward with the skewed copy of W
-// 1.06x (3 840) and 1.03x (256, the copy included), 0.96-0.98x with the skewed buffers alone.
-int64_t skewed_ld(int64_t n) { return n % 128 == 0 ? n + 16 : n; }
 
 // Leading dimension of an activation buffer with n columns: n rounded up to 16, then skewed
 // (pyscorepen/ops/ensemble_mlp.py: saved_width, the same rule).
 int64_t padded_cols(int64_t n) { return skewed_ld((n + 15) / 16 * 16); }
 
-// The forward reads a skewed copy of W_l [E, in, out] from this many rows per member on (below,
-// the copy costs more than the skew saves: a [256, 256] copy is ~the work of ~10 rows).
-constexpr int64_t kSkewedWeightMinRows = 256;
 
 // Runs fn(task) for task in [0, n_tasks) on the torch threads, pulling tasks from a shared
 // counter (dynamic schedule, see for_each_chunk). Each task writes its own outputs: the
@@ -579,15 +623,7 @@ std::tuple<Tensor, std::vector<Tensor>> ensemble_mlp_forward_cpu(const Tensor& x
   }
   Tensor out_pad = at::empty({E, B_pad, args.ld[L - 1]}, x.options());
   args.out = out_pad.data_ptr<float>();
-  for (int64_t l = 0; l < L && B_pad >= kSkewedWeightMinRows; ++l) {   // skewed copies of W (skewed_ld)
-    const int64_t n = args.mlp.dims[l + 1], ld_w = skewed_ld(n);
-    if (ld_w == n) continue;
-    Tensor w = at::empty({E, args.mlp.dims[l], ld_w}, x.options());
-    w.narrow(2, 0, n).copy_(weights[l]);
-    keep.push_back(w);
-    args.mlp.w[l] = w.data_ptr<float>();
-    args.ld_w[l] = ld_w;
-  }
+  if (B_pad >= kSkewedWeightMinRows) skew_weights(weights, args.mlp, keep);
   const int64_t rows = rows_per_task(B_pad, E, true), blocks = (B_pad + rows - 1) / rows;
   run_tasks(E * blocks, [&](int64_t task) {
     const int64_t member = task / blocks, r0 = (task % blocks) * rows;

@@ -100,6 +100,23 @@ def test_cpp_non_contiguous_and_threads():
 
 
 @pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="C++ extension not built")
+@pytest.mark.parametrize("cpu_isa", cpp_isa_params("rollout_step"), indirect=True)
+def test_cpp_skewed_weight_copies(cpu_isa):
+    """From 384 rows per thread the kernels read copies of the 128- and 256-wide layers' weights
+    with 16 more columns (csrc/pyscorepen.cpp: skew_weights), ensemble members at the skewed
+    stride: 400 rows on 1 thread, 800 on 2."""
+    threads = torch.get_num_threads()
+    try:
+        for n_threads, batch in ((1, 400), (2, 800)):
+            torch.set_num_threads(n_threads)
+            inputs = make_inputs(batch, 11, 3, 3, (256, 128), (128, 256), seed=4)
+            with torch.no_grad():
+                assert_matches_reference(rollout_step(**inputs, backend="cpp"), inputs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="C++ extension not built")
 def test_cpp_rejects_bad_inputs():
     inputs = make_inputs(*CASES["B50-E3-3hidden-odd"])
     with pytest.raises(RuntimeError, match="member_index out of range"):

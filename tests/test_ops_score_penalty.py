@@ -64,6 +64,22 @@ def test_cpp_code_paths(cpu_isa):
 
 
 @pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="C++ extension not built")
+@pytest.mark.parametrize("cpu_isa", cpp_isa_params("score_penalty"), indirect=True)
+def test_cpp_skewed_weight_copies(cpu_isa):
+    """From 384 rows per thread the kernels read copies of the 128- and 256-wide layers' weights
+    with 16 more columns (csrc/pyscorepen.cpp: skew_weights): 400 rows on 1 thread, 800 on 2."""
+    threads = torch.get_num_threads()
+    try:
+        for n_threads, batch in ((1, 400), (2, 800)):
+            torch.set_num_threads(n_threads)
+            inputs = make_inputs(batch, 23, (256, 128, 256), seed=4)
+            torch.testing.assert_close(score_penalty(**inputs, backend="cpp"), score_penalty_ref(**inputs),
+                                       rtol=RTOL, atol=ATOL)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="C++ extension not built")
 def test_cpp_non_contiguous_and_dtype():
     inputs = make_inputs(*CASES["B97-3hidden-odd"])
     inputs["x"] = torch.randn(11, 97).t()                                          # [B, D], strided

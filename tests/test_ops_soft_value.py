@@ -119,6 +119,24 @@ def test_cpp_non_contiguous_and_threads():
 
 
 @pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="C++ extension not built")
+@pytest.mark.parametrize("cpu_isa", cpp_isa_params("soft_value"), indirect=True)
+def test_cpp_skewed_weight_copies(cpu_isa):
+    """From 384 rows per thread the kernels read copies of the 128- and 256-wide layers' weights
+    with 16 more columns (csrc/pyscorepen.cpp: skew_weights): 400 rows on 1 thread and 800 on 2,
+    critic members at the skewed stride, one weight non-contiguous; 300 rows stays unskewed."""
+    threads = torch.get_num_threads()
+    try:
+        for n_threads, batch in ((1, 400), (2, 800), (1, 300)):
+            torch.set_num_threads(n_threads)
+            inputs = make_inputs(batch, 17, 6, 2, (256, 128), seed=4)
+            inputs["critic_weights"][1] = inputs["critic_weights"][1].transpose(1, 2).contiguous().transpose(1, 2)
+            torch.testing.assert_close(soft_value(**inputs, backend="cpp"), soft_value_ref(**inputs),
+                                       rtol=RTOL, atol=ATOL)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="C++ extension not built")
 def test_cpp_dtype_and_bad_inputs():
     inputs64 = make_inputs(*CASES["B97-N1-3hidden-odd"], dtype=torch.float64)
     with pytest.raises(BackendUnavailableError, match="float32"):

@@ -34,6 +34,7 @@ struct MlpDesc {
   int64_t dims[kMaxLayers + 1] = {}; // dims[0] = in, dims[n_layers] = out
   const float* w[kMaxLayers] = {};
   const float* b[kMaxLayers] = {};
+  int64_t ld_w[kMaxLayers] = {};     // leading dimension of W_l: [E, dims[l], ld_w[l]] (0: dims[l + 1])
   Activation hidden = Activation::kSilu;  // dynamics ensemble / score net: SiLU; actor / critics: ReLU
 };
 
@@ -103,7 +104,6 @@ struct EnsembleTrainArgs {
   // backward
   const float* wt[kMaxLayers] = {};     // W_l^T per member: [E, dims[l + 1], ld_wt[l]]
   int64_t ld_wt[kMaxLayers] = {};       // dims[l], skewed by 16 where it is a multiple of 128
-  int64_t ld_w[kMaxLayers] = {};        // W_l as the forward reads it: [E, dims[l], ld_w[l]] (0: dims[l + 1])
   float* dz[kMaxLayers] = {};           // dz_l [E, B_pad, ld[l]]; dz[L - 1] = padded grad_out (input)
   float* grad_x = nullptr;              // [B_pad, ld_gx] shared, or [E, B_pad, ld_gx]; nullptr: not needed
   int64_t ld_gx = 0;

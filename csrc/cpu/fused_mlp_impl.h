@@ -286,25 +286,25 @@ inline void for_column_blocks(int64_t n, int64_t block_begin, int64_t block_end,
 // Loop order: column block outer (its W panel, <= k * W * kMaxVectors * 4 B, stays in L1/L2),
 // row tiles inner (A streams from L2).
 template <class V, Act ACT>
-void dense_layer(const float* a, int64_t lda, int64_t rows, int64_t k_dim, const float* w, int64_t n,
+void dense_layer(const float* a, int64_t lda, int64_t rows, int64_t k_dim, const float* w, int64_t ldw, int64_t n,
                  const float* bias, float* c, int64_t ldc) {
   if (n == 1) {
     dot_column<V, ACT>(a, lda, rows, k_dim, w, bias, c, ldc);
     return;
   }
   for_column_blocks<V>(n, 0, INT64_MAX, [&](auto nv_tag, int64_t col, int64_t, typename V::Mask mask, bool tail) {
-    column_block<V, decltype(nv_tag)::value, ACT>(a, lda, rows, k_dim, w + col, n, bias + col, c + col, ldc, mask,
+    column_block<V, decltype(nv_tag)::value, ACT>(a, lda, rows, k_dim, w + col, ldw, bias + col, c + col, ldc, mask,
                                                   tail);
   });
 }
 
 template <class V>
-void dense_layer(const float* a, int64_t lda, int64_t rows, int64_t k_dim, const float* w, int64_t n,
+void dense_layer(const float* a, int64_t lda, int64_t rows, int64_t k_dim, const float* w, int64_t ldw, int64_t n,
                  const float* bias, float* c, int64_t ldc, Activation act) {
   switch (act) {
-    case Activation::kSilu: dense_layer<V, Act::kSilu>(a, lda, rows, k_dim, w, n, bias, c, ldc); break;
-    case Activation::kRelu: dense_layer<V, Act::kRelu>(a, lda, rows, k_dim, w, n, bias, c, ldc); break;
-    default: dense_layer<V, Act::kNone>(a, lda, rows, k_dim, w, n, bias, c, ldc); break;
+    case Activation::kSilu: dense_layer<V, Act::kSilu>(a, lda, rows, k_dim, w, ldw, n, bias, c, ldc); break;
+    case Activation::kRelu: dense_layer<V, Act::kRelu>(a, lda, rows, k_dim, w, ldw, n, bias, c, ldc); break;
+    default: dense_layer<V, Act::kNone>(a, lda, rows, k_dim, w, ldw, n, bias, c, ldc); break;
   }
 }
 
@@ -318,10 +318,10 @@ const float* run_mlp(const MlpDesc& mlp, int64_t member, const float* x, int64_t
   int64_t ld_in = ld_x;
   float* out = h0;
   for (int l = 0; l < mlp.n_layers; ++l) {
-    int64_t k_dim = mlp.dims[l], n = mlp.dims[l + 1];
-    const float* w = mlp.w[l] + member * k_dim * n;  // [k, n]
-    const float* b = mlp.b[l] + member * n;          // [n]
-    dense_layer<V>(in, ld_in, rows, k_dim, w, n, b, out, ld_h,
+    const int64_t k_dim = mlp.dims[l], n = mlp.dims[l + 1], ld_w = mlp.ld_w[l] ? mlp.ld_w[l] : n;
+    const float* w = mlp.w[l] + member * k_dim * ld_w;  // [k, n] (row stride ld_w)
+    const float* b = mlp.b[l] + member * n;             // [n]
+    dense_layer<V>(in, ld_in, rows, k_dim, w, ld_w, n, b, out, ld_h,
                    l + 1 != mlp.n_layers ? mlp.hidden : Activation::kNone);
     in = out;
     ld_in = ld_h;
@@ -676,7 +676,7 @@ void ensemble_forward_rows(const EnsembleTrainArgs& args, int64_t member, int64_
   int64_t ld_in = args.ld_x;
   for (int l = 0; l < mlp.n_layers; ++l) {
     const int64_t k_dim = mlp.dims[l], n = mlp.dims[l + 1], ld = args.ld[l];
-    const int64_t ld_w = args.ld_w[l] ? args.ld_w[l] : n;
+    const int64_t ld_w = mlp.ld_w[l] ? mlp.ld_w[l] : n;
     const float* w = mlp.w[l] + member * k_dim * ld_w;   // [k, n]
     const float* b = mlp.b[l] + member * n;              // [n]
     const int64_t offset = (member * B + row_begin) * ld;
