@@ -216,27 +216,30 @@ bool has_empty_layer(const cpu::MlpDesc& desc) {
 // worker per thread pulls chunks from a shared counter (dynamic schedule: the machine may be
 // shared, and a static split waits for the slowest, possibly descheduled, thread). Chunks
 // hold ~chunk_rows() rows, but with several threads there are >= 4 per thread when the batch
-// allows (>= 48 rows each), so a stalled thread costs at most one small chunk. Chunk rows
-// are a multiple of kRowPad (no padding waste except in the last chunk).
+// allows (>= 48 rows each), so a stalled thread costs at most one small chunk. The chunk count
+// is a multiple of the thread count and the chunks' kRowPad-row tiles differ by at most one, so
+// an undisturbed run ends with the threads' shares within a tile of each other (before, 12 150
+// rows on 2 threads were 13 chunks of 936: one thread did 7, the other 6; balancing them made
+// MOBILE's soft_value 1.05-1.06x faster, paired, on a Zen 3). Only the last chunk has a row tail.
 template <class LayoutFn, class Body>
 void for_each_chunk(int64_t batch, LayoutFn layout_of, Body body) {
   if (batch == 0) return;
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-  const int64_t desired_chunks = std::max((batch + chunk_rows() - 1) / chunk_rows(), threads > 1 ? 4 * threads : 1);
-  int64_t rows_per_chunk = (batch + desired_chunks - 1) / desired_chunks;
-  rows_per_chunk = std::max<int64_t>(2 * cpu::kRowPad, (rows_per_chunk + cpu::kRowPad - 1) / cpu::kRowPad * cpu::kRowPad);
-  rows_per_chunk = std::min(rows_per_chunk, batch);
-  const int64_t n_chunks = (batch + rows_per_chunk - 1) / rows_per_chunk;
+  const int64_t tiles = (batch + cpu::kRowPad - 1) / cpu::kRowPad;
+  int64_t n_chunks = std::max((batch + chunk_rows() - 1) / chunk_rows(), threads > 1 ? 4 * threads : 1);
+  n_chunks = (n_chunks + threads - 1) / threads * threads;
+  n_chunks = std::max<int64_t>(1, std::min(n_chunks, tiles / 2));   // >= 2 tiles per chunk
   const int64_t workers = std::min(threads, n_chunks);
-  const int64_t scratch_floats = layout_of(rows_per_chunk).total;
+  const int64_t scratch_floats = layout_of((tiles + n_chunks - 1) / n_chunks * cpu::kRowPad).total;
   std::atomic<int64_t> next_chunk{0};
   at::parallel_for(0, workers, 1, [&](int64_t worker_begin, int64_t worker_end) {
     for (int64_t worker = worker_begin; worker < worker_end; ++worker) {
       Tensor scratch = at::empty({scratch_floats}, at::TensorOptions().dtype(at::kFloat));
       float* scratch_ptr = scratch.data_ptr<float>();
       for (int64_t chunk = next_chunk++; chunk < n_chunks; chunk = next_chunk++) {
-        const int64_t row_begin = chunk * rows_per_chunk;
-        body(row_begin, std::min(batch, row_begin + rows_per_chunk), scratch_ptr);
+        const int64_t row_begin = chunk * tiles / n_chunks * cpu::kRowPad;
+        const int64_t row_end = std::min(batch, (chunk + 1) * tiles / n_chunks * cpu::kRowPad);
+        body(row_begin, row_end, scratch_ptr);
       }
     }
   });

@@ -80,6 +80,24 @@ def test_cpp_skewed_weight_copies(cpu_isa):
 
 
 @pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="C++ extension not built")
+@pytest.mark.parametrize("cpu_isa", cpp_isa_params("score_penalty"), indirect=True)
+def test_cpp_chunk_split_covers_every_row(cpu_isa):
+    """The inference ops' row split (csrc/pyscorepen.cpp: for_each_chunk): chunk counts rounded
+    to the thread count, tiles of 24 rows shared out evenly, a tail only in the last chunk. Every
+    row of batches around the tile and chunk boundaries is computed once and right, on 1-3 threads."""
+    threads = torch.get_num_threads()
+    try:
+        for n_threads in (1, 2, 3):
+            torch.set_num_threads(n_threads)
+            for batch in (1, 23, 24, 25, 47, 48, 49, 97, 193, 961, 1919, 2881, 12150):
+                inputs = make_inputs(batch, 6, (16,), seed=batch)
+                torch.testing.assert_close(score_penalty(**inputs, backend="cpp"), score_penalty_ref(**inputs),
+                                           rtol=RTOL, atol=ATOL, msg=lambda m: f"{n_threads} threads, B={batch}: {m}")
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="C++ extension not built")
 def test_cpp_non_contiguous_and_dtype():
     inputs = make_inputs(*CASES["B97-3hidden-odd"])
     inputs["x"] = torch.randn(11, 97).t()                                          # [B, D], strided
