@@ -228,7 +228,8 @@ void for_each_chunk(int64_t batch, LayoutFn layout_of, Body body) {
   const int64_t tiles = (batch + cpu::kRowPad - 1) / cpu::kRowPad;
   int64_t n_chunks = std::max((batch + chunk_rows() - 1) / chunk_rows(), threads > 1 ? 4 * threads : 1);
   n_chunks = (n_chunks + threads - 1) / threads * threads;
-  n_chunks = std::max<int64_t>(1, std::min(n_chunks, tiles / 2));   // >= 2 tiles per chunk
+  const int64_t max_chunks = std::max<int64_t>(1, tiles / 2);   // >= 2 tiles per chunk
+  if (n_chunks > max_chunks) n_chunks = max_chunks >= threads ? max_chunks / threads * threads : max_chunks;
   const int64_t workers = std::min(threads, n_chunks);
   const int64_t scratch_floats = layout_of((tiles + n_chunks - 1) / n_chunks * cpu::kRowPad).total;
   std::atomic<int64_t> next_chunk{0};
