@@ -207,10 +207,7 @@ MAX_CPP_ROWS_BY_VENDOR: dict[str, dict[str, int | None]] = {"amd": {"avx512": No
 def max_cpp_rows(isa: str) -> int | None:
     """The automatic policy's batch limit for the fused op on ``isa`` and this CPU's vendor
     (:data:`MAX_CPP_ROWS_BY_VENDOR`, else :data:`MAX_CPP_ROWS`; an unmeasured ISA: "generic")."""
-    by_vendor = MAX_CPP_ROWS_BY_VENDOR.get(_backend.cpu_vendor(), {})
-    if isa in by_vendor:
-        return by_vendor[isa]
-    return MAX_CPP_ROWS.get(isa, MAX_CPP_ROWS["generic"])
+    return _backend.per_vendor(isa, MAX_CPP_ROWS_BY_VENDOR, MAX_CPP_ROWS, MAX_CPP_ROWS["generic"])
 
 
 def resolve(obs: Tensor, backend: str | None = None, rows: int | None = None) -> str:
