@@ -82,9 +82,10 @@ def test_cpp_skewed_weight_copies(cpu_isa):
 @pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="C++ extension not built")
 @pytest.mark.parametrize("cpu_isa", cpp_isa_params("score_penalty"), indirect=True)
 def test_cpp_chunk_split_covers_every_row(cpu_isa):
-    """The inference ops' row split (csrc/pyscorepen.cpp: for_each_chunk): chunk counts rounded
-    to the thread count, tiles of 24 rows shared out evenly, a tail only in the last chunk. Every
-    row of batches around the tile and chunk boundaries is computed once and right, on 1-3 threads."""
+    """The inference ops' row split (csrc/pyscorepen.cpp: for_each_chunk): fixed-size chunks, or
+    (12 150 rows on 2 and 3 threads) a chunk count rounded to the threads with the 24-row tiles
+    shared out evenly; a tail only in the last chunk. Every row of batches around the tile and
+    chunk boundaries is computed once and right, on 1-3 threads."""
     threads = torch.get_num_threads()
     try:
         for n_threads in (1, 2, 3):
