@@ -15,7 +15,7 @@ import torch
 
 import pyscorepen.ops as ops
 from pyscorepen.ops import BackendUnavailableError, RolloutStepOut, rollout_step, rollout_step_ref
-from tests.isa_params import backend_isa_params, cpp_isa_params
+from tests.isa_params import backend_isa_params, cpp_isa_params, restored_threads
 
 RTOL, ATOL = 1e-4, 1e-4
 CPU_BACKENDS = [name for name in ("ref", "cpp") if name in ops.available_backends("rollout_step", torch.zeros(1))]
@@ -90,13 +90,10 @@ def test_cpp_non_contiguous_and_threads():
     inputs = make_inputs(*CASES["B333-E7-2hidden-odd"], seed=2)
     inputs["obs"] = torch.randn(inputs["obs"].shape[1], 333).t()                  # [B, S], strided
     inputs["weights"][0] = inputs["weights"][0].transpose(1, 2).contiguous().transpose(1, 2)
-    threads = torch.get_num_threads()
-    try:
-        for n in (1, max(2, threads)):
+    with restored_threads():
+        for n in (1, max(2, torch.get_num_threads())):
             torch.set_num_threads(n)
             assert_matches_reference(rollout_step(**inputs, backend="cpp"), inputs)
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="C++ extension not built")
@@ -105,15 +102,12 @@ def test_cpp_skewed_weight_copies(cpu_isa):
     """From 384 rows per thread the kernels read copies of the 128- and 256-wide layers' weights
     with 16 more columns (csrc/pyscorepen.cpp: skew_weights), ensemble members at the skewed
     stride: 400 rows on 1 thread, 800 on 2."""
-    threads = torch.get_num_threads()
-    try:
+    with restored_threads():
         for n_threads, batch in ((1, 400), (2, 800)):
             torch.set_num_threads(n_threads)
             inputs = make_inputs(batch, 11, 3, 3, (256, 128), (128, 256), seed=4)
             with torch.no_grad():
                 assert_matches_reference(rollout_step(**inputs, backend="cpp"), inputs)
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="C++ extension not built")

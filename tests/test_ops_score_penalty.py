@@ -14,7 +14,7 @@ import torch
 
 import pyscorepen.ops as ops
 from pyscorepen.ops import BackendUnavailableError, score_penalty, score_penalty_ref
-from tests.isa_params import backend_isa_params, cpp_isa_params
+from tests.isa_params import backend_isa_params, cpp_isa_params, restored_threads
 
 RTOL, ATOL = 1e-4, 1e-4
 CPU_BACKENDS = [name for name in ("ref", "cpp") if name in ops.available_backends("score_penalty", torch.zeros(1))]
@@ -68,15 +68,12 @@ def test_cpp_code_paths(cpu_isa):
 def test_cpp_skewed_weight_copies(cpu_isa):
     """From 384 rows per thread the kernels read copies of the 128- and 256-wide layers' weights
     with 16 more columns (csrc/pyscorepen.cpp: skew_weights): 400 rows on 1 thread, 800 on 2."""
-    threads = torch.get_num_threads()
-    try:
+    with restored_threads():
         for n_threads, batch in ((1, 400), (2, 800)):
             torch.set_num_threads(n_threads)
             inputs = make_inputs(batch, 23, (256, 128, 256), seed=4)
             torch.testing.assert_close(score_penalty(**inputs, backend="cpp"), score_penalty_ref(**inputs),
                                        rtol=RTOL, atol=ATOL)
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="C++ extension not built")
@@ -86,16 +83,13 @@ def test_cpp_chunk_split_covers_every_row(cpu_isa):
     (12 150 rows on 2 and 3 threads) a chunk count rounded to the threads with the 24-row tiles
     shared out evenly; a tail only in the last chunk. Every row of batches around the tile and
     chunk boundaries is computed once and right, on 1-3 threads."""
-    threads = torch.get_num_threads()
-    try:
+    with restored_threads():
         for n_threads in (1, 2, 3):
             torch.set_num_threads(n_threads)
             for batch in (1, 23, 24, 25, 47, 48, 49, 97, 193, 961, 1919, 2881, 12150):
                 inputs = make_inputs(batch, 6, (16,), seed=batch)
                 torch.testing.assert_close(score_penalty(**inputs, backend="cpp"), score_penalty_ref(**inputs),
                                            rtol=RTOL, atol=ATOL, msg=lambda m: f"{n_threads} threads, B={batch}: {m}")
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="C++ extension not built")

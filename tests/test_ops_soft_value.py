@@ -19,7 +19,7 @@ import torch
 import pyscorepen.ops as ops
 from pyscorepen.models.nets import QEnsemble, TanhGaussianActor, mlp_weights
 from pyscorepen.ops import BackendUnavailableError, relu_mlp_ref, soft_value, soft_value_ref
-from tests.isa_params import backend_isa_params, cpp_isa_params
+from tests.isa_params import backend_isa_params, cpp_isa_params, restored_threads
 
 RTOL, ATOL = 1e-4, 1e-4
 CPU_BACKENDS = [name for name in ("ref", "cpp") if name in ops.available_backends("soft_value", torch.zeros(1))]
@@ -108,14 +108,11 @@ def test_cpp_non_contiguous_and_threads():
     inputs["actor_weights"][1] = inputs["actor_weights"][1].t().contiguous().t()
     inputs["critic_weights"][0] = inputs["critic_weights"][0].transpose(1, 2).contiguous().transpose(1, 2)
     inputs["critic_biases"][-1] = torch.randn(1, 2).t()                             # [N, 1], strided
-    threads = torch.get_num_threads()
-    try:
-        for n in (1, max(2, threads)):
+    with restored_threads():
+        for n in (1, max(2, torch.get_num_threads())):
             torch.set_num_threads(n)
             torch.testing.assert_close(soft_value(**inputs, backend="cpp"), soft_value_ref(**inputs),
                                        rtol=RTOL, atol=ATOL)
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="C++ extension not built")
@@ -124,16 +121,13 @@ def test_cpp_skewed_weight_copies(cpu_isa):
     """From 384 rows per thread the kernels read copies of the 128- and 256-wide layers' weights
     with 16 more columns (csrc/pyscorepen.cpp: skew_weights): 400 rows on 1 thread and 800 on 2,
     critic members at the skewed stride, one weight non-contiguous; 300 rows stays unskewed."""
-    threads = torch.get_num_threads()
-    try:
+    with restored_threads():
         for n_threads, batch in ((1, 400), (2, 800), (1, 300)):
             torch.set_num_threads(n_threads)
             inputs = make_inputs(batch, 17, 6, 2, (256, 128), seed=4)
             inputs["critic_weights"][1] = inputs["critic_weights"][1].transpose(1, 2).contiguous().transpose(1, 2)
             torch.testing.assert_close(soft_value(**inputs, backend="cpp"), soft_value_ref(**inputs),
                                        rtol=RTOL, atol=ATOL)
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="C++ extension not built")
