@@ -125,8 +125,9 @@ void check_cpu_f32(const Tensor& t, const char* name) {
 // Row skew of the kernels' operands. A tile walks its k loop down a column block of a
 // row-major operand (W in the forward, W^T in the dz chain and grad_x, dz and h^T in the weight
 // gradient; W in the inference ops' dense layers too). With rows 512 B or 1 KB apart (widths that
-// are multiples of 128 floats: the critics', actor's and score net's 256) those lines fall into 8 or 4 of the 64 L1 sets, so the block cannot stay in L1
-// and every row tile re-reads it from L2. 16 more floats per row spread it over all the sets.
+// are multiples of 128 floats: the critics', actor's and score net's 256) those lines fall into 8
+// or 4 of the 64 L1 sets, so the block cannot stay in L1 and every row tile re-reads it from L2.
+// 16 more floats per row spread it over all the sets.
 // Measured on an AVX2-only AMD EPYC Zen 3 (session 12, critics E = 2, [23, 256, 256, 1], 1 thread,
 // paired in one process, the layouts switched per round, medians of 30-60 rounds), time without /
 // with the skew: backward 1.09x (B = 3 840) and 1.10x (B = 256); forward with the skewed copy of W
