@@ -239,7 +239,8 @@ void for_each_chunk(int64_t batch, LayoutFn layout_of, Body body) {
   } else {
     const int64_t desired_chunks = std::max(full_chunks, threads > 1 ? 4 * threads : 1);
     rows_per_chunk = (batch + desired_chunks - 1) / desired_chunks;
-    rows_per_chunk = std::max<int64_t>(2 * cpu::kRowPad, (rows_per_chunk + cpu::kRowPad - 1) / cpu::kRowPad * cpu::kRowPad);
+    rows_per_chunk = (rows_per_chunk + cpu::kRowPad - 1) / cpu::kRowPad * cpu::kRowPad;
+    rows_per_chunk = std::max<int64_t>(2 * cpu::kRowPad, rows_per_chunk);
     rows_per_chunk = std::min(rows_per_chunk, batch);
     n_chunks = (batch + rows_per_chunk - 1) / rows_per_chunk;
     max_rows = rows_per_chunk;
