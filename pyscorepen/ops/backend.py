@@ -202,16 +202,6 @@ def cpu_vendor() -> str:
     return "other"
 
 
-def per_vendor(isa: str, by_vendor: dict[str, dict], by_isa: dict, default=None):
-    """A policy entry for ``isa`` on this CPU's vendor: ``by_vendor[cpu_vendor()][isa]`` where that
-    vendor measured it, else ``by_isa[isa]``, else ``default`` (the lookup of
-    :func:`cpp_min_rows` and of :func:`pyscorepen.ops.sac_update.max_cpp_rows`)."""
-    measured = by_vendor.get(cpu_vendor(), {})
-    if isa in measured:
-        return measured[isa]
-    return by_isa.get(isa, default)
-
-
 def cpp_min_rows(shape_class: str) -> int:
     """Threshold of the policy for ``shape_class`` on the current ISA and CPU vendor
     (:data:`CPP_MIN_ROWS_BY_VENDOR`, else :data:`CPP_MIN_ROWS`); 0 without the extension, or for a
@@ -219,8 +209,8 @@ def cpp_min_rows(shape_class: str) -> int:
     isa = cpu_isa()
     if isa is None:
         return 0
-    by_vendor = {vendor: table.get(shape_class, {}) for vendor, table in CPP_MIN_ROWS_BY_VENDOR.items()}
-    return per_vendor(isa, by_vendor, CPP_MIN_ROWS.get(shape_class, {}), 0)
+    measured = CPP_MIN_ROWS_BY_VENDOR.get(cpu_vendor(), {}).get(shape_class, {})   # this vendor's entries
+    return measured.get(isa, CPP_MIN_ROWS.get(shape_class, {}).get(isa, 0))
 
 
 def register_reference(op: str, reference: Callable) -> None:

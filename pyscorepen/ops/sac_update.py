@@ -207,7 +207,8 @@ MAX_CPP_ROWS_BY_VENDOR: dict[str, dict[str, int | None]] = {"amd": {"avx512": No
 def max_cpp_rows(isa: str) -> int | None:
     """The automatic policy's batch limit for the fused op on ``isa`` and this CPU's vendor
     (:data:`MAX_CPP_ROWS_BY_VENDOR`, else :data:`MAX_CPP_ROWS`; an unmeasured ISA: "generic")."""
-    return _backend.per_vendor(isa, MAX_CPP_ROWS_BY_VENDOR, MAX_CPP_ROWS, MAX_CPP_ROWS["generic"])
+    measured = MAX_CPP_ROWS_BY_VENDOR.get(_backend.cpu_vendor(), {})   # this vendor's entries (None: no limit)
+    return measured.get(isa, MAX_CPP_ROWS.get(isa, MAX_CPP_ROWS["generic"]))
 
 
 def resolve(obs: Tensor, backend: str | None = None, rows: int | None = None) -> str:
