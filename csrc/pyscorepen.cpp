@@ -189,7 +189,7 @@ void describe_mlp(at::TensorList weights, at::TensorList biases, int64_t members
 }
 
 // Points desc's layers whose width skewed_ld widens at skewed copies of their weights
-// ([E, in, ld_w] or [in, ld_w], the extra columns zero, kept alive in `keep`). Call after
+// ([E, in, ld_w] or [in, ld_w], kept alive in `keep`). Call after
 // describe_mlp; worth it only where enough rows pass through each weight (see the callers).
 void skew_weights(at::TensorList weights, cpu::MlpDesc& desc, std::vector<Tensor>& keep) {
   for (int l = 0; l < desc.n_layers; ++l) {
@@ -198,8 +198,7 @@ void skew_weights(at::TensorList weights, cpu::MlpDesc& desc, std::vector<Tensor
     std::vector<int64_t> shape(weights[l].sizes().begin(), weights[l].sizes().end());
     shape.back() = ld_w;
     Tensor w = at::empty(shape, weights[l].options());
-    w.narrow(-1, 0, n).copy_(weights[l]);
-    w.narrow(-1, n, ld_w - n).zero_();
+    w.narrow(-1, 0, n).copy_(weights[l]);   // the skew columns are never read (masked last vectors)
     keep.push_back(w);
     desc.w[l] = w.data_ptr<float>();
     desc.ld_w[l] = ld_w;
