@@ -539,6 +539,8 @@ cpu::Activation parse_activation(c10::string_view activation) {
 }
 
 int64_t padded_rows(int64_t batch) { return (std::max<int64_t>(batch, 1) + cpu::kRowPad - 1) / cpu::kRowPad * cpu::kRowPad; }
+// Rows the training kernels compute (EnsembleTrainArgs::batch_rows): the batch rounded up to 4.
+int64_t computed_rows(int64_t batch) { return (std::max<int64_t>(batch, 1) + 3) / 4 * 4; }
 
 // Leading dimension of an activation buffer with n columns: n rounded up to 16, then skewed
 // (pyscorepen/ops/ensemble_mlp.py: saved_width, the same rule).
@@ -626,6 +628,7 @@ std::tuple<Tensor, std::vector<Tensor>> ensemble_mlp_forward_cpu(const Tensor& x
   Tensor x_pad = pad_rows(x, B_pad);
   args.members = E;
   args.batch_pad = B_pad;
+  args.batch_rows = computed_rows(B);
   args.x = x_pad.data_ptr<float>();
   args.ld_x = D;
   args.x_shared = x.dim() == 2;
@@ -645,9 +648,12 @@ std::tuple<Tensor, std::vector<Tensor>> ensemble_mlp_forward_cpu(const Tensor& x
   const int64_t rows = rows_per_task(B_pad, E, true), blocks = (B_pad + rows - 1) / rows;
   run_tasks(E * blocks, [&](int64_t task) {
     const int64_t member = task / blocks, r0 = (task % blocks) * rows;
-    kernels->ensemble_forward_rows(args, member, r0, std::min(B_pad, r0 + rows));
+    kernels->ensemble_forward_rows(args, member, r0, std::min(args.batch_rows, r0 + rows));
   });
   saved_h.insert(saved_h.end(), saved_z.begin(), saved_z.end());
+  // the rows the kernels skip: zeros, so that the op's outputs are fully defined
+  if (args.batch_rows < B_pad)
+    for (Tensor& t : saved_h) t.narrow(1, args.batch_rows, B_pad - args.batch_rows).zero_();
   return {out_pad.narrow(1, 0, B).narrow(2, 0, N).contiguous(), saved_h};
 }
 
@@ -725,6 +731,7 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> ensemble_mlp_backwa
   args.mlp.hidden = act;
   args.members = E;
   args.batch_pad = B_pad;
+  args.batch_rows = computed_rows(B);
   args.x_shared = x.dim() == 2;
   args.ld_x = D;
   for (int64_t l = 0; l <= L; ++l) args.mlp.dims[l] = dims[l];
@@ -799,7 +806,7 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> ensemble_mlp_backwa
   if (L > 1 && (need_x || need_w || need_b)) {
     run_tasks(E * blocks, [&](int64_t task) {
       const int64_t member = task / blocks, r0 = (task % blocks) * rows;
-      kernels->ensemble_backward_dz_rows(args, member, r0, std::min(B_pad, r0 + rows));
+      kernels->ensemble_backward_dz_rows(args, member, r0, std::min(args.batch_rows, r0 + rows));
     });
   }
   // phase 2 (weight / bias gradients, per (layer, member, group of column blocks), largest first)
@@ -839,7 +846,7 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> ensemble_mlp_backwa
       kernels->ensemble_backward_params(args, task.layer, task.member, task.begin, task.end);
     } else {
       const int64_t r0 = task.begin * x_rows;
-      kernels->ensemble_backward_grad_x_rows(args, task.member, r0, std::min(B_pad, r0 + x_rows));
+      kernels->ensemble_backward_grad_x_rows(args, task.member, r0, std::min(args.batch_rows, r0 + x_rows));
     }
   });
   Tensor grad_x = need_x ? grad_x_pad.narrow(-2, 0, B).narrow(-1, 0, D).contiguous() : at::empty({0}, x.options());

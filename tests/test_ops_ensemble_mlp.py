@@ -263,8 +263,9 @@ def test_opcheck(activation, shared):
 @pytest.mark.parametrize("cpu_isa", cpp_isa_params("ensemble_mlp"), indirect=True)
 def test_opcheck_every_isa_and_padded_saved_buffers(cpu_isa):
     """opcheck of the forward / backward on each ISA, and the layout of ``saved``: hidden activations
-    up to the output width and zeros in the padded columns (padded rows: zeros on the generic path, the
-    activations of zero input rows on the SIMD paths; the backward sees zero gradients there either way)."""
+    up to the output width and zeros in the padded columns (padded rows: zeros on the generic path; on
+    the SIMD paths the activations of zero input rows up to the batch rounded up to 4, zeros below;
+    the backward sees zero gradients there either way)."""
     args = _opcheck_args(37, (7, 19, 3), 2, False, "silu")
     torch.library.opcheck(torch.ops.pyscorepen.ensemble_mlp_forward.default, args)
     x, weights, biases, _ = (t.detach() if isinstance(t, torch.Tensor) else
@@ -277,6 +278,39 @@ def test_opcheck_every_isa_and_padded_saved_buffers(cpu_isa):
     torch.testing.assert_close(h[:, :37, :19], torch.nn.functional.silu(torch.baddbmm(biases[0].unsqueeze(1), x,
                                                                                           weights[0])))
     assert torch.count_nonzero(h[:, :, 19:]) == 0
+
+
+@pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
+@pytest.mark.parametrize("cpu_isa", cpp_isa_params("ensemble_mlp"), indirect=True)
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+@pytest.mark.parametrize("batch", [5, 256, 262])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dims", [(9, 40, 40, 3), (9, 40, 1)], ids=["3-outputs", "1-output"])
+def test_simd_kernels_skip_the_padded_rows(cpu_isa, activation, batch, threads, dims):
+    """The SIMD training kernels compute rows [0, B rounded up to 4) only (EnsembleTrainArgs::
+    batch_rows); the rows from there to the 24-row padding are zeros in ``saved`` and are never read:
+    NaN written there leaves the backward unchanged, bit for bit, on 1 and 2 threads."""
+    from tests.isa_params import restored_threads
+    x, weights, biases = make_inputs(batch, dims, 3, shared=False, seed=batch,
+                                     requires_grad=(False, False, False))
+    computed, padded = (batch + 3) // 4 * 4, (batch + 23) // 24 * 24
+    with restored_threads():
+        torch.set_num_threads(threads)
+        out, saved = torch.ops.pyscorepen.ensemble_mlp_forward(x, weights, biases, activation)
+        assert all(s.shape[1] == padded for s in saved)
+        assert all(torch.count_nonzero(s[:, computed:]) == 0 for s in saved)
+        grad_out = torch.randn_like(out)
+        clean = torch.ops.pyscorepen.ensemble_mlp_backward(grad_out, x, weights, saved, activation, [True, True, True])
+        poisoned = [s.clone() for s in saved]
+        for s in poisoned:
+            s[:, computed:] = float("nan")
+        dirty = torch.ops.pyscorepen.ensemble_mlp_backward(grad_out, x, weights, poisoned, activation,
+                                                           [True, True, True])
+    flat = lambda grads: [grads[0], *grads[1], *grads[2]]   # noqa: E731
+    for a, b in zip(flat(clean), flat(dirty)):
+        assert torch.equal(a, b)
+    check_against_reference(x.requires_grad_(), [w.requires_grad_() for w in weights],
+                            [b.requires_grad_() for b in biases], activation, "cpp")
 
 
 @pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")

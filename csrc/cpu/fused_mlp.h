@@ -86,13 +86,17 @@ struct SoftValueArgs {
 
 // Training of an ensemble MLP (pyscorepen/ops/ensemble_mlp.py): forward keeping the hidden
 // activations, and the backward in three phases (dz chain per row block, weight/bias gradients
-// per column block, input gradient per row block). Every row count is padded to kRowPad; every
-// activation buffer is [E, batch_pad, ld[l]] with ld[l] = dims[l + 1] rounded up to 16, skewed by
-// 16 more where that is a multiple of 128 (padded_cols in csrc/pyscorepen.cpp; pad columns are
-// written as zeros, pad rows hold the values of zero input rows / zero gradients).
+// per column block, input gradient per row block). Every activation buffer is [E, batch_pad,
+// ld[l]] with batch_pad the batch rounded up to kRowPad and ld[l] = dims[l + 1] rounded up to 16,
+// skewed by 16 more where that is a multiple of 128 (padded_cols in csrc/pyscorepen.cpp; pad
+// columns are written as zeros). The kernels compute and read rows [0, batch_rows) only: the batch
+// rounded up to 4 (dot_column's row group), whose extra rows hold the values of zero input rows /
+// zero gradients. Rows [batch_rows, batch_pad) are neither read nor written (at B = 256 they were
+// 8 of 264 rows of every pass, and a second 8-row slab of the weight gradient).
 struct EnsembleTrainArgs {
   int64_t members = 0;                  // E
-  int64_t batch_pad = 0;                // rows, a multiple of kRowPad
+  int64_t batch_pad = 0;                // rows of every buffer, a multiple of kRowPad
+  int64_t batch_rows = 0;               // rows computed: the batch rounded up to 4, <= batch_pad
   MlpDesc mlp;                          // E members; hidden = ReLU or SiLU
   const float* x = nullptr;             // [B_pad, ld_x] shared, or [E, B_pad, ld_x]
   int64_t ld_x = 0;
@@ -146,7 +150,7 @@ ChunkLayout soft_value_layout(const SoftValueArgs& args, int64_t rows);
 
 // The compute kernels of one ISA. Row ranges [row_begin, row_end) of the inference ops take
 // scratch holding <op>_layout(args, row_end - row_begin).total floats, 64-byte aligned; the
-// ensemble-training ranges are multiples of kRowPad.
+// ensemble-training ranges start at multiples of kRowPad and end there or at batch_rows.
 struct Kernels {
   const char* name;  // "avx512" | "avx2"
   void (*rollout_rows)(const RolloutArgs& args, int64_t row_begin, int64_t row_end, float* scratch);

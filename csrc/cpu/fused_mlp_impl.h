@@ -744,12 +744,14 @@ void ensemble_backward_params(const EnsembleTrainArgs& args, int layer, int64_t 
   float* gb = args.grad_b[layer] ? args.grad_b[layer] + member * n : nullptr;         // [n]
   // Everything below walks the batch in slabs of kSlab rows: a slab of h and of dz (<= 256 KB at
   // 256 columns) stays in L2 while the passes over it (row tiles of h^T, column vectors) re-read it.
+  // Only the computed rows: the others of the buffers are not written (EnsembleTrainArgs).
   constexpr int64_t kSlab = 256;
+  const int64_t rows_total = args.batch_rows;
   if (n == 1) {
     // single output (a critic's Q head): grad_w[k] = sum_b h[b, k] dz[b], vectorized over k; the
     // running sums go through gw between slabs (the same additions, in the same order, as one pass)
-    for (int64_t b0 = 0; b0 < B && gw != nullptr; b0 += kSlab) {
-      const int64_t b1 = B - b0 < kSlab ? B : b0 + kSlab;
+    for (int64_t b0 = 0; b0 < rows_total && gw != nullptr; b0 += kSlab) {
+      const int64_t b1 = rows_total - b0 < kSlab ? rows_total : b0 + kSlab;
       for (int64_t k = 0; k < k_in; k += 4 * W) {
         typename V::Vec acc[4];
 #pragma GCC unroll 4
@@ -773,7 +775,7 @@ void ensemble_backward_params(const EnsembleTrainArgs& args, int layer, int64_t 
     }
     if (gb != nullptr) {
       float sum = 0.0f;
-      for (int64_t b = 0; b < B; ++b) sum += dz[b * ld];
+      for (int64_t b = 0; b < rows_total; ++b) sum += dz[b * ld];
       gb[0] = sum;
     }
     return;
@@ -783,8 +785,8 @@ void ensemble_backward_params(const EnsembleTrainArgs& args, int layer, int64_t 
   // task's column blocks inner: each slab of h is read from memory once for all of them (block
   // outer read all of h once per block, 4x per 256-wide layer). grad_b = the sum of dz's rows,
   // per slab while it is in L2 (a pass per column vector over all B rows strode through memory).
-  for (int64_t b0 = 0; b0 < B; b0 += kSlab) {
-    const int64_t rows = B - b0 < kSlab ? B - b0 : kSlab;
+  for (int64_t b0 = 0; b0 < rows_total; b0 += kSlab) {
+    const int64_t rows = rows_total - b0 < kSlab ? rows_total - b0 : kSlab;
     if (gw != nullptr) {
       if (b0 == 0)
         train_layer<V, Epi::kNone, Init::kZero, true>(h, ld_h, k_in, rows, dz, ld, n, nullptr, gw, n, nullptr,

@@ -17,7 +17,8 @@ Kernels (``torch.ops.pyscorepen``, see :mod:`pyscorepen.ops._registry` and csrc/
 
 * ``ensemble_mlp_forward(x, weights, biases, activation) -> (y, saved)``: y [E, B, out_L] and the
   hidden activations the backward needs (``saved``: ReLU: h_l; SiLU: h_l then silu'(z_l); each
-  [E, B_pad, ld_l] with B_pad = B rounded up to 24 rows and ld_l = out_l rounded up to 16);
+  [E, B_pad, ld_l] with B_pad = B rounded up to 24 rows and ld_l = out_l rounded up to 16; the
+  C++ kernels compute rows up to B rounded up to 4 and leave zeros below);
 * ``ensemble_mlp_backward(dy, x, weights, saved, activation, output_mask) -> (dx, dW, db)``; the
   mask (dx, dW, db) skips unneeded gradients (SAC's actor loss: critic frozen -> dx only);
 * ``ensemble_mlp(x, weights, biases, activation) -> y``: forward + autograd (registered with
