@@ -758,18 +758,17 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> ensemble_mlp_backwa
   float* work = thread_workspace(workspace);
   // W_l^T per (layer, member) in the thread pool: tiled transposes (~10x faster than ATen's strided
   // copy), which on one thread were ~5 % of the dynamics fit's step, serial before the parallel phases
-  std::vector<std::pair<int64_t, const float*>> transposes;   // (layer, contiguous W_l)
+  std::vector<TransposeJob> transposes;
   for (int64_t l = (need_x ? 0 : 1); l < L; ++l) {
     keep.push_back(weights[l].contiguous());
-    transposes.emplace_back(l, keep.back().data_ptr<float>());
     args.wt[l] = work + wt_offset[l];
+    const float* w = keep.back().data_ptr<float>();
+    const int64_t rows = dims[l], cols = dims[l + 1];
+    for (int64_t member = 0; member < E; ++member)
+      transposes.push_back({w + member * rows * cols, rows, cols, work + wt_offset[l] + member * cols * args.ld_wt[l],
+                            args.ld_wt[l]});
   }
-  run_tasks(static_cast<int64_t>(transposes.size()) * E, [&](int64_t task) {
-    const auto [l, w] = transposes[task / E];
-    const int64_t member = task % E, rows = dims[l], cols = dims[l + 1];
-    transpose_tiles(w + member * rows * cols, rows, cols, work + wt_offset[l] + member * cols * args.ld_wt[l],
-                    args.ld_wt[l]);
-  });
+  transpose_jobs(transposes);
   if (need_w || need_b) {   // the weight gradient reads the layer inputs: x with B_pad rows
     Tensor x_pad = pad_rows(x, B_pad);
     keep.push_back(x_pad);

@@ -250,7 +250,10 @@ def test_resume_is_byte_identical(monkeypatch, tmp_path):
 
 
 @needs_cpp
-def test_independent_of_thread_count(monkeypatch):
+@pytest.mark.parametrize("hidden", [(64, 64), (256, 256)])
+def test_independent_of_thread_count(monkeypatch, hidden):
+    """1 and 2 threads give bit-identical updates; at 256 wide the actor's weight transposes are
+    large enough to be split across the threads (transpose_jobs in csrc/transpose.h)."""
     monkeypatch.delenv("PYSCOREPEN_BACKEND", raising=False)
     gen = torch.Generator().manual_seed(6)
     batches = [make_batch(11, 3, 256, gen) for _ in range(2)]
@@ -259,7 +262,7 @@ def test_independent_of_thread_count(monkeypatch):
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            agent = make_agent(11, 3, (64, 64), 2)
+            agent = make_agent(11, 3, hidden, 2)
             torch.manual_seed(7)
             for b in batches:
                 agent.update(b)
