@@ -742,10 +742,13 @@ void ensemble_backward_params(const EnsembleTrainArgs& args, int layer, int64_t 
   }
   float* gw = args.grad_w[layer] ? args.grad_w[layer] + member * k_in * n : nullptr;   // [k_in, n]
   float* gb = args.grad_b[layer] ? args.grad_b[layer] + member * n : nullptr;         // [n]
-  // Everything below walks the batch in slabs of kSlab rows: a slab of h and of dz (<= 256 KB at
-  // 256 columns) stays in L2 while the passes over it (row tiles of h^T, column vectors) re-read it.
+  // Everything below walks the batch in slabs of V::kGradSlab rows: a slab of h and of dz (<= 256 KB
+  // at 256 columns) stays in L2 while the passes over it (row tiles of h^T, column vectors) re-read
+  // it, and a column block's dz panel plus the h lines of a row tile stay in L1 across the row
+  // tiles (the ISA structs say what was measured). The accumulators go through grad_w between
+  // slabs: the same additions in the same order, so the slab size does not change the result.
   // Only the computed rows: the others of the buffers are not written (EnsembleTrainArgs).
-  constexpr int64_t kSlab = 256;
+  constexpr int64_t kSlab = V::kGradSlab;
   const int64_t rows_total = args.batch_rows;
   if (n == 1) {
     // single output (a critic's Q head): grad_w[k] = sum_b h[b, k] dz[b], vectorized over k; the
