@@ -1,7 +1,7 @@
 // Contiguous transposes of float matrices in 16 x 16 tiles, for the weight layouts the kernels
-// need (W^T for the backward's dz chain, nn.Linear [out, in] <-> [in, out]). ATen's strided copy of
-// w.transpose(...) walks one side with a large stride: 108 us for [2, 256, 256] vs ~11 us for a
-// plain copy (1 thread, this machine); the tiled loop keeps both sides in cache lines.
+// need (W^T for the backward's dz chain; nn.Linear [out, in] <-> [in, out] in sac_update). ATen's
+// strided copy of w.transpose(...) walks one side with a large stride: 108 us for [2, 256, 256] vs
+// ~11 us for a plain copy (1 thread, this machine); the tiled loop keeps both sides in cache lines.
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -13,7 +13,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <utility>
 #include <vector>
 
 namespace pyscorepen {
@@ -49,23 +48,6 @@ inline void transpose_tiles(const float* src, int64_t rows, int64_t cols, float*
       for (int64_t j = j0; j < j1; ++j)
         for (int64_t i = (j < j4 ? i4 : i0); i < i1; ++i) dst[j * ld_dst + i] = src[i * cols + j];
     }
-}
-
-// The last two dimensions of a float [..., r, c] tensor swapped into `out` (contiguous, [..., c, r]).
-inline void transpose_last2_into(const at::Tensor& w, float* out) {
-  const at::Tensor src = w.contiguous();
-  const int64_t rows = src.size(-2), cols = src.size(-1), batch = rows * cols == 0 ? 0 : src.numel() / (rows * cols);
-  const float* s = src.data_ptr<float>();
-  for (int64_t m = 0; m < batch; ++m) transpose_tiles(s + m * rows * cols, rows, cols, out + m * rows * cols);
-}
-
-// The last two dimensions of a float [..., r, c] tensor swapped, contiguous: [..., c, r].
-inline at::Tensor transposed_last2(const at::Tensor& w) {
-  std::vector<int64_t> shape(w.sizes().begin(), w.sizes().end());
-  std::swap(shape[shape.size() - 1], shape[shape.size() - 2]);
-  at::Tensor out = at::empty(shape, w.options());
-  transpose_last2_into(w, out.data_ptr<float>());
-  return out;
 }
 
 // One transpose of a batch: dst [cols, ld_dst] (first `rows` columns) = src [rows, cols]^T.

@@ -34,9 +34,10 @@ struct Avx512 {
   using Mask = __mmask16;
   static constexpr int kWidth = 16;
   static constexpr int kMaxVectors = 4;
-  // Weight-gradient slab (rows): 256 since the slabs came in (session 10, Zen 5). 128 measured 3-6 % faster
-  // than 256 on the AVX2 path of a Zen 3 (fused_mlp_avx2.cpp); the 64-column panels here hold
-  // more per row, so a smaller slab may help here too: not measured, no AVX-512 machine since.
+  // Weight-gradient slab (rows): 256 since the slabs came in (session 10, Zen 5). 128 measured
+  // 3-6 % faster than 256 on the AVX2 path of a Zen 3 (fused_mlp_avx2.cpp); the 64-column panels
+  // here hold more per row, so a smaller slab may help here too: not measured, no AVX-512 machine
+  // since.
   static constexpr int64_t kGradSlab = 256;
   static constexpr bool kFreeMask = true;
   template <int NV>
