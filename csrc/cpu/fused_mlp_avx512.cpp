@@ -39,6 +39,10 @@ struct Avx512 {
   // here hold more per row, so a smaller slab may help here too: not measured, no AVX-512 machine
   // since.
   static constexpr int64_t kGradSlab = 256;
+  // k steps per iteration of the GEMM tiles' k loop (accumulate_k): 1, the loop as it always ran
+  // here. 4 measured faster on the AVX2 path of a Zen 3 (fused_mlp_avx2.cpp); not measured on
+  // AVX-512, no such machine since.
+  static constexpr int kUnrollK = 1;
   static constexpr bool kFreeMask = true;
   template <int NV>
   static constexpr int rows() { return NV == 4 ? 6 : NV == 3 ? 8 : 12; }

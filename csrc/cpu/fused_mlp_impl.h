@@ -180,6 +180,35 @@ int64_t column_blocks(int64_t n) {
 }
 
 // ---------------------------------------------------------------- GEMM tiles
+// acc[MR][NV] += A[MR, k_dim] @ W[k_dim, W NV]: A row-major (a[r * lda + k]) or, with TRANS_A,
+// column-major (a[k * lda + r]); W's last vector is loaded with `mask` when TAIL. The compiler
+// unrolls the k loop V::kUnrollK times (the same FMAs in the same order per accumulator, so the
+// result does not depend on it); the ISA structs say what was measured.
+template <class V, int MR, int NV, bool TRANS_A, bool TAIL>
+inline void accumulate_k(typename V::Vec (&acc)[MR][NV], const float* __restrict a, int64_t lda, int64_t k_dim,
+                         const float* __restrict w, int64_t ldw, typename V::Mask mask) {
+  constexpr int W = V::kWidth;
+  const auto step = [&](int64_t k) {
+    const float* wk = w + k * ldw;
+    typename V::Vec wv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) wv[v] = v == NV - 1 ? load_last<V, TAIL>(mask, wk + W * v) : V::loadu(wk + W * v);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      auto av = V::set1(TRANS_A ? a[k * lda + r] : a[r * lda + k]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = V::fmadd(av, wv[v], acc[r][v]);
+    }
+  };
+  if constexpr (V::kUnrollK == 4) {
+#pragma GCC unroll 4
+    for (int64_t k = 0; k < k_dim; ++k) step(k);
+  } else {
+    static_assert(V::kUnrollK == 1, "kUnrollK: 1 or 4");
+    for (int64_t k = 0; k < k_dim; ++k) step(k);
+  }
+}
+
 // C[MR, W NV] = act(A[MR, K] @ W[K, W NV] + bias); the last vector uses `mask` when TAIL.
 template <class V, int MR, int NV, Act ACT, bool TAIL>
 inline void micro_tile(const float* __restrict a, int64_t lda, int64_t k_dim, const float* __restrict w,
@@ -193,18 +222,7 @@ inline void micro_tile(const float* __restrict a, int64_t lda, int64_t k_dim, co
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) acc[r][v] = bv;
   }
-  for (int64_t k = 0; k < k_dim; ++k) {
-    const float* wk = w + k * ldw;
-    typename V::Vec wv[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) wv[v] = v == NV - 1 ? load_last<V, TAIL>(mask, wk + W * v) : V::loadu(wk + W * v);
-#pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) {
-      auto av = V::set1(a[r * lda + k]);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[r][v] = V::fmadd(av, wv[v], acc[r][v]);
-    }
-  }
+  accumulate_k<V, MR, NV, false, TAIL>(acc, a, lda, k_dim, w, ldw, mask);
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 4
@@ -544,19 +562,7 @@ inline void train_tile(const float* __restrict a, int64_t lda, int64_t k_dim, co
     for (int r = 0; r < MR; ++r)
       for (int col = 0; col < NV * W; col += 16) __builtin_prefetch(aux + r * ldc + col, 0, 3);
   }
-  for (int64_t k = 0; k < k_dim; ++k) {
-    const float* wk = w + k * ldw;
-    typename V::Vec wv[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v)
-      wv[v] = v == NV - 1 ? load_last<V, TAIL>(load_mask, wk + W * v) : V::loadu(wk + W * v);
-#pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) {
-      auto av = V::set1(TRANS_A ? a[k * lda + r] : a[r * lda + k]);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[r][v] = V::fmadd(av, wv[v], acc[r][v]);
-    }
-  }
+  accumulate_k<V, MR, NV, TRANS_A, TAIL>(acc, a, lda, k_dim, w, ldw, load_mask);
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 4
