@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "cpu/fused_mlp.h"
+#include "run_tasks.h"
 #include "transpose.h"
 
 namespace pyscorepen {
@@ -547,25 +548,6 @@ int64_t computed_rows(int64_t batch) { return (std::max<int64_t>(batch, 1) + 3) 
 int64_t padded_cols(int64_t n) { return skewed_ld((n + 15) / 16 * 16); }
 
 
-// Runs fn(task) for task in [0, n_tasks) on the torch threads, pulling tasks from a shared
-// counter (dynamic schedule, see for_each_chunk). Each task writes its own outputs: the
-// result does not depend on the schedule.
-template <class Fn>
-void run_tasks(int64_t n_tasks, Fn fn) {
-  if (n_tasks <= 0) return;
-  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-  const int64_t workers = std::min(threads, n_tasks);
-  if (workers <= 1) {
-    for (int64_t task = 0; task < n_tasks; ++task) fn(task);
-    return;
-  }
-  std::atomic<int64_t> next_task{0};
-  at::parallel_for(0, workers, 1, [&](int64_t worker_begin, int64_t worker_end) {
-    for (int64_t worker = worker_begin; worker < worker_end; ++worker)
-      for (int64_t task = next_task++; task < n_tasks; task = next_task++) fn(task);
-  });
-}
-
 // Rows of one (member, row block) task: whole batch on one thread; with several threads
 // >= 4 tasks per thread over all members when the batch allows, at most 480 rows.
 int64_t rows_per_task(int64_t batch_pad, int64_t members, bool per_member) {
@@ -649,11 +631,16 @@ std::tuple<Tensor, std::vector<Tensor>> ensemble_mlp_forward_cpu(const Tensor& x
   run_tasks(E * blocks, [&](int64_t task) {
     const int64_t member = task / blocks, r0 = (task % blocks) * rows;
     kernels->ensemble_forward_rows(args, member, r0, std::min(args.batch_rows, r0 + rows));
+    if (r0 + rows >= B_pad) {   // the member's last block: zeros in the saved rows the kernels skip
+      const int64_t skipped = B_pad - args.batch_rows;
+      for (int64_t l = 0; l + 1 < L; ++l)
+        for (float* buffer : {args.h[l], args.z[l]})
+          if (buffer != nullptr && skipped > 0)
+            std::memset(buffer + (member * B_pad + args.batch_rows) * args.ld[l], 0,
+                        sizeof(float) * skipped * args.ld[l]);
+    }
   });
   saved_h.insert(saved_h.end(), saved_z.begin(), saved_z.end());
-  // the rows the kernels skip: zeros, so that the op's outputs are fully defined
-  if (args.batch_rows < B_pad)
-    for (Tensor& t : saved_h) t.narrow(1, args.batch_rows, B_pad - args.batch_rows).zero_();
   return {out_pad.narrow(1, 0, B).narrow(2, 0, N).contiguous(), saved_h};
 }
 

@@ -4,16 +4,16 @@
 // ~11 us for a plain copy (1 thread, this machine); the tiled loop keeps both sides in cache lines.
 #pragma once
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 
 #if defined(__SSE2__)
 #include <xmmintrin.h>
 #endif
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <vector>
+
+#include "run_tasks.h"
 
 namespace pyscorepen {
 
@@ -59,8 +59,8 @@ struct TransposeJob {
 };
 
 // Runs the jobs on the torch threads: each job is cut into blocks of kBlockRows source rows (whole
-// 16-row tiles), which the threads claim from a shared counter, largest first (the output does not
-// depend on the schedule). Below kSerialFloats in all it runs on the calling thread. A whole job
+// 16-row tiles), which the threads claim largest first (run_tasks; the output does not depend on
+// the schedule). Below kSerialFloats in all it runs on the calling thread. A whole job
 // per task left the threads uneven: SAC's actor has one 256 x 256 weight next to 17- and 12-wide
 // ones, and these transposes were ~3 % of a 2-thread SAC update's wall time with the other thread
 // idle (perf, AMD EPYC Zen 3).
@@ -80,18 +80,12 @@ inline void transpose_jobs(const std::vector<TransposeJob>& jobs) {
     const TransposeJob& job = jobs[b.job];
     transpose_tiles(job.src + b.begin * job.cols, b.end - b.begin, job.cols, job.dst + b.begin, job.ld_dst);
   };
-  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-  const int64_t workers = std::min<int64_t>(threads, static_cast<int64_t>(blocks.size()));
-  if (workers <= 1 || total < kSerialFloats) {
+  if (total < kSerialFloats) {
     for (const Block& b : blocks) run(b);
     return;
   }
   std::stable_sort(blocks.begin(), blocks.end(), [](const Block& a, const Block& b) { return a.cost > b.cost; });
-  std::atomic<size_t> next{0};
-  at::parallel_for(0, workers, 1, [&](int64_t worker_begin, int64_t worker_end) {
-    for (int64_t worker = worker_begin; worker < worker_end; ++worker)
-      for (size_t i = next++; i < blocks.size(); i = next++) run(blocks[i]);
-  });
+  run_tasks(static_cast<int64_t>(blocks.size()), [&](int64_t i) { run(blocks[i]); });
 }
 
 }  // namespace pyscorepen
