@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -72,14 +73,48 @@ class _CDP:
         self.ws.close()
 
 
+def _stop_process_group(proc: subprocess.Popen) -> None:
+    """SIGTERM Chromium's whole process group, SIGKILL it after 20 s, and reap the browser."""
+    def signal_group(sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+    signal_group(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pass
+    signal_group(signal.SIGKILL)        # helpers that outlived the browser
+    proc.wait()
+
+
+def _remove_profile(profile: str, attempts: int = 50) -> None:
+    """Remove the throwaway profile. A helper killed a moment ago may still be closing a file in
+    it ("Directory not empty" from rmtree), so retry for up to ~5 s before giving up."""
+    for attempt in range(attempts):
+        try:
+            shutil.rmtree(profile)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
+
+
 def load_page(html_path: Path, timeout: float = 90.0) -> dict:
     """Open ``html_path`` in a fresh headless Chromium; returns
     ``{'console': [...], 'exceptions': [...], 'log_errors': [...], 'requests': [urls], 'images': [...],
     'title': str}``."""
     binary = chromium_or_skip()
-    with tempfile.TemporaryDirectory(prefix="pyscorepen-chromium-") as profile:
+    profile = tempfile.mkdtemp(prefix="pyscorepen-chromium-")
+    try:
+        # Its own session, so that teardown reaches Chromium's helper processes too: they write
+        # into the profile after the browser process itself has exited.
         proc = subprocess.Popen([binary, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             port_file = Path(profile) / "DevToolsActivePort"
             deadline = time.monotonic() + timeout
@@ -103,12 +138,9 @@ def load_page(html_path: Path, timeout: float = 90.0) -> dict:
             finally:
                 cdp.close()
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop_process_group(proc)
+    finally:
+        _remove_profile(profile)
     by = lambda m: [e["params"] for e in events if e.get("method") == m]
     return {
         "console": [(c["type"], " ".join(str(a.get("value", a.get("description", ""))) for a in c["args"]))
