@@ -9,6 +9,10 @@ Install (see pyproject.toml):  pip install torch==2.13.0 && pip install --no-bui
   to stubs and every op runs its ATen path (tests/test_build_guard.py).
 * CUDA sources (csrc/cuda/*.cu, if any) are compiled only when torch is a CUDA build
   and CUDA_HOME is set; a CPU torch never tries nvcc.
+* PYSCOREPEN_AVX512_EMULATION=1 makes a test build whose AVX-512 kernels run on emulated
+  intrinsics (SIMDe's headers: apt-get install libsimde-dev; csrc/cpu/avx512_emulation.h), so they
+  can be tested on any AVX2 CPU (tests/test_avx512_emulated.py). Never for use: it is slow, and
+  auto never picks its "avx512".
 * If torch is not importable at build time (isolated build env) or the compile fails,
   the package installs without the extension and ``import pyscorepen`` falls back to the
   reference ops with a one-line warning. PYSCOREPEN_REQUIRE_EXT=1 makes a failed build fatal.
@@ -23,6 +27,8 @@ from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 REQUIRE_EXT = os.environ.get("PYSCOREPEN_REQUIRE_EXT") == "1"
+AVX512_EMULATION = os.environ.get("PYSCOREPEN_AVX512_EMULATION") == "1"
+SIMDE_HEADER = os.path.join("simde", "x86", "avx512.h")
 
 
 def _warn(message: str) -> None:
@@ -48,6 +54,15 @@ def extension_config() -> dict:
     use_cuda = bool(torch.version.cuda) and CUDA_HOME is not None and bool(cuda_sources) \
         and os.environ.get("PYSCOREPEN_NO_CUDA") != "1"
     cxx_flags = ["-O3", "-g0", "-fopenmp", "-fno-math-errno", "-Wall"]
+    if AVX512_EMULATION:
+        cxx_flags += ["-DPYSCOREPEN_AVX512_EMULATED=1", "-Wno-psabi"]
+        include = os.environ.get("SIMDE_INCLUDE_DIR")
+        if include:
+            cxx_flags.append(f"-I{include}")
+        if not any(os.path.isfile(os.path.join(folder, SIMDE_HEADER))
+                   for folder in (include or "", "/usr/include", "/usr/local/include")):
+            raise RuntimeError("PYSCOREPEN_AVX512_EMULATION=1 needs SIMDe's headers (apt-get install libsimde-dev, "
+                               "or SIMDE_INCLUDE_DIR=<folder holding simde/>)")
     if use_cuda:
         extension = CUDAExtension(
             "pyscorepen._C", sources + cuda_sources, include_dirs=[os.path.join(ROOT, "csrc")],

@@ -24,7 +24,11 @@ def _best_seconds(fn, repeats=7, wall=False):
 def cpu_isa() -> str:
     """ISA the C++ CPU ops run in this process (``$PYSCOREPEN_CPU_ISA``), or why there is none."""
     from pyscorepen.ops import cpu_isa as current
-    return current() or "none (extension not loaded)"
+    from pyscorepen.ops.backend import avx512_emulated
+    isa = current() or "none (extension not loaded)"
+    if isa == "avx512" and avx512_emulated():
+        isa += " (EMULATED test build: timings mean nothing)"
+    return isa
 
 
 def probe_sgemm_gflops(repeats: int = 7, wall: bool = False) -> dict[str, float]:

@@ -70,15 +70,21 @@ int64_t chunk_rows() {
 enum class Isa : int { kAvx512 = 0, kAvx2 = 1, kGeneric = 2 };
 constexpr const char* kIsaNames[] = {"avx512", "avx2", "generic"};
 
+// A build with PYSCOREPEN_AVX512_EMULATED (a test build, csrc/cpu/avx512_emulation.h) runs its
+// "avx512" kernels on emulated intrinsics on any AVX2 CPU: there "avx512" is supported when asked
+// for by name, and auto never picks it.
 bool isa_supported(Isa isa) {
-  static const bool avx512 = cpu::cpu_has_avx512() && cpu::avx512_kernels() != nullptr;
+  static const bool avx512 = (PYSCOREPEN_AVX512_EMULATED ? cpu::cpu_has_avx2() : cpu::cpu_has_avx512()) &&
+                             cpu::avx512_kernels() != nullptr;
   static const bool avx2 = cpu::cpu_has_avx2() && cpu::avx2_kernels() != nullptr;
   return isa == Isa::kGeneric || (isa == Isa::kAvx512 && avx512) || (isa == Isa::kAvx2 && avx2);
 }
 
 Isa parse_isa(const std::string& want, const char* source) {
   if (want.empty() || want == "auto")
-    return isa_supported(Isa::kAvx512) ? Isa::kAvx512 : isa_supported(Isa::kAvx2) ? Isa::kAvx2 : Isa::kGeneric;
+    return isa_supported(Isa::kAvx512) && !PYSCOREPEN_AVX512_EMULATED ? Isa::kAvx512
+           : isa_supported(Isa::kAvx2)                                ? Isa::kAvx2
+                                                                      : Isa::kGeneric;
   for (int i = 0; i < 3; ++i) {
     if (want != kIsaNames[i]) continue;
     TORCH_CHECK(isa_supported(static_cast<Isa>(i)), source, want, " but this ",
@@ -905,6 +911,7 @@ TORCH_LIBRARY_IMPL(pyscorepen, CompositeImplicitAutograd, m) { m.impl("ensemble_
 //   cpu_isas() -> tuple[str]    the ISAs this CPU and build support, best first
 //   set_cpu_isa(name) -> str    switch ("auto" = best); returns the previous one; ValueError
 //                               when unsupported
+//   avx512_emulated() -> bool   True in a test build whose "avx512" kernels are emulated
 namespace {
 
 PyObject* raise_value_error(const c10::Error& error) {
@@ -953,10 +960,17 @@ PyObject* py_set_cpu_isa(PyObject*, PyObject* arg) {
   }
 }
 
+PyObject* py_avx512_emulated(PyObject*, PyObject*) {
+  if (PYSCOREPEN_AVX512_EMULATED) Py_RETURN_TRUE;
+  Py_RETURN_FALSE;
+}
+
 PyMethodDef kMethods[] = {
     {"cpu_isa", py_cpu_isa, METH_NOARGS, "ISA the CPU ops run now: 'avx512', 'avx2' or 'generic'."},
     {"cpu_isas", py_cpu_isas, METH_NOARGS, "ISAs this CPU and build support, best first."},
     {"set_cpu_isa", py_set_cpu_isa, METH_O, "Switch the CPU ops' ISA ('auto' = best); returns the previous one."},
+    {"avx512_emulated", py_avx512_emulated, METH_NOARGS,
+     "True in a test build whose 'avx512' kernels run on emulated intrinsics (csrc/cpu/avx512_emulation.h)."},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

@@ -18,6 +18,10 @@
 #define PYSCOREPEN_X86_KERNELS 0
 #endif
 #endif
+// 1: a test build whose AVX-512 kernels run on emulated intrinsics (csrc/cpu/avx512_emulation.h)
+#ifndef PYSCOREPEN_AVX512_EMULATED
+#define PYSCOREPEN_AVX512_EMULATED 0
+#endif
 
 namespace pyscorepen::cpu {
 

@@ -15,12 +15,20 @@
 #include "fused_mlp.h"
 
 #if PYSCOREPEN_X86_KERNELS
-#include <immintrin.h>
-
 #include <cstdint>
+
+#if PYSCOREPEN_AVX512_EMULATED
+// A test build: the same kernels on SIMDe's portable _mm512_* (csrc/cpu/avx512_emulation.h),
+// compiled for AVX2 + FMA.
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#include "avx512_emulation.h"
+#else
+#include <immintrin.h>
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,fma")
+#endif
 // GCC 12 warns on the `__m512 __Y = __Y;` idiom inside its own masked-intrinsic headers
 // (as "used uninitialized" once the epilogue is a template parameter).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"

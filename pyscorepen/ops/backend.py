@@ -78,6 +78,13 @@ def available_cpu_isas() -> tuple[str, ...]:
     return tuple(extension.cpu_isas()) if extension is not None else ()
 
 
+def avx512_emulated() -> bool:
+    """True in a test build (``PYSCOREPEN_AVX512_EMULATION=1``) whose ``"avx512"`` kernels run on
+    emulated intrinsics: correct, but slow, and never the automatic choice."""
+    extension = _extension()
+    return bool(extension is not None and getattr(extension, "avx512_emulated", lambda: False)())
+
+
 def set_cpu_isa(name: str) -> str:
     """Switch the C++ CPU ops to ``name`` (one of :data:`CPU_ISAS` or ``"auto"``, the best one);
     returns the previous ISA. An ISA this CPU or build lacks raises BackendUnavailableError."""
