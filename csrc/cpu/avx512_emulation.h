@@ -53,8 +53,12 @@ inline simde__m512 getexp(simde__m512 x) {
   return vector(l);
 }
 
-// x / 2^floor(log2 |x|), in [1, 2) with the sign of x (interval _MM_MANT_NORM_1_2, sign _MM_MANT_SIGN_src)
+// x / 2^floor(log2 |x|), in [1, 2) with the sign of x: the only interval and sign control emulated
+// (any other fails to compile here instead of testing the wrong semantics)
+template <int kInterval, int kSign>
 inline simde__m512 getmant(simde__m512 x) {
+  static_assert(kInterval == _MM_MANT_NORM_1_2 && kSign == _MM_MANT_SIGN_src,
+                "avx512_emulation.h emulates getmant for _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src only");
   Lanes l = lanes(x);
   for (float& f : l.v)
     if (std::isfinite(f) && f != 0.0f) f = std::scalbn(f, -std::ilogb(f));
@@ -89,7 +93,7 @@ inline void mask_storeu(float* p, simde__mmask16 mask, simde__m512 x) {
 }  // namespace pyscorepen::cpu::avx512_emulation
 
 #define _mm512_getexp_ps(x) ::pyscorepen::cpu::avx512_emulation::getexp(x)
-#define _mm512_getmant_ps(x, interval, sign) ::pyscorepen::cpu::avx512_emulation::getmant(x)
+#define _mm512_getmant_ps(x, interval, sign) ::pyscorepen::cpu::avx512_emulation::getmant<(interval), (sign)>(x)
 #define _mm512_rcp14_ps(x) ::pyscorepen::cpu::avx512_emulation::rcp14(x)
 #define _mm512_reduce_add_ps(x) ::pyscorepen::cpu::avx512_emulation::reduce_add(x)
 #define _mm512_maskz_loadu_ps(mask, p) ::pyscorepen::cpu::avx512_emulation::maskz_loadu(mask, p)
