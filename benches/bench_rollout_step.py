@@ -13,38 +13,16 @@ import torch
 
 from benchutil import bench_op, check_speedup, record
 from pyscorepen.ops import rollout_step
+from pyscorepen.ops.workloads import ROLLOUT_FLOPS_PER_ROW
+from pyscorepen.ops.workloads import rollout_step_inputs as make_inputs
 
-OBS_DIM, ACT_DIM, MEMBERS, HIDDEN, SCORE_HIDDEN = 17, 6, 7, (200, 200, 200, 200), (256, 256, 256)
 BATCHES = [256, 4096, 50_000]
 SPEEDUP_FLOOR = 1.5  # cpp / ref at 50k measured 2.3-2.9x (2 threads, shared machine; benches/README.md)
 PROVIDERS = ["ref", "cpp"] + (["triton"] if torch.cuda.is_available() else [])
 _MEDIANS: dict[tuple[str, int], float] = {}
 
 
-def mlp_flops(dims) -> int:
-    return sum(2 * i * o for i, o in zip(dims, dims[1:]))
-
-
-IN_DIM = OBS_DIM + ACT_DIM
-FLOPS_PER_ROW = MEMBERS * mlp_flops([IN_DIM, *HIDDEN, 2 * (OBS_DIM + 1)]) + mlp_flops([IN_DIM, *SCORE_HIDDEN, IN_DIM])
-
-
-def make_inputs(batch: int, device: str = "cpu") -> dict:
-    gen = torch.Generator().manual_seed(0)
-    dims = [IN_DIM, *HIDDEN, 2 * (OBS_DIM + 1)]
-    score_dims = [IN_DIM, *SCORE_HIDDEN, IN_DIM]
-    inputs = dict(
-        obs=torch.randn(batch, OBS_DIM, generator=gen), actions=torch.rand(batch, ACT_DIM, generator=gen) * 2 - 1,
-        input_mean=torch.zeros(IN_DIM), input_std=torch.ones(IN_DIM),
-        weights=[torch.randn(MEMBERS, i, o, generator=gen) / i**0.5 for i, o in zip(dims, dims[1:])],
-        biases=[torch.zeros(MEMBERS, o) for o in dims[1:]],
-        max_logvar=torch.full((OBS_DIM + 1,), 0.5), min_logvar=torch.full((OBS_DIM + 1,), -10.0),
-        member_index=torch.randint(0, MEMBERS, (batch,), generator=gen),
-        noise=torch.randn(batch, OBS_DIM + 1, generator=gen),
-        score_weights=[torch.randn(i, o, generator=gen) / i**0.5 for i, o in zip(score_dims, score_dims[1:])],
-        score_biases=[torch.zeros(o) for o in score_dims[1:]],
-    )
-    return {k: ([t.to(device) for t in v] if isinstance(v, list) else v.to(device)) for k, v in inputs.items()}
+FLOPS_PER_ROW = ROLLOUT_FLOPS_PER_ROW
 
 
 @pytest.mark.parametrize("batch", BATCHES)

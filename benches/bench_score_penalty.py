@@ -9,22 +9,14 @@ import torch
 
 from benchutil import bench_op, check_speedup, record
 from pyscorepen.ops import score_penalty
+from pyscorepen.ops.workloads import SCORE_FLOPS_PER_ROW
+from pyscorepen.ops.workloads import score_penalty_inputs as make_inputs
 
-IN_DIM, HIDDEN = 23, (256, 256, 256)
 BATCHES = [256, 4096, 50_000]
 SPEEDUP_FLOOR = 1.2  # cpp / ref at 50k measured 1.6-2.7x (2 threads, shared machine), 2.4x (1 thread CPU time)
 PROVIDERS = ["ref", "cpp"] + (["triton"] if torch.cuda.is_available() else [])
-DIMS = [IN_DIM, *HIDDEN, IN_DIM]
-FLOPS_PER_ROW = sum(2 * i * o for i, o in zip(DIMS, DIMS[1:]))
+FLOPS_PER_ROW = SCORE_FLOPS_PER_ROW
 _MEDIANS: dict[tuple[str, int], float] = {}
-
-
-def make_inputs(batch: int, device: str = "cpu") -> dict:
-    gen = torch.Generator().manual_seed(0)
-    inputs = dict(x=torch.randn(batch, IN_DIM, generator=gen),
-                  weights=[torch.randn(i, o, generator=gen) / i**0.5 for i, o in zip(DIMS, DIMS[1:])],
-                  biases=[torch.zeros(o) for o in DIMS[1:]])
-    return {k: ([t.to(device) for t in v] if isinstance(v, list) else v.to(device)) for k, v in inputs.items()}
 
 
 @pytest.mark.parametrize("batch", BATCHES)
