@@ -15,7 +15,9 @@ reference runs on are capped to AVX2 as well (``MKL_ENABLE_INSTRUCTIONS=AVX2``,
 an AVX2-only CPU would see: the AVX2 kernels against AVX2 MKL, and an AVX2 sgemm probe.
 On one thread the times are CPU time of the thread (``time.thread_time``): on a shared machine
 that excludes the time the thread waits for a core. A threshold in ``CPP_MIN_ROWS`` is the
-smallest batch whose ratio was >= 1.0.
+smallest batch whose ratio was >= 1.0. The workloads are ``pyscorepen.ops.workloads.SWEEPS``, the
+ones ``python -m pyscorepen.calibrate`` times to store a policy for this machine (this script only
+prints, for every ISA, with the probe).
 """
 from __future__ import annotations
 
@@ -29,46 +31,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_rollout_step  # noqa: E402
-import bench_score_penalty  # noqa: E402
-import bench_soft_value  # noqa: E402
 from benchutil import PROBE_SHAPE  # noqa: E402
-from pyscorepen.ops import available_cpu_isas, forced_cpu_isa, rollout_step, score_penalty, soft_value  # noqa: E402
-from pyscorepen.ops.ensemble_mlp import ensemble_mlp  # noqa: E402
-
-
-def _inference(op, module, batch):
-    inputs = module.make_inputs(batch)
-
-    def run(provider):
-        with torch.no_grad():
-            op(**inputs, backend=provider)
-    return run, module.FLOPS_PER_ROW
-
-
-def _ensemble(members, dims, activation, shared, batch):
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(*(() if shared else (members,)), batch, dims[0], generator=gen).requires_grad_()
-    weights = [(torch.randn(members, i, o, generator=gen) / i**0.5).requires_grad_() for i, o in zip(dims, dims[1:])]
-    biases = [torch.zeros(members, o, requires_grad=True) for o in dims[1:]]
-    leaves = [x, *weights, *biases]
-
-    def run(provider):
-        out = ensemble_mlp(x, weights, biases, activation, backend=provider)
-        torch.autograd.grad(out.square().sum(), leaves)
-    return run, 3 * members * sum(2 * i * o for i, o in zip(dims, dims[1:]))
-
-
-# shape class -> (batches, factory(batch) -> (run(provider), flops per row))
-SWEEPS = {
-    "rollout_step": ([1, 16, 64, 256, 4096], lambda b: _inference(rollout_step, bench_rollout_step, b)),
-    "score_penalty": ([1, 16, 64, 256, 4096, 50_000], lambda b: _inference(score_penalty, bench_score_penalty, b)),
-    "soft_value": ([1, 16, 64, 256, 12_150], lambda b: _inference(soft_value, bench_soft_value, b)),
-    "ensemble_mlp/relu": ([1, 8, 32, 64, 128, 256, 3840],
-                          lambda b: _ensemble(2, (23, 256, 256, 1), "relu", True, b)),
-    "ensemble_mlp/silu": ([32, 64, 128, 256, 1024],
-                          lambda b: _ensemble(7, (23, 200, 200, 200, 200, 36), "silu", False, b)),
-}
+from pyscorepen.calibrate import best_seconds, measure_ratios  # noqa: E402
+from pyscorepen.ops import available_cpu_isas, forced_cpu_isa  # noqa: E402
+from pyscorepen.ops.workloads import SWEEPS  # noqa: E402
 
 
 # Environment of one ISA's measuring process (see the module docstring).
@@ -79,21 +45,6 @@ ISA_ENV = {
 }
 
 
-def best_seconds(run, provider, rounds, clock, min_time=0.02):
-    """Best time per call over ``rounds`` rounds of enough calls to last ``min_time``."""
-    run(provider)
-    start = clock()
-    run(provider)
-    calls = max(1, int(min_time / max(clock() - start, 1e-6)))
-    best = float("inf")
-    for _ in range(rounds):
-        start = clock()
-        for _ in range(calls):
-            run(provider)
-        best = min(best, (clock() - start) / calls)
-    return best
-
-
 def measure(ops, isa, threads, rounds) -> None:
     """The table rows of one ISA, in this process (its environment already set)."""
     torch.set_num_threads(threads)
@@ -101,19 +52,14 @@ def measure(ops, isa, threads, rounds) -> None:
     m, k, n = PROBE_SHAPE   # MKL sgemm, the same probe as the benches (there: the better of MKL and oneDNN)
     a, w = torch.randn(m, k), torch.randn(k, n)
     probe_gflops = 2 * m * k * n / best_seconds(lambda _: torch.mm(a, w), None, 4 * rounds, clock) / 1e9
-    with forced_cpu_isa(isa):
-        for shape_class in ops:
-            batches, factory = SWEEPS[shape_class]
-            for batch in batches:
-                run, flops_per_row = factory(batch)
-                ref = cpp = float("inf")
-                for _ in range(2):   # interleaved: both sides see the same machine load
-                    ref = min(ref, best_seconds(run, "ref", rounds, clock))
-                    cpp = min(cpp, best_seconds(run, "cpp", rounds, clock))
-                gflops = batch * flops_per_row / cpp / 1e9
-                print(f"| {shape_class} | {isa} | {batch} | {ref / cpp:.2f} | {gflops:.0f} | "
-                      f"{100 * gflops / probe_gflops:.0f} % of {probe_gflops:.0f} |", flush=True)
+    def row(shape_class, batch, ref, cpp):
+        gflops = batch * SWEEPS[shape_class][2] / cpp / 1e9
+        print(f"| {shape_class} | {isa} | {batch} | {ref / cpp:.2f} | {gflops:.0f} | "
+              f"{100 * gflops / probe_gflops:.0f} % of {probe_gflops:.0f} |", flush=True)
 
+    with forced_cpu_isa(isa):
+        for shape_class in ops:   # ref and cpp interleaved: both sides see the same machine load
+            measure_ratios(shape_class, rounds, threads, progress=row)
 
 
 def main(argv=None) -> None:

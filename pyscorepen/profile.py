@@ -275,6 +275,8 @@ def profile_run(config: ProfileConfig, task=None) -> dict:
     check_ranges(config)
     raise_problems(device_problems(config.device))
     threads = configure_threads(config.threads)
+    from pyscorepen.ops import backend
+    cpu_policy = backend.cpu_policy()   # which kernels auto picks (built-in or calibrated thresholds)
     torch.manual_seed(config.seed)
     sync = torch.cuda.synchronize if config.device.startswith("cuda") else (lambda: None)
     if task is None:
@@ -349,6 +351,7 @@ def profile_run(config: ProfileConfig, task=None) -> dict:
         "updates_per_s": config.steps / max(measured["update"], 1e-12),
         "rollout_transitions_per_s": (rounds * r.batch_size * r.length / measured["rollout"]) if rounds else None,
         "dynamics_epochs_assumed": config.dynamics_epochs,
+        "cpu_policy": cpu_policy,
     }
 
 
@@ -376,6 +379,9 @@ def format_table(result: dict) -> str:
         notes.append(f"rollout {result['rollout_transitions_per_s']:,.0f} transitions/s "
                      f"({'all members' if result['rollout_all_members'] else 'elite-only'})")
     notes.append(f"dynamics fit projected at {result['dynamics_epochs_assumed']} epochs")
+    policy = result.get("cpu_policy") or {}
+    if policy.get("isa"):
+        notes.append(f"CPU kernels {policy['isa']}, {policy['source']} policy")
     return "\n".join([head, *rows, "; ".join(notes)])
 
 

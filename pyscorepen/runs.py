@@ -2,6 +2,8 @@
 
     runs/<algo>-<task>-s<seed>/
       config.json       resolved TrainConfig
+      cpu_policy.json   the automatic CPU kernel policy the run started with (ISA, threads, source,
+                        thresholds: pyscorepen.ops.backend.cpu_policy); later processes keep it
       metrics.jsonl     one JSON object per evaluation: step, return_mean, return_std,
                         normalized_score_mean, losses, penalty and rollout statistics
                         (every key, its unit and meaning: docs/metrics.md)
@@ -48,6 +50,7 @@ PRETRAIN = "pretrain.json"
 CHECKPOINT_PREFIX, DYNAMICS_FIT, SCORE_FIT, DEBUG = "checkpoint", "dynamics-fit", "score-fit", "debug"
 HEATMAP, CURVE = "penalty_heatmap.png", "learning_curve.png"
 EVAL_RETURNS, PENALTY_SAMPLE = "eval_returns.json", "penalty_sample.json"
+CPU_POLICY = "cpu_policy.json"
 
 log = logging.getLogger(__name__)
 

@@ -5,6 +5,7 @@ Every field of :class:`pyscorepen.config.TrainConfig` is a flag; ``--help`` list
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shlex
@@ -105,7 +106,35 @@ def run(config: TrainConfig) -> dict:
         prepare_run_dir(config)
         log.info("run folder %s | task %s | %d transitions | %d torch threads", trainer.run_dir, trainer.task.name,
                  len(trainer.dataset), threads)
-        return trainer.train()
+        with keep_cpu_policy(trainer.run_dir):
+            return trainer.train()
+
+
+@contextlib.contextmanager
+def keep_cpu_policy(run_dir: Path):
+    """A run dispatches as it started. Its first process records the automatic CPU kernel policy
+    (:func:`pyscorepen.ops.backend.cpu_policy`: ISA, threads, built-in or calibrated thresholds) in
+    ``cpu_policy.json``, and every process of the run pins the recorded thresholds, so a calibration
+    made in between (``python -m pyscorepen.calibrate``) or another ``--threads`` does not change which
+    kernels a resumed run runs (kill -9 + resume stays byte-identical). Resumed on another ISA, the
+    recorded thresholds do not apply: that process uses this machine's policy, and says so."""
+    from pyscorepen.ops import backend
+    path = run_dir / runs.CPU_POLICY
+    current = backend.cpu_policy()
+    if not path.exists():
+        runs.write_json(path, current)
+        recorded = current
+    else:
+        recorded = runs.read_json(path, "the run's CPU kernel policy")
+    thresholds = recorded.get("thresholds")
+    if recorded.get("isa") != current["isa"] or not isinstance(thresholds, dict):
+        log.warning("%s was recorded on the %s ISA, this process runs %s: it uses this machine's kernel policy "
+                    "(results will differ from an uninterrupted run in the last digits)", path, recorded.get("isa"),
+                    current["isa"])
+        yield
+        return
+    with backend.pinned_cpu_policy(thresholds):
+        yield
 
 
 def pretrain_only(config: TrainConfig) -> Path:
@@ -115,8 +144,8 @@ def pretrain_only(config: TrainConfig) -> Path:
     trainer = build(config)
     with runs.RunLock(trainer.run_dir):
         prepare_run_dir(config)
-        with runs.GracefulInterrupt() as trainer.interrupt:   # SIGINT/SIGTERM: checkpoint the fit, then stop
-            trainer.pretrain()
+        with keep_cpu_policy(trainer.run_dir), runs.GracefulInterrupt() as trainer.interrupt:
+            trainer.pretrain()   # SIGINT/SIGTERM: checkpoint the fit, then stop
     return trainer.run_dir
 
 

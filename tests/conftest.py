@@ -1,4 +1,5 @@
-"""Shared pytest setup: the opt-in ``slow`` marker (``--runslow``) and the Triton interpreter.
+"""Shared pytest setup: the opt-in ``slow`` marker (``--runslow``), the Triton interpreter and the
+built-in CPU dispatch policy.
 
 Triton decides "interpreted or compiled" when it is first imported, so without a GPU the
 interpreter is switched on here, before any test module can import triton (directly or via
@@ -11,6 +12,10 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# The automatic CPU policy's built-in tables, whatever `python -m pyscorepen.calibrate` stored for
+# this machine: the tests of dispatch check those tables (tests/test_calibrate.py sets its own files).
+os.environ["PYSCOREPEN_CPU_POLICY"] = "builtin"
 
 
 def pytest_addoption(parser):
@@ -41,3 +46,13 @@ def cpu_isa(request):
     with forced_cpu_isa(isa):
         assert cpu_isa() == isa
         yield isa
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (tiny nets train fastest so, above all on a shared CPU; a
+    calibration is keyed by the thread count), the previous count restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

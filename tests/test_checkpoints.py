@@ -37,8 +37,8 @@ for key in ("PYSCOREPEN_TEST_KILL_AT", "PYSCOREPEN_TEST_SIGNAL"):
     ENV.pop(key, None)
 
 
-def train(out, *extra, kill_at=None, sig=None):
-    env = dict(ENV)
+def train(out, *extra, kill_at=None, sig=None, env_extra=None):
+    env = {**ENV, **(env_extra or {})}
     if kill_at:
         env["PYSCOREPEN_TEST_KILL_AT"] = kill_at
     if sig:

@@ -87,15 +87,6 @@ def _dataset(obs, actions, next_obs, terminals):
                              terminals.float())
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny nets train fastest on one thread, above all on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_learned_termination_head(one_thread):
     obs, actions, next_obs, terminated = env_transitions("Hopper-v5", seed=1)
     n = len(obs) * 2 // 3

@@ -16,6 +16,8 @@ tensors and ``cpp -> ref`` for CPU tensors, and logs (INFO, once per op/device) 
 On CPU, ``auto`` also follows a measured speed policy (:data:`CPP_MIN_ROWS`): the ``cpp`` kernel
 is chosen only from the batch size where it beat the reference for that op's shape class on the
 ISA the C++ ops run (:func:`cpu_isa`: ``avx512``, ``avx2`` or ``generic``, the ATen fallback).
+``python -m pyscorepen.calibrate`` measures those thresholds on this machine, and auto then uses them
+instead (:mod:`pyscorepen.ops.calibration`; ``PYSCOREPEN_CPU_POLICY=builtin`` ignores them).
 ``$PYSCOREPEN_CPU_ISA`` (read once by the extension) or :func:`set_cpu_isa` picks the ISA.
 """
 from __future__ import annotations
@@ -29,6 +31,8 @@ from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
+
+from pyscorepen.ops import calibration as _calibration
 
 log = logging.getLogger("pyscorepen")
 
@@ -209,15 +213,61 @@ def cpu_vendor() -> str:
     return "other"
 
 
-def cpp_min_rows(shape_class: str) -> int:
-    """Threshold of the policy for ``shape_class`` on the current ISA and CPU vendor
-    (:data:`CPP_MIN_ROWS_BY_VENDOR`, else :data:`CPP_MIN_ROWS`); 0 without the extension, or for a
-    shape class the tables do not measure yet (no policy)."""
+def builtin_min_rows(shape_class: str, isa: str | None) -> int:
+    """The built-in threshold of ``shape_class`` on ``isa`` and this CPU's vendor
+    (:data:`CPP_MIN_ROWS_BY_VENDOR`, else :data:`CPP_MIN_ROWS`); 0 for a shape class the tables do
+    not measure yet (no policy)."""
+    measured = CPP_MIN_ROWS_BY_VENDOR.get(cpu_vendor(), {}).get(shape_class, {})   # this vendor's entries
+    return measured.get(isa, CPP_MIN_ROWS.get(shape_class, {}).get(isa, 0))
+
+
+_pinned_policy: dict[str, int] | None = None
+
+
+def cpp_min_rows(shape_class: str, *, builtin: bool = False) -> int:
+    """Threshold of the automatic policy for ``shape_class`` on the current ISA: a policy pinned by
+    :func:`pinned_cpu_policy` (a resumed run keeps the one it started with), else this machine's
+    calibration at the current thread count (``python -m pyscorepen.calibrate``;
+    :mod:`pyscorepen.ops.calibration`), else the built-in tables (:func:`builtin_min_rows`;
+    ``builtin=True`` asks for those alone). 0 without the extension."""
     isa = cpu_isa()
     if isa is None:
         return 0
-    measured = CPP_MIN_ROWS_BY_VENDOR.get(cpu_vendor(), {}).get(shape_class, {})   # this vendor's entries
-    return measured.get(isa, CPP_MIN_ROWS.get(shape_class, {}).get(isa, 0))
+    if not builtin:
+        if _pinned_policy is not None and shape_class in _pinned_policy:
+            return _pinned_policy[shape_class]
+        entry = _calibration.calibrated_entry(isa, torch.get_num_threads())
+        if entry is not None and shape_class in entry["thresholds"]:
+            return entry["thresholds"][shape_class]
+    return builtin_min_rows(shape_class, isa)
+
+
+def cpu_policy() -> dict:
+    """The automatic CPU policy in force now: ``isa``, ``threads``, ``source`` ("pinned",
+    "calibrated" with its ``file`` and ``created``, or "built-in") and the ``thresholds`` of every
+    shape class (what a run records in its folder)."""
+    isa, threads = cpu_isa(), torch.get_num_threads()
+    entry = _calibration.calibrated_entry(isa, threads)
+    if _pinned_policy is not None:
+        source = {"source": "pinned"}
+    elif entry is not None:
+        source = {"source": "calibrated", "file": str(_calibration.policy_file()), "created": entry.get("created")}
+    else:
+        source = {"source": "built-in"}
+    return {"isa": isa, "threads": threads, **source,
+            "thresholds": {shape_class: cpp_min_rows(shape_class) for shape_class in CPP_MIN_ROWS}}
+
+
+@contextlib.contextmanager
+def pinned_cpu_policy(thresholds: dict[str, int]) -> Iterator[None]:
+    """Within the block, ``cpp_min_rows`` returns ``thresholds`` (per shape class) whatever the
+    calibration or the thread count: a resumed run dispatches as its first process did."""
+    global _pinned_policy
+    previous, _pinned_policy = _pinned_policy, {k: int(v) for k, v in thresholds.items()}
+    try:
+        yield
+    finally:
+        _pinned_policy = previous
 
 
 def register_reference(op: str, reference: Callable) -> None:

@@ -99,7 +99,9 @@ log = logging.getLogger("pyscorepen")
 # idle, paired same-process A/B, Hopper sizes (E = 7, 4 x 200, 256 rows per member), module / op:
 #   avx512  1 thread 1.18x, 2 threads 1.33x      (S = 17, A = 6: 1.15x, 1.28x)
 #   avx2    1 thread 1.10x, 2 threads 1.20x      (PYSCOREPEN_CPU_ISA=avx2 on the same CPU)
-# The generic ISA (ATen's ops around the kernels) was not measured: the module path. On an Intel CPU
+# The generic ISA (ATen's ops around the kernels) was not measured: the module path. The gate reads
+# the built-in SiLU threshold, not a calibration of this machine (pyscorepen.calibrate times the
+# ensemble op alone, not this whole step against the module path). On an Intel CPU
 # the SiLU threshold is 1 024 rows (MKL's batched GEMM wins below it), so the fit's 256-row steps
 # keep the module path there.
 # The allocator: the op frees its ~16 MB of saved activations and gradients at once at the end of
@@ -121,7 +123,7 @@ def resolve(x: Tensor, backend: str | None = None, rows: int | None = None) -> s
     skip: tuple[str, ...] = ("triton",)
     rows = x.shape[-2] if rows is None else rows
     if not x.is_cuda and (_backend.cpu_isa() not in AUTO_CPU_ISAS
-                          or rows < _backend.cpp_min_rows("ensemble_mlp/silu")):
+                          or rows < _backend.cpp_min_rows("ensemble_mlp/silu", builtin=True)):
         skip = (*skip, "cpp")
     elif not x.is_cuda and not allocator.buffers_kept():
         skip = (*skip, "cpp")

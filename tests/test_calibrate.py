@@ -1,0 +1,173 @@
+"""Per-machine calibration of the automatic CPU policy (``python -m pyscorepen.calibrate``,
+:mod:`pyscorepen.ops.calibration`): the threshold rule, the file and its key, what auto then picks,
+and a resumed run that keeps the policy it started with."""
+import json
+import signal
+
+import pytest
+import torch
+
+from pyscorepen import ops, runs
+from pyscorepen.calibrate import main as calibrate_main
+from pyscorepen.ops import backend, calibration
+from pyscorepen.ops.workloads import SWEEPS
+
+needs_extension = pytest.mark.skipif(not ops.EXTENSION_LOADED, reason="C++ extension not built")
+NEVER = calibration.NEVER
+
+
+def test_threshold_is_where_cpp_wins_at_every_larger_batch():
+    rule = calibration.min_rows_threshold
+    assert rule({1: 0.5, 16: 1.1, 64: 1.2, 4096: 2.0}) == 16
+    assert rule({1: 0.5, 16: 1.1, 64: 0.97, 256: 1.1, 4096: 2.0}) == 256   # a loss at 64 moves it past 64
+    assert rule({1: 1.3, 16: 1.2}) == 1
+    assert rule({32: 1.2, 256: 1.1, 1024: 0.96}) == NEVER                  # loses at the largest: never
+    assert rule({256: 1.0}) == 256                                          # a tie is not slower
+    assert NEVER == backend.NEVER
+
+
+@pytest.fixture
+def policy_file(tmp_path, monkeypatch):
+    """A calibration file of this test alone; the lookup cache is cleared around the test."""
+    path = tmp_path / "cpu_policy.json"
+    monkeypatch.setenv(calibration.ENV_VAR, str(path))
+    calibration.clear_cache()
+    yield path
+    calibration.clear_cache()
+
+
+def write(path, thresholds, threads=1, **key):
+    entry = calibration.new_entry(backend.cpu_isa(), threads, thresholds, {}, rounds=1)
+    entry["machine"].update(key)
+    calibration.write_entry(path, entry)
+    calibration.clear_cache()
+    return entry
+
+
+def test_the_file_location(monkeypatch, tmp_path):
+    monkeypatch.delenv(calibration.ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert calibration.policy_file() == tmp_path / "pyscorepen" / "cpu_policy.json"
+    monkeypatch.setenv(calibration.ENV_VAR, str(tmp_path / "mine.json"))
+    assert calibration.policy_file() == tmp_path / "mine.json"
+    monkeypatch.setenv(calibration.ENV_VAR, "builtin")
+    assert calibration.policy_file() is None
+
+
+@needs_extension
+def test_auto_follows_this_machines_calibration_only(policy_file, one_thread, monkeypatch):
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+    builtin = backend.builtin_min_rows("score_penalty", backend.cpu_isa())
+    write(policy_file, {"score_penalty": 300, "soft_value": NEVER})
+    assert backend.cpp_min_rows("score_penalty") == 300
+    assert backend.cpp_min_rows("score_penalty", builtin=True) == builtin
+    assert backend.cpp_min_rows("rollout_step") == backend.builtin_min_rows("rollout_step", backend.cpu_isa())
+    x = torch.zeros(4, 23)
+    assert ops.resolve_backend("score_penalty", x, rows=299) == "ref"
+    assert ops.resolve_backend("score_penalty", x, rows=300) == "cpp"
+    assert ops.resolve_backend("soft_value", x, rows=50_000) == "ref"              # never: the reference
+    assert ops.resolve_backend("soft_value", x, backend="cpp", rows=50_000) == "cpp"   # explicit wins
+    policy = backend.cpu_policy()
+    assert policy["source"] == "calibrated" and policy["thresholds"]["score_penalty"] == 300
+
+    torch.set_num_threads(2)   # calibrated at 1 thread only: the built-in tables at 2
+    assert backend.cpp_min_rows("score_penalty") == builtin and backend.cpu_policy()["source"] == "built-in"
+    torch.set_num_threads(1)
+    with backend.forced_cpu_isa("generic"):   # another ISA: not this calibration
+        assert backend.cpp_min_rows("score_penalty") == backend.builtin_min_rows("score_penalty", "generic")
+
+
+@needs_extension
+def test_another_build_or_cpu_does_not_use_the_calibration(policy_file, one_thread):
+    write(policy_file, {"score_penalty": 300}, build="0123456789abcdef")
+    write(policy_file, {"score_penalty": 301}, cpu="some other CPU")
+    assert len(calibration.read_entries(policy_file)) == 2
+    assert backend.cpp_min_rows("score_penalty") == backend.builtin_min_rows("score_penalty", backend.cpu_isa())
+
+
+@needs_extension
+def test_calibrating_some_classes_keeps_the_others(policy_file, one_thread):
+    write(policy_file, {"score_penalty": 300, "soft_value": 64})
+    write(policy_file, {"soft_value": 16})
+    (entry,) = calibration.read_entries(policy_file)
+    assert entry["thresholds"] == {"score_penalty": 300, "soft_value": 16}
+
+
+@needs_extension
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"format": 99, "entries": []}),
+                                     json.dumps({"format": 1, "entries": [{"machine": {}, "thresholds": {"x": 0}}]})])
+def test_an_unusable_file_warns_and_the_builtin_policy_applies(policy_file, one_thread, content):
+    policy_file.write_text(content)
+    with pytest.warns(UserWarning, match="ignoring the CPU policy calibration"):
+        threshold = backend.cpp_min_rows("score_penalty")
+    assert threshold == backend.builtin_min_rows("score_penalty", backend.cpu_isa())
+
+
+@needs_extension
+def test_a_pinned_policy_beats_the_calibration(policy_file, one_thread):
+    write(policy_file, {"score_penalty": 300})
+    with backend.pinned_cpu_policy({"score_penalty": 7}):
+        assert backend.cpp_min_rows("score_penalty") == 7
+        assert backend.cpu_policy()["source"] == "pinned"
+        assert backend.cpp_min_rows("rollout_step") == backend.builtin_min_rows("rollout_step", backend.cpu_isa())
+    assert backend.cpp_min_rows("score_penalty") == 300
+
+
+@needs_extension
+def test_the_cli_measures_writes_shows_and_forgets(policy_file, capsys):
+    argv = ["--threads", "1", "--rounds", "1", "--shape-classes", "soft_value"]
+    assert calibrate_main(argv) == 0
+    (entry,) = calibration.read_entries(policy_file)
+    sweep = SWEEPS["soft_value"][0]
+    assert entry["machine"] == calibration.machine_key(backend.cpu_isa(), 1)
+    assert sorted(int(b) for b in entry["ratios"]["soft_value"]) == sweep
+    assert all(r > 0 for r in entry["ratios"]["soft_value"].values())
+    ratios = {int(b): r for b, r in entry["ratios"]["soft_value"].items()}
+    assert entry["thresholds"] == {"soft_value": calibration.min_rows_threshold(ratios)}
+    out = capsys.readouterr().out
+    assert "soft_value" in out and "written to" in out
+
+    assert calibrate_main(["--show", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "calibrated policy" in out and str(policy_file) in out
+
+    assert calibrate_main(["--threads", "1", "--rounds", "1", "--shape-classes", "score_penalty", "--dry-run"]) == 0
+    assert set(calibration.read_entries(policy_file)[0]["thresholds"]) == {"soft_value"}   # nothing written
+
+    assert calibrate_main(["--forget"]) == 0
+    assert calibration.read_entries(policy_file) == []
+
+
+def test_the_cli_refuses_to_write_when_calibrations_are_ignored(monkeypatch, capsys):
+    monkeypatch.setenv(calibration.ENV_VAR, "builtin")
+    assert calibrate_main(["--rounds", "1"]) == 2
+    assert "ignores calibrations" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------- a run keeps the policy it started with
+@needs_extension
+def test_a_resumed_run_keeps_its_policy_after_a_calibration(tmp_path):
+    """Killed, then this machine calibrated so that auto would run the reference everywhere: the
+    resumed run still dispatches as it started, and ends byte-identical to an uninterrupted run."""
+    from tests.test_checkpoints import assert_same_run, train
+    reference = tmp_path / "reference"
+    assert train(reference).returncode == 0
+    recorded = json.loads((reference / runs.CPU_POLICY).read_text())
+    assert recorded["source"] == "built-in" and recorded["threads"] == 1   # the tests' ENV: builtin, 1 thread
+    assert recorded["thresholds"]["rollout_step"] < 64   # the run's 64-start rollouts ran the cpp kernel
+
+    out = tmp_path / "run"
+    killed = train(out, kill_at="policy_step:15")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    policy_file = tmp_path / "cpu_policy.json"
+    entry = calibration.new_entry(recorded["isa"], 1, {k: NEVER for k in SWEEPS}, {}, rounds=1)
+    calibration.write_entry(policy_file, entry)
+    calibrated = {calibration.ENV_VAR: str(policy_file)}
+    resumed = train(out, env_extra=calibrated)
+    fresh = train(tmp_path / "fresh", env_extra=calibrated)   # a new run under it: the reference kernels
+    assert resumed.returncode == 0 and fresh.returncode == 0, resumed.stderr + fresh.stderr
+    assert json.loads((out / runs.CPU_POLICY).read_text()) == recorded
+    assert_same_run(out, reference)
+    assert json.loads((tmp_path / "fresh" / runs.CPU_POLICY).read_text())["source"] == "calibrated"
+    # the calibration does change the kernels of a new run (so the equality above is the pin's doing)
+    assert (tmp_path / "fresh" / runs.POLICY).read_bytes() != (reference / runs.POLICY).read_bytes()
