@@ -31,6 +31,7 @@ from typing import Literal
 
 import torch
 
+# the shape classes of pyscorepen.ops.workloads.SWEEPS and backend.CPP_MIN_ROWS (a test keeps them equal)
 ShapeClass = Literal["rollout_step", "score_penalty", "soft_value", "ensemble_mlp/relu", "ensemble_mlp/silu"]
 
 
@@ -98,7 +99,9 @@ def calibrate(threads: int, rounds: int, shape_classes, progress=None) -> dict:
     from pyscorepen.ops import backend, calibration
     isa = backend.cpu_isa()
     if isa is None:
-        raise RuntimeError("the C++ extension is not loaded: there is no cpp backend to calibrate")
+        from pyscorepen.errors import PyScorePenError
+        raise PyScorePenError("the C++ extension is not loaded (pip install --no-build-isolation -e . builds it): "
+                              "there is no cpp backend to calibrate")
     ratios = {sc: measure_ratios(sc, rounds, threads, progress=progress) for sc in shape_classes}
     thresholds = {sc: calibration.min_rows_threshold(r) for sc, r in ratios.items()}
     return calibration.new_entry(isa, threads, thresholds, ratios, rounds)
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     from pyscorepen.threads import default_threads
     config = tyro.cli(CalibrateConfig, args=argv, description=__doc__.split("\n\n")[0])
 
-    def go(cfg: CalibrateConfig) -> dict:
+    def go(cfg: CalibrateConfig) -> int:
         from pyscorepen.validation import ConfigError
         path = calibration.policy_file()
         if cfg.show:

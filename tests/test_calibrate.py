@@ -44,6 +44,21 @@ def write(path, thresholds, threads=1, **key):
     return entry
 
 
+def test_every_policy_class_is_calibrated():
+    from typing import get_args
+
+    from pyscorepen.calibrate import ShapeClass
+    assert set(get_args(ShapeClass)) == set(SWEEPS) == set(backend.CPP_MIN_ROWS)
+
+
+def test_without_the_extension_the_cli_says_so(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv(calibration.ENV_VAR, str(tmp_path / "cpu_policy.json"))
+    monkeypatch.setattr(backend, "cpu_isa", lambda: None)
+    assert calibrate_main(["--rounds", "1", "--threads", "1"]) == 2
+    assert "the C++ extension is not loaded" in capsys.readouterr().err
+    assert not (tmp_path / "cpu_policy.json").exists()
+
+
 def test_the_file_location(monkeypatch, tmp_path):
     monkeypatch.delenv(calibration.ENV_VAR, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
