@@ -60,8 +60,8 @@ def test_dynamics_train_epoch(benchmark, sgemm_limit, monkeypatch, one_thread, p
             # allocator settings (pyscorepen.allocator.buffers_kept), which this process may lack
             monkeypatch.setattr(allocator, "buffers_kept", lambda: True)
         if provider == "fused" and dynamics.fused_step_backend(optim, x) is None:
-            pytest.skip("no dynamics_fit_step op here (the C++ extension is not built, or the op's ISA policy, "
-                        "pyscorepen.ops.dynamics_fit_step.AUTO_CPU_ISAS, sends this ISA to the module path)")
+            pytest.skip("no dynamics_fit_step op here (the C++ extension is not built, or the automatic policy, "
+                        "CPP_MIN_ROWS['dynamics_fit_step'], sends this ISA and batch to the module path)")
 
     def epoch():
         return dynamics.train_epoch(x, y, train_idx, optim, gen, l2_in_loss=l2_in_loss)

@@ -17,9 +17,12 @@ machine, ISA, thread count, torch version and extension build (:mod:`pyscorepen.
 From then on ``auto`` uses them; a run records the policy it started with in its folder
 (``cpu_policy.json``) and keeps it when resumed.
 
-What it does not calibrate: the whole-step ops' own gates (``dynamics_fit_step``'s and
-``sac_update``'s, measured against the module paths they replace) keep their built-in tables.
-Run it on an otherwise idle machine: a busy core makes both sides slower unevenly.
+The ``dynamics_fit_step`` class times the whole minibatch step of the dynamics fit as one op
+against the module path it replaces (rows per member). What it does not calibrate: the fused SAC
+update's batch limit (``pyscorepen.ops.sac_update.MAX_CPP_ROWS``) keeps its built-in table. Run it
+on an otherwise idle machine: a busy core makes both sides slower unevenly. It sets the allocator as
+the training CLIs do (:func:`pyscorepen.allocator.tune_malloc`), since the fit step's speed depends
+on it.
 """
 from __future__ import annotations
 
@@ -32,7 +35,8 @@ from typing import Literal
 import torch
 
 # the shape classes of pyscorepen.ops.workloads.SWEEPS and backend.CPP_MIN_ROWS (a test keeps them equal)
-ShapeClass = Literal["rollout_step", "score_penalty", "soft_value", "ensemble_mlp/relu", "ensemble_mlp/silu"]
+ShapeClass = Literal["rollout_step", "score_penalty", "soft_value", "ensemble_mlp/relu", "ensemble_mlp/silu",
+                     "dynamics_fit_step"]
 
 
 @dataclass
@@ -142,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     from pyscorepen.ops.workloads import SWEEPS
     from pyscorepen.threads import default_threads
     config = tyro.cli(CalibrateConfig, args=argv, description=__doc__.split("\n\n")[0])
+    from pyscorepen.allocator import tune_malloc
+    tune_malloc()   # as the train / profile CLIs: the fit step op is timed as a run has it
 
     def go(cfg: CalibrateConfig) -> int:
         from pyscorepen.validation import ConfigError

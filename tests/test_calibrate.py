@@ -26,6 +26,12 @@ def test_threshold_is_where_cpp_wins_at_every_larger_batch():
     assert NEVER == backend.NEVER
 
 
+@pytest.fixture(autouse=True)
+def test_process_allocator(monkeypatch):
+    """The CLI tunes glibc's allocator as the training CLIs do; never in the test process."""
+    monkeypatch.setenv("PYSCOREPEN_MALLOC", "default")
+
+
 @pytest.fixture
 def policy_file(tmp_path, monkeypatch):
     """A calibration file of this test alone; the lookup cache is cleared around the test."""
@@ -126,6 +132,25 @@ def test_a_pinned_policy_beats_the_calibration(policy_file, one_thread):
         assert backend.cpu_policy()["source"] == "pinned"
         assert backend.cpp_min_rows("rollout_step") == backend.builtin_min_rows("rollout_step", backend.cpu_isa())
     assert backend.cpp_min_rows("score_penalty") == 300
+
+
+@needs_extension
+def test_the_fit_step_follows_its_own_class(policy_file, one_thread, monkeypatch):
+    """The dynamics fit runs its one-op step from the ``dynamics_fit_step`` threshold (op vs the
+    module path), not the SiLU ensemble op's; the sweep's workload runs both sides."""
+    from pyscorepen import allocator
+    from pyscorepen.models.dynamics import DynamicsConfig, EnsembleDynamics
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+    monkeypatch.setattr(allocator, "buffers_kept", lambda: True)   # as after the CLIs' tune_malloc
+    dynamics = EnsembleDynamics(3, 2, DynamicsConfig(ensemble_size=3, num_elites=2, hidden_dims=(16,), batch_size=32))
+    optim, x = dynamics.make_optimizer(1e-3), torch.zeros(3, 32, 5)
+    write(policy_file, {"dynamics_fit_step": 32, "ensemble_mlp/silu": NEVER})
+    assert dynamics.fused_step_backend(optim, x) == "cpp"
+    write(policy_file, {"dynamics_fit_step": 33, "ensemble_mlp/silu": 1})
+    assert dynamics.fused_step_backend(optim, x) is None
+    run = SWEEPS["dynamics_fit_step"][1](8)
+    run("cpp")
+    run("ref")
 
 
 @needs_extension

@@ -26,6 +26,7 @@ from tests.isa_params import backend_isa_params
 
 HAS_CPP = "cpp" in ops.available_backends("dynamics_fit_step", torch.zeros(1))
 needs_cpp = pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
+REAL_CPP_MIN_ROWS = fit_step_module._backend.cpp_min_rows   # before any test patches it
 STEPS, LR = 4, 1e-3
 
 # (obs_dim, act_dim, hidden, members, batch); O = obs_dim + 1 outputs (mean | log-variance each)
@@ -147,8 +148,9 @@ def cpp_policy(monkeypatch):
     kernels' threshold is 1 024 rows on Intel CPUs, which would send these small fits to the module
     path) and an allocator that keeps its buffers (what tune_malloc gives the CLIs; the test process
     itself is left alone)."""
-    if fit_step_module._backend.cpu_isa() not in fit_step_module.AUTO_CPU_ISAS:
-        pytest.skip(f"the op is not chosen automatically on the {fit_step_module._backend.cpu_isa()} ISA")
+    isa = fit_step_module._backend.cpu_isa()
+    if fit_step_module._backend.builtin_min_rows("dynamics_fit_step", isa) >= fit_step_module._backend.NEVER:
+        pytest.skip(f"the op is not chosen automatically on the {isa} ISA")
     monkeypatch.setattr(fit_step_module._backend, "cpp_min_rows", lambda shape_class, builtin=False: 0)
     monkeypatch.setattr(fit_step_module.allocator, "buffers_kept", lambda: True)
 
@@ -198,7 +200,7 @@ def test_fused_step_backend_decision(monkeypatch, caplog, cpp_policy):
     assert fused.fused_step_backend(optim, x) is None
     monkeypatch.delenv("PYSCOREPEN_BACKEND")
     monkeypatch.setattr(fit_step_module._backend, "cpp_min_rows", lambda shape_class, builtin=False: fused.config.batch_size + 1)
-    assert fused.fused_step_backend(optim, x) is None   # the SiLU kernels' threshold is above the batch
+    assert fused.fused_step_backend(optim, x) is None   # the policy's threshold is above the batch
     monkeypatch.setattr(fit_step_module._backend, "cpp_min_rows", lambda shape_class, builtin=False: fused.config.batch_size)
     assert fused.fused_step_backend(optim, x) == "cpp"
     monkeypatch.setattr(fit_step_module.allocator, "buffers_kept", lambda: False)
@@ -217,8 +219,9 @@ def test_fused_step_backend_decision(monkeypatch, caplog, cpp_policy):
     monkeypatch.delenv("PYSCOREPEN_BACKEND")
     monkeypatch.setattr(fit_step_module.allocator, "buffers_kept", lambda: True)
     assert fused.fused_step_backend(optim, x) == "cpp"
-    monkeypatch.setattr(fit_step_module, "AUTO_CPU_ISAS", ())
-    assert fused.fused_step_backend(optim, x) is None
+    monkeypatch.setattr(fit_step_module._backend, "cpp_min_rows", REAL_CPP_MIN_ROWS)
+    with fit_step_module._backend.forced_cpu_isa("generic"):   # unmeasured there: the module path
+        assert fused.fused_step_backend(optim, x) is None
 
 
 @needs_cpp

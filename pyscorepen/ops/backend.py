@@ -151,6 +151,9 @@ CPP_MIN_ROWS: dict[str, dict[str, int]] = {
     "soft_value": {"avx512": 1, "avx2": 16, "generic": 1},
     "ensemble_mlp/relu": {"avx512": 3840, "avx2": NEVER, "generic": NEVER},
     "ensemble_mlp/silu": {"avx512": 1024, "avx2": 1024, "generic": NEVER},
+    # the whole fit step as one op vs the module path (rows per member): see
+    # pyscorepen/ops/dynamics_fit_step.py; the SiLU ensemble's thresholds, the generic ISA unmeasured
+    "dynamics_fit_step": {"avx512": 1024, "avx2": 1024, "generic": NEVER},
 }
 
 
@@ -194,6 +197,7 @@ CPP_MIN_ROWS_BY_VENDOR: dict[str, dict[str, dict[str, int]]] = {
         "soft_value": {"avx512": 1, "avx2": 16},
         "ensemble_mlp/relu": {"avx512": 32, "avx2": 64},
         "ensemble_mlp/silu": {"avx512": 32, "avx2": 256},
+        "dynamics_fit_step": {"avx512": 32, "avx2": 256},
     },
 }
 

@@ -91,19 +91,18 @@ def dynamics_fit_step_ref(
 _backend.register_reference("dynamics_fit_step", dynamics_fit_step_ref)
 log = logging.getLogger("pyscorepen")
 
-# Automatic choice on CPU (backend= / $PYSCOREPEN_BACKEND run whatever they name): cpp where its
-# ensemble kernels are the automatic choice for the fit's batch (rows per member >= the
-# ``ensemble_mlp/silu`` threshold of pyscorepen.ops.backend.CPP_MIN_ROWS(_BY_VENDOR) on this ISA and
-# vendor) and on the ISAs where the whole step was measured against the module path it replaces
-# (EnsembleDynamics.loss + backward + make_optimizer's fused Adam). Measured 2026-12-03, AMD EPYC Zen 5,
-# idle, paired same-process A/B, Hopper sizes (E = 7, 4 x 200, 256 rows per member), module / op:
+# Automatic choice on CPU (backend= / $PYSCOREPEN_BACKEND run whatever they name): cpp from the
+# rows per member of the ``dynamics_fit_step`` class of pyscorepen.ops.backend.CPP_MIN_ROWS(_BY_VENDOR)
+# on this ISA and vendor, or of this machine's calibration (python -m pyscorepen.calibrate times this
+# whole step against the module path it replaces: EnsembleDynamics.loss + backward + make_optimizer's
+# fused Adam). The built-in entries are the SiLU ensemble kernels' thresholds, on the ISAs where the
+# whole step was measured against the module path: 2026-12-03, AMD EPYC Zen 5, idle, paired
+# same-process A/B, Hopper sizes (E = 7, 4 x 200, 256 rows per member), module / op:
 #   avx512  1 thread 1.18x, 2 threads 1.33x      (S = 17, A = 6: 1.15x, 1.28x)
 #   avx2    1 thread 1.10x, 2 threads 1.20x      (PYSCOREPEN_CPU_ISA=avx2 on the same CPU)
-# The generic ISA (ATen's ops around the kernels) was not measured: the module path. The gate reads
-# the built-in SiLU threshold, not a calibration of this machine (pyscorepen.calibrate times the
-# ensemble op alone, not this whole step against the module path). On an Intel CPU
-# the SiLU threshold is 1 024 rows (MKL's batched GEMM wins below it), so the fit's 256-row steps
-# keep the module path there.
+# The generic ISA (ATen's ops around the kernels) was not measured: the module path (NEVER). On an
+# Intel CPU the threshold is 1 024 rows (MKL's batched GEMM wins below it), so the fit's 256-row
+# steps keep the module path there unless a calibration of that machine finds the op faster.
 # The allocator: the op frees its ~16 MB of saved activations and gradients at once at the end of
 # each step, and glibc's default thresholds give that memory back to the OS and fault it in again on
 # the next step. Fresh processes, 1 thread, the same fit step (S = 17, A = 6; CPU time and minor
@@ -112,7 +111,6 @@ log = logging.getLogger("pyscorepen")
 # 11.4 ms / 9 faults, module path 14.4 ms / 6. So auto picks the op only in a process whose
 # allocator keeps its buffers (pyscorepen.allocator.buffers_kept()); a library user calls
 # tune_malloc() to get it.
-AUTO_CPU_ISAS = ("avx512", "avx2")
 
 
 def resolve(x: Tensor, backend: str | None = None, rows: int | None = None) -> str:
@@ -122,8 +120,7 @@ def resolve(x: Tensor, backend: str | None = None, rows: int | None = None) -> s
     ``backend="triton"`` still selects it)."""
     skip: tuple[str, ...] = ("triton",)
     rows = x.shape[-2] if rows is None else rows
-    if not x.is_cuda and (_backend.cpu_isa() not in AUTO_CPU_ISAS
-                          or rows < _backend.cpp_min_rows("ensemble_mlp/silu", builtin=True)):
+    if not x.is_cuda and rows < _backend.cpp_min_rows("dynamics_fit_step"):
         skip = (*skip, "cpp")
     elif not x.is_cuda and not allocator.buffers_kept():
         skip = (*skip, "cpp")

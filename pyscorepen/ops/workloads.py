@@ -108,10 +108,35 @@ def _ensemble_training(members: int, dims, activation: str, shared: bool, batch:
     return run
 
 
+def _dynamics_fit_step(batch: int) -> Callable[[str], None]:
+    """One minibatch step of the dynamics fit with ``batch`` rows per member: ``cpp`` the
+    ``dynamics_fit_step`` op, ``ref`` the module path it replaces (``EnsembleDynamics.loss``,
+    ``backward``, the fused Adam of ``make_optimizer``), as ``EnsembleDynamics.train_batches`` runs
+    either; the same inputs every call."""
+    from pyscorepen.models.dynamics import DynamicsConfig, EnsembleDynamics
+    torch.manual_seed(0)
+    dynamics = EnsembleDynamics(OBS_DIM, ACT_DIM, DynamicsConfig(ensemble_size=MEMBERS, hidden_dims=DYNAMICS_HIDDEN,
+                                                                 batch_size=batch))
+    optim = dynamics.make_optimizer(1e-3)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(MEMBERS, batch, IN_DIM, generator=gen)                            # [E, B, S+A]
+    y = torch.randn(MEMBERS, batch, OBS_DIM + 1, generator=gen)                       # [E, B, S+1]
+
+    def run(backend: str) -> None:
+        if backend == "cpp":
+            dynamics._fused_step("cpp", optim, x, y)
+        else:
+            loss = dynamics.loss(x, y, l2=False)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+    return run
+
+
 # shape class -> (batch sweep, factory(batch) -> run(backend), FLOPs per row). The sweeps are the
 # batch sizes the library runs each class at (rollouts of 1 to 50k starts, SAC's 256, MOBILE's
 # 10 x 5 x 243 = 12 150 next states, COMBO's 3 840 critic rows, the fit's 256 per member) and the
-# small ones around the break-even of the C++ kernels.
+# small ones around the break-even of the C++ kernels. The fit step's rows are rows per member.
 SWEEPS: dict[str, tuple[list[int], Callable[[int], Callable[[str], None]], int]] = {
     "rollout_step": ([1, 16, 64, 256, 4096], lambda b: _inference("rollout_step", rollout_step_inputs, b),
                      ROLLOUT_FLOPS_PER_ROW),
@@ -125,4 +150,5 @@ SWEEPS: dict[str, tuple[list[int], Callable[[int], Callable[[str], None]], int]]
     "ensemble_mlp/silu": ([32, 64, 128, 256, 1024],
                           lambda b: _ensemble_training(MEMBERS, DYNAMICS_DIMS, "silu", False, b),
                           3 * MEMBERS * mlp_flops(DYNAMICS_DIMS)),
+    "dynamics_fit_step": ([64, 128, 256, 512], _dynamics_fit_step, 3 * MEMBERS * mlp_flops(DYNAMICS_DIMS)),
 }
