@@ -116,14 +116,17 @@ def keep_cpu_policy(run_dir: Path):
     (:func:`pyscorepen.ops.backend.cpu_policy`: ISA, threads, built-in or calibrated thresholds) in
     ``cpu_policy.json``, and every process of the run pins the recorded thresholds, so a calibration
     made in between (``python -m pyscorepen.calibrate``) or another ``--threads`` does not change which
-    kernels a resumed run runs (kill -9 + resume stays byte-identical). Resumed on another ISA, the
-    recorded thresholds do not apply: that process uses this machine's policy, and says so."""
+    kernels a resumed run runs (kill -9 + resume stays byte-identical). A run folder with trained
+    state but no record was started by a version before calibrations: it records the built-in
+    tables, which that version ran. Resumed on another ISA, the recorded thresholds do not apply:
+    that process uses this machine's policy, and says so."""
     from pyscorepen.ops import backend
     path = run_dir / runs.CPU_POLICY
     current = backend.cpu_policy()
     if not path.exists():
-        runs.write_json(path, current)
-        recorded = current
+        started_before = any(run_dir.glob("*.pt"))   # checkpoints, models or fits of an older version
+        recorded = backend.cpu_policy(builtin=True) if started_before else current
+        runs.write_json(path, recorded)
     else:
         recorded = runs.read_json(path, "the run's CPU kernel policy")
     thresholds = recorded.get("thresholds")

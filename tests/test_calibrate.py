@@ -211,3 +211,23 @@ def test_a_resumed_run_keeps_its_policy_after_a_calibration(tmp_path):
     assert json.loads((tmp_path / "fresh" / runs.CPU_POLICY).read_text())["source"] == "calibrated"
     # the calibration does change the kernels of a new run (so the equality above is the pin's doing)
     assert (tmp_path / "fresh" / runs.POLICY).read_bytes() != (reference / runs.POLICY).read_bytes()
+
+
+@needs_extension
+def test_a_run_of_an_older_version_records_the_builtin_policy(tmp_path, policy_file, one_thread):
+    """A folder with trained state but no cpu_policy.json was started before calibrations existed,
+    so under the built-in tables: that is what it records and keeps, whatever this machine's
+    calibration says; a new folder records the calibration."""
+    from pyscorepen.train import keep_cpu_policy
+    write(policy_file, {"score_penalty": 300})
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir(), new.mkdir()
+    (old / "checkpoint-10.pt").write_bytes(b"")
+    builtin = backend.builtin_min_rows("score_penalty", backend.cpu_isa())
+    with keep_cpu_policy(old):
+        assert backend.cpp_min_rows("score_penalty") == builtin
+    with keep_cpu_policy(new):
+        assert backend.cpp_min_rows("score_penalty") == 300
+    assert json.loads((old / runs.CPU_POLICY).read_text())["source"] == "built-in"
+    assert json.loads((new / runs.CPU_POLICY).read_text())["source"] == "calibrated"
+    assert backend.cpp_min_rows("score_penalty") == 300   # the pins end with their blocks

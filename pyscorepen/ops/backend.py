@@ -246,20 +246,20 @@ def cpp_min_rows(shape_class: str, *, builtin: bool = False) -> int:
     return builtin_min_rows(shape_class, isa)
 
 
-def cpu_policy() -> dict:
+def cpu_policy(builtin: bool = False) -> dict:
     """The automatic CPU policy in force now: ``isa``, ``threads``, ``source`` ("pinned",
     "calibrated" with its ``file`` and ``created``, or "built-in") and the ``thresholds`` of every
-    shape class (what a run records in its folder)."""
+    shape class (what a run records in its folder). ``builtin=True``: the built-in tables' policy."""
     isa, threads = cpu_isa(), torch.get_num_threads()
-    entry = _calibration.calibrated_entry(isa, threads)
-    if _pinned_policy is not None:
+    entry = None if builtin else _calibration.calibrated_entry(isa, threads)
+    if _pinned_policy is not None and not builtin:
         source = {"source": "pinned"}
     elif entry is not None:
         source = {"source": "calibrated", "file": str(_calibration.policy_file()), "created": entry.get("created")}
     else:
         source = {"source": "built-in"}
     return {"isa": isa, "threads": threads, **source,
-            "thresholds": {shape_class: cpp_min_rows(shape_class) for shape_class in CPP_MIN_ROWS}}
+            "thresholds": {shape_class: cpp_min_rows(shape_class, builtin=builtin) for shape_class in CPP_MIN_ROWS}}
 
 
 @contextlib.contextmanager
