@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from benchutil import PROBE_SHAPE  # noqa: E402
+from pyscorepen.allocator import tune_malloc  # noqa: E402
 from pyscorepen.calibrate import best_seconds, measure_ratios  # noqa: E402
 from pyscorepen.ops import available_cpu_isas, forced_cpu_isa  # noqa: E402
 from pyscorepen.ops.workloads import SWEEPS  # noqa: E402
@@ -47,6 +48,7 @@ ISA_ENV = {
 
 def measure(ops, isa, threads, rounds) -> None:
     """The table rows of one ISA, in this process (its environment already set)."""
+    tune_malloc()   # as the training CLIs and the calibration: the fit step op's speed depends on it
     torch.set_num_threads(threads)
     clock = time.thread_time if threads == 1 else time.perf_counter
     m, k, n = PROBE_SHAPE   # MKL sgemm, the same probe as the benches (there: the better of MKL and oneDNN)
