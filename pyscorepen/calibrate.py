@@ -1,6 +1,6 @@
 """``python -m pyscorepen.calibrate``: measure the automatic CPU policy on this machine.
 
-    python -m pyscorepen.calibrate                     # the default thread count, ~1-2 min
+    python -m pyscorepen.calibrate                     # the default thread count, ~30-40 s on 2 Zen 3 cores
     python -m pyscorepen.calibrate --threads 1 2       # one calibration per thread count
     python -m pyscorepen.calibrate --show              # the policy in force now, nothing measured
     python -m pyscorepen.calibrate --forget            # drop this CPU's calibrations
