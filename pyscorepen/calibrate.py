@@ -116,7 +116,7 @@ def _rows(value: int) -> str:
     return "never" if value >= NEVER else f"{value:,}"
 
 
-def show() -> dict:
+def show() -> None:
     """Print the policy in force (at the current torch thread count) and the calibration file."""
     from pyscorepen.ops import backend, calibration
     policy = backend.cpu_policy()
@@ -135,14 +135,13 @@ def show() -> dict:
         except calibration.CalibrationError as err:
             note = f"unusable: {err}"
         print(f"calibration file: {path} ({note})")
-    return policy
 
 
 def main(argv: list[str] | None = None) -> int:
     import tyro
 
     from pyscorepen.errors import cli_main
-    from pyscorepen.ops import calibration
+    from pyscorepen.ops import backend, calibration
     from pyscorepen.ops.workloads import SWEEPS
     from pyscorepen.threads import default_threads
     config = tyro.cli(CalibrateConfig, args=argv, description=__doc__.split("\n\n")[0])
@@ -170,7 +169,6 @@ def main(argv: list[str] | None = None) -> int:
         if load > 0.5:
             print(f"note: load average {load:.1f}; other work on the cores makes the ratios noisy", file=sys.stderr)
         shape_classes = cfg.shape_classes or list(SWEEPS)
-        from pyscorepen.ops import backend
         print(f"calibrating {', '.join(shape_classes)} on {calibration.cpu_model()}, ISA {backend.cpu_isa()}"
               f"{' (EMULATED test build: timings mean nothing)' if backend.avx512_emulated() else ''}", flush=True)
         for threads in cfg.threads or [default_threads()]:

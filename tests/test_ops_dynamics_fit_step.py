@@ -151,7 +151,7 @@ def cpp_policy(monkeypatch):
     isa = fit_step_module._backend.cpu_isa()
     if fit_step_module._backend.builtin_min_rows("dynamics_fit_step", isa) >= fit_step_module._backend.NEVER:
         pytest.skip(f"the op is not chosen automatically on the {isa} ISA")
-    monkeypatch.setattr(fit_step_module._backend, "cpp_min_rows", lambda shape_class, builtin=False: 0)
+    monkeypatch.setattr(fit_step_module._backend, "cpp_min_rows", lambda shape_class: 0)
     monkeypatch.setattr(fit_step_module.allocator, "buffers_kept", lambda: True)
 
 
@@ -199,9 +199,9 @@ def test_fused_step_backend_decision(monkeypatch, caplog, cpp_policy):
     monkeypatch.setenv("PYSCOREPEN_BACKEND", "ref")
     assert fused.fused_step_backend(optim, x) is None
     monkeypatch.delenv("PYSCOREPEN_BACKEND")
-    monkeypatch.setattr(fit_step_module._backend, "cpp_min_rows", lambda shape_class, builtin=False: fused.config.batch_size + 1)
+    monkeypatch.setattr(fit_step_module._backend, "cpp_min_rows", lambda shape_class: fused.config.batch_size + 1)
     assert fused.fused_step_backend(optim, x) is None   # the policy's threshold is above the batch
-    monkeypatch.setattr(fit_step_module._backend, "cpp_min_rows", lambda shape_class, builtin=False: fused.config.batch_size)
+    monkeypatch.setattr(fit_step_module._backend, "cpp_min_rows", lambda shape_class: fused.config.batch_size)
     assert fused.fused_step_backend(optim, x) == "cpp"
     monkeypatch.setattr(fit_step_module.allocator, "buffers_kept", lambda: False)
     monkeypatch.setattr(fit_step_module, "_told_about_allocator", False)

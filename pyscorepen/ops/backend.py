@@ -144,7 +144,7 @@ def forced_cpu_isa(name: str) -> Iterator[str]:
 #       generic  every size 0.66-0.74
 # "generic" was measured on x86-64 (ISA forced, MKL AVX-512 underneath); on other CPUs (aarch64)
 # it is the only path and has not been measured: rerun benches/cpu_policy.py there.
-NEVER = 1 << 62
+NEVER = _calibration.NEVER   # a threshold no batch reaches: auto always runs the reference
 CPP_MIN_ROWS: dict[str, dict[str, int]] = {
     "rollout_step": {"avx512": 16, "avx2": 64, "generic": 1},
     "score_penalty": {"avx512": 16, "avx2": 64, "generic": 4096},
@@ -206,15 +206,8 @@ CPP_MIN_ROWS_BY_VENDOR: dict[str, dict[str, dict[str, int]]] = {
 def cpu_vendor() -> str:
     """``"amd"``, ``"intel"`` or ``"other"``: the vendor of this CPU (Linux ``/proc/cpuinfo``;
     ``"other"`` where it cannot be read). Selects :data:`CPP_MIN_ROWS_BY_VENDOR`."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("vendor_id"):
-                    vendor = line.split(":", 1)[1].strip()
-                    return {"AuthenticAMD": "amd", "GenuineIntel": "intel"}.get(vendor, "other")
-    except OSError:
-        pass
-    return "other"
+    vendor = _calibration.cpuinfo().get("vendor_id", "")
+    return {"AuthenticAMD": "amd", "GenuineIntel": "intel"}.get(vendor, "other")
 
 
 def builtin_min_rows(shape_class: str, isa: str | None) -> int:
@@ -228,21 +221,20 @@ def builtin_min_rows(shape_class: str, isa: str | None) -> int:
 _pinned_policy: dict[str, int] | None = None
 
 
-def cpp_min_rows(shape_class: str, *, builtin: bool = False) -> int:
+def cpp_min_rows(shape_class: str) -> int:
     """Threshold of the automatic policy for ``shape_class`` on the current ISA: a policy pinned by
     :func:`pinned_cpu_policy` (a resumed run keeps the one it started with), else this machine's
     calibration at the current thread count (``python -m pyscorepen.calibrate``;
-    :mod:`pyscorepen.ops.calibration`), else the built-in tables (:func:`builtin_min_rows`;
-    ``builtin=True`` asks for those alone). 0 without the extension."""
+    :mod:`pyscorepen.ops.calibration`), else the built-in tables (:func:`builtin_min_rows`). 0 without
+    the extension."""
     isa = cpu_isa()
     if isa is None:
         return 0
-    if not builtin:
-        if _pinned_policy is not None and shape_class in _pinned_policy:
-            return _pinned_policy[shape_class]
-        entry = _calibration.calibrated_entry(isa, torch.get_num_threads())
-        if entry is not None and shape_class in entry["thresholds"]:
-            return entry["thresholds"][shape_class]
+    if _pinned_policy is not None and shape_class in _pinned_policy:
+        return _pinned_policy[shape_class]
+    entry = _calibration.calibrated_entry(isa, torch.get_num_threads())
+    if entry is not None and shape_class in entry["thresholds"]:
+        return entry["thresholds"][shape_class]
     return builtin_min_rows(shape_class, isa)
 
 
@@ -259,7 +251,8 @@ def cpu_policy(builtin: bool = False) -> dict:
     else:
         source = {"source": "built-in"}
     return {"isa": isa, "threads": threads, **source,
-            "thresholds": {shape_class: cpp_min_rows(shape_class, builtin=builtin) for shape_class in CPP_MIN_ROWS}}
+            "thresholds": {shape_class: builtin_min_rows(shape_class, isa) if builtin else cpp_min_rows(shape_class)
+                           for shape_class in CPP_MIN_ROWS}}
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ log = logging.getLogger("pyscorepen")
 ENV_VAR = "PYSCOREPEN_CPU_POLICY"
 BUILTIN = "builtin"
 FORMAT = 1
-NEVER = 1 << 62   # the same sentinel as pyscorepen.ops.backend.NEVER: auto never picks cpp
+NEVER = 1 << 62   # a threshold no batch reaches: auto never picks cpp (pyscorepen.ops.backend.NEVER)
 
 
 def policy_file() -> Path | None:
@@ -48,9 +48,8 @@ def policy_file() -> Path | None:
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), with family/model/stepping where the name is generic
-    (VMs often report just "AMD EPYC"); ``platform.processor()`` elsewhere."""
+def cpuinfo() -> dict[str, str]:
+    """The first processor's fields of Linux ``/proc/cpuinfo`` ({} where it cannot be read)."""
     fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as info:
@@ -61,6 +60,14 @@ def cpu_model() -> str:
                 fields[key.strip()] = value.strip()
     except OSError:
         pass
+    return fields
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name (:func:`cpuinfo`), with family/model/stepping where the name is generic
+    (VMs often report just "AMD EPYC"); ``platform.processor()`` elsewhere."""
+    fields = cpuinfo()
     name = fields.get("model name") or platform.processor() or platform.machine() or "unknown"
     if "cpu family" in fields:
         name += f" (family {fields['cpu family']} model {fields.get('model', '?')} stepping {fields.get('stepping', '?')})"
@@ -143,10 +150,7 @@ def write_entry(path: Path, entry: dict) -> None:
         if old["machine"] == entry["machine"]:
             entry = {**entry, "thresholds": {**old["thresholds"], **entry["thresholds"]},
                      "ratios": {**old.get("ratios", {}), **entry.get("ratios", {})}}
-    entries = [e for e in entries if e["machine"] != entry["machine"]] + [entry]
-    from pyscorepen.runs import atomic_write_text   # temp file, fsync, rename
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({"format": FORMAT, "entries": entries}, indent=1) + "\n")
+    _write_entries(path, [e for e in entries if e["machine"] != entry["machine"]] + [entry])
 
 
 def forget(path: Path, match: dict) -> int:
@@ -154,9 +158,14 @@ def forget(path: Path, match: dict) -> int:
     entries = read_entries(path)
     kept = [e for e in entries if any(e["machine"].get(k) != v for k, v in match.items())]
     if len(kept) != len(entries):
-        from pyscorepen.runs import atomic_write_text
-        atomic_write_text(path, json.dumps({"format": FORMAT, "entries": kept}, indent=1) + "\n")
+        _write_entries(path, kept)
     return len(entries) - len(kept)
+
+
+def _write_entries(path: Path, entries: list[dict]) -> None:
+    from pyscorepen.runs import write_json   # strict JSON, atomic (temp file, fsync, rename)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"format": FORMAT, "entries": entries})
 
 
 @functools.lru_cache(maxsize=None)

@@ -114,9 +114,10 @@ def _dynamics_fit_step(batch: int) -> Callable[[str], None]:
     ``backward``, the fused Adam of ``make_optimizer``), as ``EnsembleDynamics.train_batches`` runs
     either; the same inputs every call."""
     from pyscorepen.models.dynamics import DynamicsConfig, EnsembleDynamics
-    torch.manual_seed(0)
-    dynamics = EnsembleDynamics(OBS_DIM, ACT_DIM, DynamicsConfig(ensemble_size=MEMBERS, hidden_dims=DYNAMICS_HIDDEN,
-                                                                 batch_size=batch))
+    with torch.random.fork_rng(devices=[]):   # the same weights every time, the caller's RNG untouched
+        torch.manual_seed(0)
+        dynamics = EnsembleDynamics(OBS_DIM, ACT_DIM, DynamicsConfig(ensemble_size=MEMBERS,
+                                                                     hidden_dims=DYNAMICS_HIDDEN, batch_size=batch))
     optim = dynamics.make_optimizer(1e-3)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(MEMBERS, batch, IN_DIM, generator=gen)                            # [E, B, S+A]
