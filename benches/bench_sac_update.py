@@ -102,7 +102,7 @@ def test_update(benchmark, sgemm_limit, monkeypatch, provider, algo, threads):
     batches = [make_batch(MODEL_FRACTION[algo], gen) for _ in range(4)]
     if provider == "fused" and agent.fused_update_backend(batches[0]) is None:
         pytest.skip(f"{algo}: no fused update here (the C++ extension is not built, or the op's batch-size "
-                    "policy for this ISA, pyscorepen.ops.sac_update.max_cpp_rows, sends these rows to the module path)")
+                    "policy for this ISA, pyscorepen.ops.backend.cpp_max_rows, sends these rows to the module path)")
     state = {"i": 0}
 
     def step():

@@ -18,11 +18,15 @@ From then on ``auto`` uses them; a run records the policy it started with in its
 (``cpu_policy.json``) and keeps it when resumed.
 
 The ``dynamics_fit_step`` class times the whole minibatch step of the dynamics fit as one op
-against the module path it replaces (rows per member). What it does not calibrate: the fused SAC
-update's batch limit (``pyscorepen.ops.sac_update.MAX_CPP_ROWS``) keeps its built-in table. Run it
-on an otherwise idle machine: a busy core makes both sides slower unevenly. It sets the allocator as
-the training CLIs do (:func:`pyscorepen.allocator.tune_malloc`), since the fit step's speed depends
-on it.
+against the module path it replaces (rows per member). ``sac_update`` times one SAC update as the
+fused op against the module path it replaces, under the thresholds just measured, and takes the
+other rule: auto runs the op only *up to* a batch (:data:`pyscorepen.ops.backend.CPP_MAX_ROWS`),
+the largest up to which cpp was >= 1.0x at every measured batch
+(:func:`pyscorepen.ops.calibration.max_rows_limit`).
+
+Run it on an otherwise idle machine: a busy core makes both sides slower unevenly. It sets the
+allocator as the training CLIs do (:func:`pyscorepen.allocator.tune_malloc`), since the fit step's
+speed depends on it.
 """
 from __future__ import annotations
 
@@ -34,9 +38,10 @@ from typing import Literal
 
 import torch
 
-# the shape classes of pyscorepen.ops.workloads.SWEEPS and backend.CPP_MIN_ROWS (a test keeps them equal)
+# the shape classes of pyscorepen.ops.workloads.SWEEPS, backend.CPP_MIN_ROWS and CPP_MAX_ROWS (a test
+# keeps them equal)
 ShapeClass = Literal["rollout_step", "score_penalty", "soft_value", "ensemble_mlp/relu", "ensemble_mlp/silu",
-                     "dynamics_fit_step"]
+                     "dynamics_fit_step", "sac_update"]
 
 
 @dataclass
@@ -99,21 +104,39 @@ def measure_ratios(shape_class: str, rounds: int, threads: int, batches=None, pr
 
 
 def calibrate(threads: int, rounds: int, shape_classes, progress=None) -> dict:
-    """Measure ``shape_classes`` at ``threads`` threads; returns the calibration entry (not written)."""
+    """Measure ``shape_classes`` at ``threads`` threads; returns the calibration entry (not written).
+    The whole-step ops' limits (``backend.CPP_MAX_ROWS``) are measured after the thresholds, with the
+    thresholds just measured pinned: their module path runs the ops as auto will from now on."""
     from pyscorepen.ops import backend, calibration
     isa = backend.cpu_isa()
     if isa is None:
         from pyscorepen.errors import PyScorePenError
         raise PyScorePenError("the C++ extension is not loaded (pip install --no-build-isolation -e . builds it): "
                               "there is no cpp backend to calibrate")
-    ratios = {sc: measure_ratios(sc, rounds, threads, progress=progress) for sc in shape_classes}
-    thresholds = {sc: calibration.min_rows_threshold(r) for sc, r in ratios.items()}
-    return calibration.new_entry(isa, threads, thresholds, ratios, rounds)
+    ratios, thresholds, limits = {}, {}, {}
+    for shape_class in sorted(shape_classes, key=lambda sc: sc in backend.CPP_MAX_ROWS):   # limits last
+        if shape_class in backend.CPP_MAX_ROWS:
+            previous = torch.get_num_threads()
+            torch.set_num_threads(threads)   # the policy in force at this thread count
+            in_force = backend.cpu_policy()["thresholds"]
+            torch.set_num_threads(previous)
+            with backend.pinned_cpu_policy({**in_force, **thresholds}):
+                ratios[shape_class] = measure_ratios(shape_class, rounds, threads, progress=progress)
+            limits[shape_class] = calibration.max_rows_limit(ratios[shape_class])
+        else:
+            ratios[shape_class] = measure_ratios(shape_class, rounds, threads, progress=progress)
+            thresholds[shape_class] = calibration.min_rows_threshold(ratios[shape_class])
+    return calibration.new_entry(isa, threads, thresholds, ratios, rounds, limits)
 
 
 def _rows(value: int) -> str:
     from pyscorepen.ops.calibration import NEVER
     return "never" if value >= NEVER else f"{value:,}"
+
+
+def _limit(value: int) -> str:
+    from pyscorepen.ops.calibration import NEVER
+    return "any" if value >= NEVER else "no" if value == 0 else f"{value:,}"
 
 
 def show() -> None:
@@ -126,6 +149,9 @@ def show() -> None:
     for shape_class, rows in policy["thresholds"].items():
         builtin = backend.builtin_min_rows(shape_class, policy["isa"])
         print(f"  {shape_class:<18} cpp from {_rows(rows):>6} rows   (built-in: {_rows(builtin)})")
+    for op, rows in policy["limits"].items():
+        builtin = backend.builtin_max_rows(op, policy["isa"])
+        print(f"  {op:<18} cpp up to {_limit(rows):>5} rows   (built-in: {_limit(builtin)})")
     if path is None:
         print(f"calibrations ignored ({calibration.ENV_VAR}={calibration.BUILTIN})")
     else:
@@ -175,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
             def progress(shape_class, batch, ref, cpp, threads=threads):
                 print(f"  {threads} thread(s)  {shape_class:<18} B = {batch:>6,}  ref/cpp {ref / cpp:5.2f}", flush=True)
             entry = calibrate(threads, cfg.rounds, shape_classes, progress)
-            print(f"{threads} thread(s): cpp from " + ", ".join(
-                f"{sc} {_rows(rows)}" for sc, rows in entry["thresholds"].items()), flush=True)
+            found = [f"{sc} cpp from {_rows(rows)}" for sc, rows in entry["thresholds"].items()]
+            found += [f"{op} cpp up to {_limit(rows)}" for op, rows in entry["limits"].items()]
+            print(f"{threads} thread(s): " + ", ".join(found), flush=True)
             if not cfg.dry_run:
                 calibration.write_entry(path, entry)
         calibration.clear_cache()

@@ -276,7 +276,7 @@ def profile_run(config: ProfileConfig, task=None) -> dict:
     raise_problems(device_problems(config.device))
     threads = configure_threads(config.threads)
     from pyscorepen.ops import backend
-    cpu_policy = backend.cpu_policy()   # which kernels auto picks (built-in or calibrated thresholds)
+    cpu_policy = backend.cpu_policy()   # which kernels auto picks (built-in or calibrated thresholds, limits)
     torch.manual_seed(config.seed)
     sync = torch.cuda.synchronize if config.device.startswith("cuda") else (lambda: None)
     if task is None:

@@ -3,7 +3,7 @@
     runs/<algo>-<task>-s<seed>/
       config.json       resolved TrainConfig
       cpu_policy.json   the automatic CPU kernel policy the run started with (ISA, threads, source,
-                        thresholds: pyscorepen.ops.backend.cpu_policy); later processes keep it
+                        thresholds, limits: pyscorepen.ops.backend.cpu_policy); later processes keep it
       metrics.jsonl     one JSON object per evaluation: step, return_mean, return_std,
                         normalized_score_mean, losses, penalty and rollout statistics
                         (every key, its unit and meaning: docs/metrics.md)

@@ -113,12 +113,13 @@ def run(config: TrainConfig) -> dict:
 @contextlib.contextmanager
 def keep_cpu_policy(run_dir: Path):
     """A run dispatches as it started. Its first process records the automatic CPU kernel policy
-    (:func:`pyscorepen.ops.backend.cpu_policy`: ISA, threads, built-in or calibrated thresholds) in
-    ``cpu_policy.json``, and every process of the run pins the recorded thresholds, so a calibration
+    (:func:`pyscorepen.ops.backend.cpu_policy`: ISA, threads, built-in or calibrated thresholds and
+    limits) in ``cpu_policy.json``, and every process of the run pins the recorded ones, so a calibration
     made in between (``python -m pyscorepen.calibrate``) or another ``--threads`` does not change which
     kernels a resumed run runs (kill -9 + resume stays byte-identical). A run folder with trained
     state but no record was started by a version before calibrations: it records the built-in
-    tables, which that version ran. Resumed on another ISA, the recorded thresholds do not apply:
+    tables, which that version ran; a record without limits (a version that calibrated thresholds
+    only) pins the built-in limits, for the same reason. Resumed on another ISA, the recorded thresholds do not apply:
     that process uses this machine's policy, and says so."""
     from pyscorepen.ops import backend
     path = run_dir / runs.CPU_POLICY
@@ -136,7 +137,10 @@ def keep_cpu_policy(run_dir: Path):
                     current["isa"])
         yield
         return
-    with backend.pinned_cpu_policy(thresholds):
+    limits = recorded.get("limits")
+    if not isinstance(limits, dict):
+        limits = backend.cpu_policy(builtin=True)["limits"]
+    with backend.pinned_cpu_policy(thresholds, limits):
         yield
 
 

@@ -1,6 +1,6 @@
 """Per-machine calibration of the automatic CPU policy (``python -m pyscorepen.calibrate``,
-:mod:`pyscorepen.ops.calibration`): the threshold rule, the file and its key, what auto then picks,
-and a resumed run that keeps the policy it started with."""
+:mod:`pyscorepen.ops.calibration`): the threshold and limit rules, the file and its key, what auto
+then picks, and a resumed run that keeps the policy it started with."""
 import json
 import signal
 
@@ -26,6 +26,14 @@ def test_threshold_is_where_cpp_wins_at_every_larger_batch():
     assert NEVER == backend.NEVER
 
 
+def test_limit_is_where_cpp_wins_at_every_smaller_batch():
+    rule = calibration.max_rows_limit
+    assert rule({32: 1.7, 256: 1.1, 1024: 0.94, 4096: 0.8}) == 256
+    assert rule({32: 1.7, 256: 0.9, 1024: 1.1, 4096: 1.2}) == 32         # a loss at 256 stops it below 256
+    assert rule({32: 1.7, 256: 1.4, 1024: 1.2, 4096: 1.0}) == NEVER       # won everywhere: no limit
+    assert rule({32: 0.9, 256: 1.2}) == 0                                 # lost at the smallest: never
+
+
 @pytest.fixture(autouse=True)
 def untuned_allocator(monkeypatch):
     """The CLI tunes glibc's allocator as the training CLIs do; never in the test process."""
@@ -42,8 +50,8 @@ def policy_file(tmp_path, monkeypatch):
     calibration.clear_cache()
 
 
-def write(path, thresholds, threads=1, **key):
-    entry = calibration.new_entry(backend.cpu_isa(), threads, thresholds, {}, rounds=1)
+def write(path, thresholds, threads=1, limits=None, **key):
+    entry = calibration.new_entry(backend.cpu_isa(), threads, thresholds, {}, rounds=1, limits=limits)
     entry["machine"].update(key)
     calibration.write_entry(path, entry)
     calibration.clear_cache()
@@ -54,7 +62,8 @@ def test_every_policy_class_is_calibrated():
     from typing import get_args
 
     from pyscorepen.calibrate import ShapeClass
-    assert set(get_args(ShapeClass)) == set(SWEEPS) == set(backend.CPP_MIN_ROWS)
+    assert set(get_args(ShapeClass)) == set(SWEEPS) == set(backend.CPP_MIN_ROWS) | set(backend.CPP_MAX_ROWS)
+    assert not set(backend.CPP_MIN_ROWS) & set(backend.CPP_MAX_ROWS)   # one rule per class
 
 
 def test_without_the_extension_the_cli_says_so(monkeypatch, capsys, tmp_path):
@@ -98,6 +107,54 @@ def test_auto_follows_this_machines_calibration_only(policy_file, one_thread, mo
 
 
 @needs_extension
+def test_the_fused_sac_update_follows_this_machines_limit(policy_file, one_thread, monkeypatch):
+    """The fused SAC update runs up to its calibrated limit (critic rows; COMBO's sampled rows
+    count), a pinned limit beats the calibration, and the workload's both sides run."""
+    from tests.test_ops_sac_update import make_agent, make_batch
+    from pyscorepen.algos import COMBO
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+    builtin = backend.builtin_max_rows("sac_update", backend.cpu_isa())
+    write(policy_file, {}, limits={"sac_update": 100})
+    assert backend.cpp_max_rows("sac_update") == 100 and backend.cpu_policy()["limits"] == {"sac_update": 100}
+    gen = torch.Generator().manual_seed(0)
+    sac, combo = make_agent(5, 2, (16,), 2), make_agent(5, 2, (16,), 2, cls=COMBO)
+    assert sac.fused_update_backend(make_batch(5, 2, 100, gen)) == "cpp"
+    assert sac.fused_update_backend(make_batch(5, 2, 101, gen)) is None
+    small = make_batch(5, 2, 4, gen)                     # 4 + 3 x 10 x 4 = 124 critic rows
+    assert combo.fused_update_backend(small) is None
+    with backend.pinned_cpu_policy({}, {"sac_update": 200}):
+        assert combo.fused_update_backend(small) == "cpp"
+    write(policy_file, {}, limits={"sac_update": 0})     # never
+    assert sac.fused_update_backend(make_batch(5, 2, 1, gen)) is None
+    torch.set_num_threads(2)                             # calibrated at 1 thread only
+    assert backend.cpp_max_rows("sac_update") == builtin
+    torch.set_num_threads(1)
+    run = SWEEPS["sac_update"][1](8)
+    run("cpp")
+    run("ref")
+
+
+@needs_extension
+def test_limits_are_measured_last_under_the_thresholds_just_measured(monkeypatch, one_thread):
+    """calibrate() measures the SAC update's limit after the thresholds, its module path under
+    them (so the limit compares against what auto will run), and applies the limit rule."""
+    import pyscorepen.calibrate as calibrate_module
+    seen = []
+
+    def fake_ratios(shape_class, rounds, threads, progress=None):
+        seen.append((shape_class, backend.cpp_min_rows("soft_value")))
+        if shape_class == "soft_value":
+            return {1: 0.5, 16: 0.9, 64: 1.2, 256: 1.3, 12_150: 1.5}   # threshold 64
+        return {32: 1.6, 256: 1.1, 1024: 0.95, 4096: 0.9}              # limit 256
+    monkeypatch.setattr(calibrate_module, "measure_ratios", fake_ratios)
+    entry = calibrate_module.calibrate(1, 1, ["sac_update", "soft_value"])
+    assert [c for c, _ in seen] == ["soft_value", "sac_update"]
+    assert seen[1][1] == 64
+    assert entry["thresholds"] == {"soft_value": 64} and entry["limits"] == {"sac_update": 256}
+    assert backend.cpp_min_rows("soft_value") == backend.builtin_min_rows("soft_value", backend.cpu_isa())
+
+
+@needs_extension
 def test_another_build_or_cpu_does_not_use_the_calibration(policy_file, one_thread):
     write(policy_file, {"score_penalty": 300}, build="0123456789abcdef")
     write(policy_file, {"score_penalty": 301}, cpu="some other CPU")
@@ -108,19 +165,24 @@ def test_another_build_or_cpu_does_not_use_the_calibration(policy_file, one_thre
 @needs_extension
 def test_calibrating_some_classes_keeps_the_others(policy_file, one_thread):
     write(policy_file, {"score_penalty": 300, "soft_value": 64})
-    write(policy_file, {"soft_value": 16})
+    write(policy_file, {"soft_value": 16}, limits={"sac_update": 256})
+    write(policy_file, {}, limits={})
     (entry,) = calibration.read_entries(policy_file)
     assert entry["thresholds"] == {"score_penalty": 300, "soft_value": 16}
+    assert entry["limits"] == {"sac_update": 256}
 
 
 @needs_extension
 @pytest.mark.parametrize("content", ["{not json", json.dumps({"format": 99, "entries": []}),
-                                     json.dumps({"format": 1, "entries": [{"machine": {}, "thresholds": {"x": 0}}]})])
+                                     json.dumps({"format": 1, "entries": [{"machine": {}, "thresholds": {"x": 0}}]}),
+                                     json.dumps({"format": 1, "entries": [{"machine": {}, "thresholds": {},
+                                                                           "limits": {"sac_update": -1}}]})])
 def test_an_unusable_file_warns_and_the_builtin_policy_applies(policy_file, one_thread, content):
     policy_file.write_text(content)
     with pytest.warns(UserWarning, match="ignoring the CPU policy calibration"):
         threshold = backend.cpp_min_rows("score_penalty")
     assert threshold == backend.builtin_min_rows("score_penalty", backend.cpu_isa())
+    assert backend.cpp_max_rows("sac_update") == backend.builtin_max_rows("sac_update", backend.cpu_isa())
 
 
 @needs_extension
@@ -199,7 +261,9 @@ def test_a_resumed_run_keeps_its_policy_after_a_calibration(tmp_path):
     killed = train(out, kill_at="policy_step:15")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     policy_file = tmp_path / "cpu_policy.json"
-    entry = calibration.new_entry(recorded["isa"], 1, {k: NEVER for k in SWEEPS}, {}, rounds=1)
+    assert recorded["limits"] == {"sac_update": backend.builtin_max_rows("sac_update", recorded["isa"])}
+    entry = calibration.new_entry(recorded["isa"], 1, {k: NEVER for k in backend.CPP_MIN_ROWS}, {}, rounds=1,
+                                  limits={"sac_update": 0})   # the reference, and the SAC update's module path
     calibration.write_entry(policy_file, entry)
     calibrated = {calibration.ENV_VAR: str(policy_file)}
     resumed = train(out, env_extra=calibrated)
@@ -216,7 +280,8 @@ def test_a_resumed_run_keeps_its_policy_after_a_calibration(tmp_path):
 def test_a_run_of_an_older_version_records_the_builtin_policy(tmp_path, policy_file, one_thread):
     """A folder with trained state but no cpu_policy.json was started before calibrations existed,
     so under the built-in tables: that is what it records and keeps, whatever this machine's
-    calibration says; a new folder records the calibration."""
+    calibration says; a new folder records the calibration. A record without limits (a version
+    that calibrated thresholds only) pins the built-in limits, which that version ran."""
     from pyscorepen.train import keep_cpu_policy
     write(policy_file, {"score_penalty": 300})
     old, new = tmp_path / "old", tmp_path / "new"
@@ -230,3 +295,14 @@ def test_a_run_of_an_older_version_records_the_builtin_policy(tmp_path, policy_f
     assert json.loads((old / runs.CPU_POLICY).read_text())["source"] == "built-in"
     assert json.loads((new / runs.CPU_POLICY).read_text())["source"] == "calibrated"
     assert backend.cpp_min_rows("score_penalty") == 300   # the pins end with their blocks
+
+    write(policy_file, {"score_penalty": 300}, limits={"sac_update": 5})
+    thresholds_only = tmp_path / "thresholds-only"
+    thresholds_only.mkdir()
+    record = backend.cpu_policy()
+    del record["limits"]
+    runs.write_json(thresholds_only / runs.CPU_POLICY, record)
+    with keep_cpu_policy(thresholds_only):
+        assert backend.cpp_min_rows("score_penalty") == 300
+        assert backend.cpp_max_rows("sac_update") == backend.builtin_max_rows("sac_update", backend.cpu_isa())
+    assert backend.cpp_max_rows("sac_update") == 5

@@ -24,8 +24,8 @@ from pyscorepen.algos import COMBO
 from pyscorepen.algos.sac import SAC, SACConfig
 from pyscorepen.data import Batch
 from pyscorepen.ops import _registry
-from pyscorepen.ops import sac_update as sac_update_module
-from pyscorepen.ops.sac_update import MAX_CPP_ROWS, max_cpp_rows, sac_update, sac_update_ref
+from pyscorepen.ops import backend
+from pyscorepen.ops.sac_update import sac_update, sac_update_ref
 from tests.isa_params import cpp_isa_params
 
 HAS_CPP = "cpp" in ops.available_backends("sac_update", torch.zeros(1))
@@ -40,6 +40,13 @@ SHAPES = {
     "odd-1hidden-A1": (7, 1, (33,), 2, 25),
     "odd-3hidden-B97": (13, 4, (24, 40, 17), 2, 97),
 }
+
+
+@pytest.fixture
+def no_batch_limit():
+    """The automatic policy runs the fused op at any batch (its limit pinned to none)."""
+    with backend.pinned_cpu_policy({}, {"sac_update": backend.NEVER}):
+        yield
 
 
 def make_batch(obs_dim, act_dim, batch, gen, penalty=True) -> Batch:
@@ -169,12 +176,11 @@ def test_agent_fused_update_mobile_hooks(monkeypatch):
 @needs_cpp
 @pytest.mark.parametrize("cpu_isa", ISAS, indirect=True)
 @pytest.mark.parametrize("rho", ["mix", "model"])
-def test_agent_fused_combo_update_matches_update_ref(monkeypatch, cpu_isa, rho):
+def test_agent_fused_combo_update_matches_update_ref(monkeypatch, cpu_isa, rho, no_batch_limit):
     """COMBO's CQL term fused (the op's cql_* arguments) against the module path's autograd, same
     samples, after several updates; the q_gap statistic too."""
     from pyscorepen.algos.combo import ComboConfig
     monkeypatch.delenv("PYSCOREPEN_BACKEND", raising=False)
-    monkeypatch.setattr(sac_update_module, "max_cpp_rows", lambda isa: None)   # the fused path on every ISA
     agent = make_agent(11, 3, (64, 64), 2, cls=COMBO, deterministic_backup=True)
     agent.combo = ComboConfig(cql_weight=5.0, rho=rho, num_sampled_actions=4)
     gen = torch.Generator().manual_seed(11)
@@ -193,11 +199,10 @@ def _isa_key() -> str:
     return backend.cpu_isa() or "generic"
 
 
-def test_fused_update_backend_decision(monkeypatch):
+def test_fused_update_backend_decision(monkeypatch, no_batch_limit):
     """The single place: cpp + plain SAC or COMBO (its regulariser has a fused form) -> fused; a
     regulariser without a fused form or the ref backend -> module path."""
     monkeypatch.delenv("PYSCOREPEN_BACKEND", raising=False)
-    monkeypatch.setattr(sac_update_module, "max_cpp_rows", lambda isa: None)   # batch-size policy: below
     gen = torch.Generator().manual_seed(4)
     batch = make_batch(5, 2, 30, gen)
     sac, combo = make_agent(5, 2, (16,), 2), make_agent(5, 2, (16,), 2, cls=COMBO)
@@ -440,10 +445,10 @@ def test_batch_size_policy(monkeypatch, cpu_isa):
     monkeypatch.delenv("PYSCOREPEN_BACKEND", raising=False)
     agent = make_agent(5, 2, (16,), 2)
     gen = torch.Generator().manual_seed(9)
-    limit = max_cpp_rows(cpu_isa)
+    limit = backend.cpp_max_rows("sac_update")   # this ISA and CPU vendor
     assert agent.fused_update_backend(make_batch(5, 2, 256, gen)) == "cpp"
     big = make_batch(5, 2, 1024, gen)
-    assert agent.fused_update_backend(big) == ("cpp" if limit is None or limit >= 1024 else None)
+    assert agent.fused_update_backend(big) == ("cpp" if limit >= 1024 else None)
     assert sac_update(**op_args(batch=300), backend="cpp").shape == (4,)   # an explicit request ignores the policy
     # COMBO: the policy counts the regulariser's sampled rows (3R per push-down state)
     combo = make_agent(5, 2, (16,), 2, cls=COMBO)
@@ -451,20 +456,21 @@ def test_batch_size_policy(monkeypatch, cpu_isa):
     assert combo.regularizer_rows(small) == 240
     assert combo.fused_update_backend(small) == "cpp"
     batch = make_batch(5, 2, 256, gen)                       # 256 + 7 680 rows
-    assert combo.fused_update_backend(batch) == ("cpp" if limit is None else None)
+    assert combo.fused_update_backend(batch) == ("cpp" if limit >= 256 + 7680 else None)
 
 
 def test_batch_limit_per_vendor(monkeypatch):
-    """AMD CPUs take MAX_CPP_ROWS_BY_VENDOR (no limit on avx2 / avx512: MKL's AMD path is slow, the
+    """AMD CPUs take CPP_MAX_ROWS_BY_VENDOR (no limit on avx2 / avx512: MKL's AMD path is slow, the
     fused op measured 1.12-1.34x the module path at 1 024 - 4 096 rows on a Zen 3); other vendors
-    MAX_CPP_ROWS, and an unmeasured ISA its "generic" entry."""
-    from pyscorepen.ops import backend
+    CPP_MAX_ROWS, and an unmeasured ISA its "generic" entry."""
+    table = backend.CPP_MAX_ROWS["sac_update"]
     monkeypatch.setattr(backend, "cpu_vendor", lambda: "amd")
-    assert max_cpp_rows("avx2") is None and max_cpp_rows("avx512") is None
-    assert max_cpp_rows("generic") == MAX_CPP_ROWS["generic"]
+    assert backend.builtin_max_rows("sac_update", "avx2") == backend.builtin_max_rows("sac_update", "avx512") \
+        == backend.NEVER
+    assert backend.builtin_max_rows("sac_update", "generic") == table["generic"]
     monkeypatch.setattr(backend, "cpu_vendor", lambda: "intel")
-    assert max_cpp_rows("avx2") == MAX_CPP_ROWS["avx2"] == 256
-    assert max_cpp_rows("neon") == MAX_CPP_ROWS["generic"]
+    assert backend.builtin_max_rows("sac_update", "avx2") == table["avx2"] == 256
+    assert backend.builtin_max_rows("sac_update", "neon") == table["generic"]
 
 
 def test_fused_path_takes_the_backup_and_clamp_hooks():

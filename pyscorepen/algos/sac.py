@@ -291,8 +291,8 @@ class SAC:
 
         Returns "cpp" when the op's backend resolves to cpp for this batch (extension built, float32
         CPU tensors, no ``PYSCOREPEN_BACKEND`` other than cpp, the batch within the op's measured
-        per-ISA and per-vendor limit :func:`pyscorepen.ops.sac_update.max_cpp_rows`; "triton" only when requested by name)
-        and the algorithm's hooks have a fused form: the stored penalty (fused) and
+        per-ISA and per-vendor limit or this machine's calibration of it,
+        :func:`pyscorepen.ops.backend.cpp_max_rows`; "triton" only when requested by name) and the algorithm's hooks have a fused form: the stored penalty (fused) and
         :attr:`target_penalties` (computed before the step and passed in, MOBILE). None (the module
         path) when ``config.fused_update`` is off, when a subclass overrides :meth:`critic_regularizer`
         without :meth:`fused_regularizer_args` or overrides :meth:`compute_target`, the networks are not
@@ -317,7 +317,7 @@ class SAC:
         if any(g.get("amsgrad") or g.get("maximize") or g.get("differentiable") or g.get("capturable")
                or g.get("decoupled_weight_decay") or any(g[k] != groups[0][k] for k in shared) for g in groups):
             return None
-        try:   # auto: cpp up to the op's measured per-ISA, per-vendor batch limit (sac_update.max_cpp_rows)
+        try:   # auto: cpp up to the op's measured per-ISA, per-vendor batch limit (backend.cpp_max_rows)
             backend = _sac_update.resolve(batch.obs, rows=batch.obs.shape[0] + self.regularizer_rows(batch))
         except BackendUnavailableError:   # an explicit request this op cannot serve: the modules' ops honour it
             return None

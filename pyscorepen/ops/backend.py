@@ -16,6 +16,8 @@ tensors and ``cpp -> ref`` for CPU tensors, and logs (INFO, once per op/device) 
 On CPU, ``auto`` also follows a measured speed policy (:data:`CPP_MIN_ROWS`): the ``cpp`` kernel
 is chosen only from the batch size where it beat the reference for that op's shape class on the
 ISA the C++ ops run (:func:`cpu_isa`: ``avx512``, ``avx2`` or ``generic``, the ATen fallback).
+Whole-step ops that replace a module path (the fused SAC update) run only up to a batch size
+instead (:data:`CPP_MAX_ROWS`), where their fused passes start to lose to the module path.
 ``python -m pyscorepen.calibrate`` measures those thresholds on this machine, and auto then uses them
 instead (:mod:`pyscorepen.ops.calibration`; ``PYSCOREPEN_CPU_POLICY=builtin`` ignores them).
 ``$PYSCOREPEN_CPU_ISA`` (read once by the extension) or :func:`set_cpu_isa` picks the ISA.
@@ -202,6 +204,37 @@ CPP_MIN_ROWS_BY_VENDOR: dict[str, dict[str, dict[str, int]]] = {
 }
 
 
+# The other rule: whole-step ops that replace a module path auto runs only *up to* a batch size
+# (critic rows), where their fused passes start to lose to the module path's MKL GEMMs. Per op and
+# ISA, the largest batch up to which every measured batch had cpp >= 1.0x the module path; NEVER:
+# no limit (it won at every batch measured); 0: never. An unmeasured ISA uses "generic".
+#
+# sac_update (SAC.update as one op vs SAC.update with fused_update=False: the per-ISA auto choice of
+# every op, fused Adam; pyscorepen/ops/sac_update.py). Measured 2026-12-02, CPU time per update
+# (median of 9-22 interleaved rounds), 1 thread, Intel Xeon (AVX-512; "avx2" / "generic" forced with
+# forced_cpu_isa), 2 vCPUs shared with ~9 other jobs, S=17, A=6, (256, 256) nets; fused / module
+# path (fused / update_ref):
+#   avx512   B=1: 1.74x (2.34x)  32: 1.72x (2.16x)  256: 1.53x (1.83x)  1024: 1.21x (1.61x)
+#   avx2     B=1: 1.47x (1.97x)  32: 1.40x (1.71x)  256: 1.09x (1.29x)  1024: 0.94x (1.08x)
+#   generic  B=1: 2.15x (2.83x)  32: 1.74x (2.20x)  256: 1.07x (1.21x)  1024: 0.79x (0.94x)
+# (avx2 / generic: the op's critic passes run the ensemble_mlp kernels, which lose to MKL there at
+# large batches; the module path runs MKL for them.)
+CPP_MAX_ROWS: dict[str, dict[str, int]] = {
+    "sac_update": {"avx512": NEVER, "avx2": 256, "generic": 256},
+}
+
+# Per CPU vendor, as CPP_MIN_ROWS_BY_VENDOR (MKL, which the module path runs its critic passes on,
+# takes a slower code path on AMD CPUs). Measured 2026-12-03 (session 12) on a native AVX2-only AMD
+# EPYC Zen 3 (family 25 model 1), idle, paired same-process rounds (median of 12-20), module path /
+# fused op, S=17, A=6, (256, 256) nets:
+#   SAC   B=32: 2.30x (1 thread)   256: 1.41x (1), 1.75x (2 threads)   1024: 1.24x (1), 1.34x (2)
+#   COMBO B=256 (+ 3 x 10 x 128 sampled rows = 4 096 critic rows): 1.12x (1), 1.20x (2)
+# So on AMD AVX2 no limit; AMD AVX-512 (Zen 5, session 5-11 runs) had none already.
+CPP_MAX_ROWS_BY_VENDOR: dict[str, dict[str, dict[str, int]]] = {
+    "amd": {"sac_update": {"avx512": NEVER, "avx2": NEVER}},
+}
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_vendor() -> str:
     """``"amd"``, ``"intel"`` or ``"other"``: the vendor of this CPU (Linux ``/proc/cpuinfo``;
@@ -218,7 +251,17 @@ def builtin_min_rows(shape_class: str, isa: str | None) -> int:
     return measured.get(isa, CPP_MIN_ROWS.get(shape_class, {}).get(isa, 0))
 
 
+def builtin_max_rows(op: str, isa: str | None) -> int:
+    """The built-in batch limit of ``op`` on ``isa`` and this CPU's vendor
+    (:data:`CPP_MAX_ROWS_BY_VENDOR`, else :data:`CPP_MAX_ROWS`; an unmeasured ISA: its "generic"
+    entry). :data:`NEVER`: no limit."""
+    measured = CPP_MAX_ROWS_BY_VENDOR.get(cpu_vendor(), {}).get(op, {})   # this vendor's entries
+    table = CPP_MAX_ROWS[op]
+    return measured.get(isa, table.get(isa, table["generic"]))
+
+
 _pinned_policy: dict[str, int] | None = None
+_pinned_limits: dict[str, int] | None = None
 
 
 def cpp_min_rows(shape_class: str) -> int:
@@ -238,10 +281,27 @@ def cpp_min_rows(shape_class: str) -> int:
     return builtin_min_rows(shape_class, isa)
 
 
+def cpp_max_rows(op: str) -> int:
+    """Batch limit (rows) of the automatic policy for the whole-step ``op`` on the current ISA (auto
+    runs its cpp kernel up to it): a pinned policy, else this machine's calibration at the current
+    thread count, else the built-in tables (:func:`builtin_max_rows`), as :func:`cpp_min_rows`.
+    :data:`NEVER` (no limit) without the extension."""
+    isa = cpu_isa()
+    if isa is None:
+        return NEVER
+    if _pinned_limits is not None and op in _pinned_limits:
+        return _pinned_limits[op]
+    entry = _calibration.calibrated_entry(isa, torch.get_num_threads())
+    if entry is not None and op in entry.get("limits", {}):
+        return entry["limits"][op]
+    return builtin_max_rows(op, isa)
+
+
 def cpu_policy(builtin: bool = False) -> dict:
     """The automatic CPU policy in force now: ``isa``, ``threads``, ``source`` ("pinned",
     "calibrated" with its ``file`` and ``created``, or "built-in") and the ``thresholds`` of every
-    shape class (what a run records in its folder). ``builtin=True``: the built-in tables' policy."""
+    shape class, and the ``limits`` of the whole-step ops (what a run records in its folder).
+    ``builtin=True``: the built-in tables' policy."""
     isa, threads = cpu_isa(), torch.get_num_threads()
     entry = None if builtin else _calibration.calibrated_entry(isa, threads)
     if _pinned_policy is not None and not builtin:
@@ -252,19 +312,23 @@ def cpu_policy(builtin: bool = False) -> dict:
         source = {"source": "built-in"}
     return {"isa": isa, "threads": threads, **source,
             "thresholds": {shape_class: builtin_min_rows(shape_class, isa) if builtin else cpp_min_rows(shape_class)
-                           for shape_class in CPP_MIN_ROWS}}
+                           for shape_class in CPP_MIN_ROWS},
+            "limits": {op: builtin_max_rows(op, isa) if builtin else cpp_max_rows(op) for op in CPP_MAX_ROWS}}
 
 
 @contextlib.contextmanager
-def pinned_cpu_policy(thresholds: dict[str, int]) -> Iterator[None]:
-    """Within the block, ``cpp_min_rows`` returns ``thresholds`` (per shape class) whatever the
-    calibration or the thread count: a resumed run dispatches as its first process did."""
-    global _pinned_policy
-    previous, _pinned_policy = _pinned_policy, {k: int(v) for k, v in thresholds.items()}
+def pinned_cpu_policy(thresholds: dict[str, int], limits: dict[str, int] | None = None) -> Iterator[None]:
+    """Within the block, ``cpp_min_rows`` returns ``thresholds`` (per shape class) and ``cpp_max_rows``
+    ``limits`` (per whole-step op) whatever the calibration or the thread count: a resumed run
+    dispatches as its first process did. What they do not name follows the usual order."""
+    global _pinned_policy, _pinned_limits
+    previous = _pinned_policy, _pinned_limits
+    _pinned_policy = {k: int(v) for k, v in thresholds.items()}
+    _pinned_limits = {k: int(v) for k, v in (limits or {}).items()}
     try:
         yield
     finally:
-        _pinned_policy = previous
+        _pinned_policy, _pinned_limits = previous
 
 
 def register_reference(op: str, reference: Callable) -> None:

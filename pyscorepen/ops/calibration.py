@@ -1,17 +1,18 @@
 """Per-machine calibrations of the automatic CPU policy: where they live, what they are keyed by,
-and the rule that turns measured speed ratios into a threshold.
+and the rules that turn measured speed ratios into a threshold or a limit.
 
-The built-in policy (:data:`pyscorepen.ops.backend.CPP_MIN_ROWS` and its per-vendor table) was
-measured on a few machines. ``python -m pyscorepen.calibrate`` measures the same shape classes on
-*this* machine and stores the thresholds here; :func:`pyscorepen.ops.backend.cpp_min_rows` then uses
-them in place of the built-in ones, but only for the exact machine, ISA, thread count, torch version
+The built-in policy (:data:`pyscorepen.ops.backend.CPP_MIN_ROWS`, :data:`~pyscorepen.ops.backend.
+CPP_MAX_ROWS` and their per-vendor tables) was measured on a few machines. ``python -m
+pyscorepen.calibrate`` measures the same shape classes on *this* machine and stores the thresholds
+and limits here; :func:`pyscorepen.ops.backend.cpp_min_rows` and :func:`~pyscorepen.ops.backend.
+cpp_max_rows` then use them in place of the built-in ones, but only for the exact machine, ISA, thread count, torch version
 and extension build they were measured with (:func:`machine_key`). A rebuilt extension, another
 torch or another thread count falls back to the built-in tables until it is calibrated too.
 
 The file: ``$PYSCOREPEN_CPU_POLICY`` if that names a file, else
 ``$XDG_CACHE_HOME/pyscorepen/cpu_policy.json`` (``~/.cache/...``); ``PYSCOREPEN_CPU_POLICY=builtin``
-ignores every calibration. It holds a list of entries (machine key, thresholds, the measured ratios);
-calibrating again replaces the entry of the same key.
+ignores every calibration. It holds a list of entries (machine key, thresholds, limits, the measured
+ratios); calibrating again replaces the entry of the same key.
 """
 from __future__ import annotations
 
@@ -108,6 +109,19 @@ def min_rows_threshold(ratios: dict[int, float]) -> int:
     return threshold
 
 
+def max_rows_limit(ratios: dict[int, float]) -> int:
+    """The rule of the whole-step ops' limits (:data:`pyscorepen.ops.backend.CPP_MAX_ROWS`): the
+    largest measured batch up to which cpp was at least as fast as the module path at *every* smaller
+    measured batch too; :data:`NEVER` (no limit) when it won at every batch measured, 0 (never) when
+    it lost at the smallest."""
+    limit = 0
+    for batch in sorted(ratios):
+        if ratios[batch] < 1.0:
+            return limit
+        limit = batch
+    return NEVER
+
+
 class CalibrationError(ValueError):
     """A calibration file that cannot be used (unreadable, not JSON, another format)."""
 
@@ -129,18 +143,21 @@ def read_entries(path: Path) -> list[dict]:
     entries = []
     for entry in data["entries"]:
         thresholds = entry.get("thresholds") if isinstance(entry, dict) else None
+        limits = entry.get("limits", {}) if isinstance(entry, dict) else None
         if not (isinstance(thresholds, dict) and isinstance(entry.get("machine"), dict)
                 and all(isinstance(v, int) and v >= 1 for v in thresholds.values())):
             raise CalibrationError(f"{path}: an entry without a machine key or with a threshold that is not a "
                                    "positive integer")
+        if not (isinstance(limits, dict) and all(isinstance(v, int) and v >= 0 for v in limits.values())):
+            raise CalibrationError(f"{path}: an entry with a batch limit that is not an integer >= 0")
         entries.append(entry)
     return entries
 
 
 def write_entry(path: Path, entry: dict) -> None:
-    """Add ``entry`` to ``path`` (atomically), replacing the thresholds it measured in the entry with
-    the same machine key (the other shape classes' stay). An unusable existing file is replaced, and
-    said so."""
+    """Add ``entry`` to ``path`` (atomically), replacing the thresholds and limits it measured in the
+    entry with the same machine key (the other shape classes' stay). An unusable existing file is
+    replaced, and said so."""
     try:
         entries = read_entries(path)
     except CalibrationError as err:
@@ -149,6 +166,7 @@ def write_entry(path: Path, entry: dict) -> None:
     for old in entries:   # a calibration of some shape classes keeps the others' earlier thresholds
         if old["machine"] == entry["machine"]:
             entry = {**entry, "thresholds": {**old["thresholds"], **entry["thresholds"]},
+                     "limits": {**old.get("limits", {}), **entry.get("limits", {})},
                      "ratios": {**old.get("ratios", {}), **entry.get("ratios", {})}}
     _write_entries(path, [e for e in entries if e["machine"] != entry["machine"]] + [entry])
 
@@ -206,7 +224,9 @@ def clear_cache() -> None:
 
 
 def new_entry(isa: str, threads: int, thresholds: dict[str, int], ratios: dict[str, dict[int, float]],
-              rounds: int) -> dict:
-    return {"machine": machine_key(isa, threads), "thresholds": thresholds,
+              rounds: int, limits: dict[str, int] | None = None) -> dict:
+    """A calibration of ``isa`` at ``threads`` threads: the shape classes' ``thresholds``, the
+    whole-step ops' ``limits`` and the ref / cpp ``ratios`` per class and batch they came from."""
+    return {"machine": machine_key(isa, threads), "thresholds": thresholds, "limits": limits or {},
             "ratios": {k: {str(b): round(r, 4) for b, r in v.items()} for k, v in ratios.items()},
             "rounds": rounds, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

@@ -181,48 +181,16 @@ def sac_update_ref(
 _backend.register_reference("sac_update", sac_update_ref)
 
 
-# Automatic choice on CPU (backend= / $PYSCOREPEN_BACKEND run whatever they name): the cpp op only up
-# to the batch size where it beat the module path it replaces (SAC.update with fused_update=False:
-# the per-ISA auto choice of every op, fused Adam) on the ISA the C++ ops run (backend.cpu_isa()).
-# Measured 2026-12-02, CPU time per update (median of 9-22 interleaved rounds), 1 thread, Intel
-# Xeon (AVX-512; "avx2" / "generic" forced with forced_cpu_isa), 2 vCPUs shared with ~9 other jobs,
-# S=17, A=6, (256, 256) nets; fused / module path (fused / update_ref):
-#   avx512   B=1: 1.74x (2.34x)  32: 1.72x (2.16x)  256: 1.53x (1.83x)  1024: 1.21x (1.61x)
-#   avx2     B=1: 1.47x (1.97x)  32: 1.40x (1.71x)  256: 1.09x (1.29x)  1024: 0.94x (1.08x)
-#   generic  B=1: 2.15x (2.83x)  32: 1.74x (2.20x)  256: 1.07x (1.21x)  1024: 0.79x (0.94x)
-# (avx2 / generic: the op's critic passes run the ensemble_mlp kernels, which lose to MKL there at
-# large batches; the module path runs MKL for them.) None: no limit. An unmeasured ISA uses "generic".
-MAX_CPP_ROWS: dict[str, int | None] = {"avx512": None, "avx2": 256, "generic": 256}
-
-# Per CPU vendor (as backend.CPP_MIN_ROWS_BY_VENDOR: MKL, which the module path runs its critic passes
-# on, takes a slower code path on AMD CPUs); an entry replaces MAX_CPP_ROWS[ISA] there.
-# Measured 2026-12-03 (session 12) on a native AVX2-only AMD EPYC Zen 3 (family 25 model 1), idle,
-# paired same-process rounds (median of 12-20), module path / fused op, S=17, A=6, (256, 256) nets:
-#   SAC   B=32: 2.30x (1 thread)   256: 1.41x (1), 1.75x (2 threads)   1024: 1.24x (1), 1.34x (2)
-#   COMBO B=256 (+ 3 x 10 x 128 sampled rows = 4 096 critic rows): 1.12x (1), 1.20x (2)
-# So on AMD AVX2 no limit; AMD AVX-512 (Zen 5, session 5-11 runs) had none already.
-MAX_CPP_ROWS_BY_VENDOR: dict[str, dict[str, int | None]] = {"amd": {"avx512": None, "avx2": None}}
-
-
-def max_cpp_rows(isa: str) -> int | None:
-    """The automatic policy's batch limit for the fused op on ``isa`` and this CPU's vendor
-    (:data:`MAX_CPP_ROWS_BY_VENDOR`, else :data:`MAX_CPP_ROWS`; an unmeasured ISA: "generic")."""
-    measured = MAX_CPP_ROWS_BY_VENDOR.get(_backend.cpu_vendor(), {})   # this vendor's entries (None: no limit)
-    return measured.get(isa, MAX_CPP_ROWS.get(isa, MAX_CPP_ROWS["generic"]))
-
-
 def resolve(obs: Tensor, backend: str | None = None, rows: int | None = None) -> str:
     """Backend of :func:`sac_update` for a batch like ``obs`` [B, S] (``rows``: the critic rows of the
     step when a regulariser adds sampled ones, COMBO's B + K*C; default B): :func:`pyscorepen.ops.backend.
-    resolve_backend` with the policy above (auto skips cpp above :func:`max_cpp_rows` of the current ISA
-    and vendor) and without ``triton`` in the automatic order (the Triton step has run under the
+    resolve_backend`, where auto skips cpp above the automatic policy's limit for this op
+    (:func:`pyscorepen.ops.backend.cpp_max_rows`: the measured break-even against the module path, per
+    ISA and vendor, or this machine's calibration), and without ``triton`` in the automatic order (the Triton step has run under the
     interpreter only, not yet on a GPU; ``backend="triton"`` / ``PYSCOREPEN_BACKEND=triton`` still select it)."""
     skip: tuple[str, ...] = ("triton",)
-    if not obs.is_cuda:
-        isa = _backend.cpu_isa()
-        limit = max_cpp_rows(isa) if isa is not None else None
-        if limit is not None and (obs.shape[0] if rows is None else rows) > limit:
-            skip = (*skip, "cpp")
+    if not obs.is_cuda and (obs.shape[0] if rows is None else rows) > _backend.cpp_max_rows("sac_update"):
+        skip = (*skip, "cpp")
     return _backend.resolve_backend("sac_update", obs, backend, auto_skip=skip)
 
 

@@ -1,5 +1,6 @@
 """Synthetic inputs of the C++ ops' shape classes, one builder per op, and the batch sweeps that
-measure the automatic CPU policy (:data:`pyscorepen.ops.backend.CPP_MIN_ROWS`).
+measure the automatic CPU policy (:data:`pyscorepen.ops.backend.CPP_MIN_ROWS` and
+:data:`~pyscorepen.ops.backend.CPP_MAX_ROWS`).
 
 The sizes are MOPO's HalfCheetah ones, the largest of the D4RL MuJoCo suite the built-in policy was
 measured at: S = 17, A = 6 (input 23); a 7-member ensemble of 4 x 200 SiLU layers predicting
@@ -34,6 +35,9 @@ def mlp_flops(dims) -> int:
 ROLLOUT_FLOPS_PER_ROW = MEMBERS * mlp_flops(DYNAMICS_DIMS) + mlp_flops(SCORE_DIMS)
 SCORE_FLOPS_PER_ROW = mlp_flops(SCORE_DIMS)
 SOFT_VALUE_FLOPS_PER_ROW = mlp_flops(ACTOR_DIMS) + CRITICS * mlp_flops(CRITIC_DIMS)
+# one SAC update: the target (actor + target critics forward), the critic step (forward + 2x
+# backward), the actor step (actor forward + backward, critics forward + input-gradient backward)
+SAC_UPDATE_FLOPS_PER_ROW = 4 * mlp_flops(ACTOR_DIMS) + 6 * CRITICS * mlp_flops(CRITIC_DIMS)
 
 
 def _layers(gen: torch.Generator, dims, members: int | None = None) -> tuple[list[Tensor], list[Tensor]]:
@@ -134,10 +138,40 @@ def _dynamics_fit_step(batch: int) -> Callable[[str], None]:
     return run
 
 
+def _sac_update_step(batch: int) -> Callable[[str], None]:
+    """One SAC update of ``batch`` rows (95 % model rows with a stored penalty, as MOPO / ScorePen
+    sample them): ``cpp`` the ``sac_update`` op (``SAC._update_fused``, whatever the policy's limit),
+    ``ref`` the module path it replaces (``SAC.update`` with ``fused_update=False``: the automatic
+    choice of every op under the policy in force, fused Adam), as ``SAC.update`` runs either. Two
+    agents of the same initial weights, each stepping on the same batch every call."""
+    from pyscorepen.algos.sac import SAC, SACConfig
+    from pyscorepen.data import Batch
+    agents = {}
+    for backend in ("cpp", "ref"):
+        with torch.random.fork_rng(devices=[]):   # the same weights for both, the caller's RNG untouched
+            torch.manual_seed(0)
+            config = SACConfig(hidden_dims=AGENT_HIDDEN, num_critics=CRITICS, fused_update=backend == "cpp")
+            agents[backend] = SAC(OBS_DIM, ACT_DIM, config, -torch.ones(ACT_DIM), torch.ones(ACT_DIM))
+    gen = torch.Generator().manual_seed(0)
+    from_model = torch.arange(batch) >= round(batch * 0.05)                           # [B]
+    rows = Batch(torch.randn(batch, OBS_DIM, generator=gen), torch.rand(batch, ACT_DIM, generator=gen) * 2 - 1,
+                 torch.randn(batch, generator=gen), torch.randn(batch, OBS_DIM, generator=gen), torch.zeros(batch),
+                 torch.rand(batch, generator=gen) * from_model, from_model)
+
+    def run(backend: str) -> None:
+        with torch.random.fork_rng(devices=[]):   # the update's noise draws leave the caller's RNG alone
+            if backend == "cpp":
+                agents["cpp"]._update_fused(rows, "cpp")
+            else:
+                agents["ref"].update(rows)
+    return run
+
+
 # shape class -> (batch sweep, factory(batch) -> run(backend), FLOPs per row). The sweeps are the
 # batch sizes the library runs each class at (rollouts of 1 to 50k starts, SAC's 256, MOBILE's
 # 10 x 5 x 243 = 12 150 next states, COMBO's 3 840 critic rows, the fit's 256 per member) and the
-# small ones around the break-even of the C++ kernels. The fit step's rows are rows per member.
+# small ones around the break-even of the C++ kernels. The fit step's rows are rows per member; the
+# SAC update's are its critic rows (COMBO's 256 + 3 840 are timed as a plain SAC step of 4 096).
 SWEEPS: dict[str, tuple[list[int], Callable[[int], Callable[[str], None]], int]] = {
     "rollout_step": ([1, 16, 64, 256, 4096], lambda b: _inference("rollout_step", rollout_step_inputs, b),
                      ROLLOUT_FLOPS_PER_ROW),
@@ -152,4 +186,7 @@ SWEEPS: dict[str, tuple[list[int], Callable[[int], Callable[[str], None]], int]]
                           lambda b: _ensemble_training(MEMBERS, DYNAMICS_DIMS, "silu", False, b),
                           3 * MEMBERS * mlp_flops(DYNAMICS_DIMS)),
     "dynamics_fit_step": ([64, 128, 256, 512], _dynamics_fit_step, 3 * MEMBERS * mlp_flops(DYNAMICS_DIMS)),
+    # a limit, not a threshold (backend.CPP_MAX_ROWS); last, so that its module path runs the
+    # thresholds just measured (pyscorepen.calibrate)
+    "sac_update": ([32, 256, 1024, 4096], _sac_update_step, SAC_UPDATE_FLOPS_PER_ROW),
 }
