@@ -1,4 +1,5 @@
-"""Measure the automatic CPU policy (``pyscorepen.ops.backend.CPP_MIN_ROWS``) on this machine.
+"""Measure the automatic CPU policy (``pyscorepen.ops.backend.CPP_MIN_ROWS`` and ``CPP_MAX_ROWS``)
+on this machine.
 
 For every op shape class, every CPU ISA of the C++ ops that this CPU supports (``avx512``,
 ``avx2``, ``generic``) and a sweep of batch sizes, times ``ref`` and ``cpp`` interleaved in one
@@ -15,7 +16,8 @@ reference runs on are capped to AVX2 as well (``MKL_ENABLE_INSTRUCTIONS=AVX2``,
 an AVX2-only CPU would see: the AVX2 kernels against AVX2 MKL, and an AVX2 sgemm probe.
 On one thread the times are CPU time of the thread (``time.thread_time``): on a shared machine
 that excludes the time the thread waits for a core. A threshold in ``CPP_MIN_ROWS`` is the
-smallest batch whose ratio was >= 1.0. The workloads are ``pyscorepen.ops.workloads.SWEEPS``, the
+smallest batch from which every ratio was >= 1.0; a limit in ``CPP_MAX_ROWS`` (the fused SAC
+update, ``ref`` being the module path) the largest up to which every ratio was. The workloads are ``pyscorepen.ops.workloads.SWEEPS``, the
 ones ``python -m pyscorepen.calibrate`` times to store a policy for this machine (this script only
 prints, for every ISA, with the probe).
 """
