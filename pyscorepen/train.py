@@ -119,8 +119,8 @@ def keep_cpu_policy(run_dir: Path):
     kernels a resumed run runs (kill -9 + resume stays byte-identical). A run folder with trained
     state but no record was started by a version before calibrations: it records the built-in
     tables, which that version ran; a record without limits (a version that calibrated thresholds
-    only) pins the built-in limits, for the same reason. Resumed on another ISA, the recorded thresholds do not apply:
-    that process uses this machine's policy, and says so."""
+    only) pins the built-in limits, for the same reason. Resumed on another ISA, the recorded
+    thresholds do not apply: that process uses this machine's policy, and says so."""
     from pyscorepen.ops import backend
     path = run_dir / runs.CPU_POLICY
     current = backend.cpu_policy()
@@ -140,6 +140,9 @@ def keep_cpu_policy(run_dir: Path):
     limits = recorded.get("limits")
     if not isinstance(limits, dict):
         limits = backend.cpu_policy(builtin=True)["limits"]
+    log.info("CPU kernels: ISA %s, %s policy (kept in %s)%s", recorded["isa"], recorded.get("source"), path.name,
+             "; python -m pyscorepen.calibrate measures this machine's own" if recorded.get("source") == "built-in"
+             and current["source"] == "built-in" else "")
     with backend.pinned_cpu_policy(thresholds, limits):
         yield
 
