@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 from typing import Callable
 
-import torch
 
 from pyscorepen import runs
 from pyscorepen.algos.cdsa import CDSA, CorrectedPolicy

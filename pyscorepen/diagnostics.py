@@ -17,7 +17,6 @@ so writing them changes no other output of the run.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 

@@ -6,7 +6,6 @@ Every field of :class:`pyscorepen.config.TrainConfig` is a flag; ``--help`` list
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import shlex
 import sys

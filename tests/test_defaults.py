@@ -10,7 +10,7 @@ from pyscorepen.config import RolloutConfig, TrainConfig, apply_overrides, defau
 from pyscorepen.configs import dataset_defaults, load_defaults
 from pyscorepen.data import Batch, ReplayBuffer
 from pyscorepen.models.dynamics import DynamicsConfig, EnsembleDynamics, rollout
-from pyscorepen.penalties import PENALTIES, MobilePenalty
+from pyscorepen.penalties import PENALTIES
 from pyscorepen.penalties.mobile import mobile_penalty
 from pyscorepen.tasks import make_task
 from pyscorepen.trainer import Trainer

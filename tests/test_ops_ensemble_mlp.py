@@ -394,16 +394,16 @@ def test_modules_use_the_op_and_ref_keeps_module_code(monkeypatch):
     actor = TanhGaussianActor(17, 6, (64, 64), -torch.ones(6), torch.ones(6))
     obs, actions, x = torch.randn(50, 17), torch.randn(50, 6), torch.randn(50, 23)
     results = {}
-    for backend in CPU_BACKENDS:
-        monkeypatch.setenv("PYSCOREPEN_BACKEND", backend)
+    for name in CPU_BACKENDS:
+        monkeypatch.setenv("PYSCOREPEN_BACKEND", name)
         q, y, head = critic(obs, actions), model(x), actor.trunk(obs)
         params = [*critic.parameters(), *model.parameters(), *actor.parameters()]
         loss = q.square().sum() + y.square().sum() + head.square().sum()
-        results[backend] = (q, y, head, torch.autograd.grad(loss, params))
-    for backend in CPU_BACKENDS:
-        for got, want in zip(results[backend][:3], results["ref"][:3]):
+        results[name] = (q, y, head, torch.autograd.grad(loss, params))
+    for name in CPU_BACKENDS:
+        for got, want in zip(results[name][:3], results["ref"][:3]):
             torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
-        for got, want in zip(results[backend][3], results["ref"][3]):
+        for got, want in zip(results[name][3], results["ref"][3]):
             torch.testing.assert_close(got, want, rtol=GRAD_RTOL, atol=GRAD_ATOL)
 
 
@@ -442,8 +442,8 @@ def test_sac_update_cpp_matches_ref_backend(monkeypatch, algo):
                      torch.randn(B, S, generator=gen), torch.zeros(B), torch.rand(B, generator=gen),
                      torch.arange(B) % 2 == 0) for _ in range(3)]
     agents = {}
-    for backend in ("cpp", "ref"):
-        monkeypatch.setenv("PYSCOREPEN_BACKEND", backend)
+    for name in ("cpp", "ref"):
+        monkeypatch.setenv("PYSCOREPEN_BACKEND", name)
         torch.manual_seed(0)
         config = SACConfig(hidden_dims=(64, 64))
         agent = (COMBO(S, A, config, -torch.ones(A), torch.ones(A), combo=ComboConfig(num_sampled_actions=3))
@@ -451,7 +451,7 @@ def test_sac_update_cpp_matches_ref_backend(monkeypatch, algo):
         torch.manual_seed(2)
         for batch in batches:
             agent.update(batch)
-        agents[backend] = agent
+        agents[name] = agent
     for name in ("actor", "critic", "critic_target"):
         for p_cpp, p_ref in zip(getattr(agents["cpp"], name).parameters(), getattr(agents["ref"], name).parameters()):
             torch.testing.assert_close(p_cpp, p_ref, rtol=1e-4, atol=1e-4)

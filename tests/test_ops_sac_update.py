@@ -14,7 +14,6 @@ shapes, log alpha identical, Adam steps identical.
 from __future__ import annotations
 
 import copy
-import os
 
 import pytest
 import torch

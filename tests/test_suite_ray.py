@@ -36,7 +36,7 @@ def suite_args(out: Path) -> list[str]:
 
 def train_pid(out: Path) -> int | None:
     """pid of the train process writing run folder ``out`` (a child of this test's suite)."""
-    needle = f"pyscorepen.train\0".encode()
+    needle = "pyscorepen.train\0".encode()
     target = f"--out\0{out}\0".encode()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():

@@ -11,7 +11,6 @@ this way is tuned on the evaluation environment; report it as such, not as an of
 from __future__ import annotations
 
 import csv
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path

@@ -18,7 +18,6 @@ K per dataset.
 from __future__ import annotations
 
 import csv
-import json
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
