@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if cfg.rounds < 1 or any(t < 1 for t in cfg.threads):
             raise ConfigError("--rounds and --threads must be >= 1")
+        if os.environ.pop(backend.ENV_VAR, None):   # the module paths timed must dispatch as auto does
+            print(f"note: {backend.ENV_VAR} is ignored while calibrating (the automatic policy is measured)",
+                  file=sys.stderr)
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
         if load > 0.5:
             print(f"note: load average {load:.1f}; other work on the cores makes the ratios noisy", file=sys.stderr)

@@ -239,6 +239,25 @@ def test_the_cli_measures_writes_shows_and_forgets(policy_file, capsys):
     assert calibration.read_entries(policy_file) == []
 
 
+@needs_extension
+def test_the_cli_measures_the_automatic_policy_whatever_the_backend_variable(policy_file, monkeypatch, capsys):
+    """PYSCOREPEN_BACKEND would send the module paths of the whole-step classes to one backend;
+    calibrate drops it for its process, and says so."""
+    import os
+
+    import pyscorepen.calibrate as calibrate_module
+    monkeypatch.setenv(backend.ENV_VAR, "ref")
+    seen, real = [], calibrate_module.measure_ratios
+
+    def spy(shape_class, rounds, threads, batches=None, progress=None):
+        seen.append(os.environ.get(backend.ENV_VAR))
+        return real(shape_class, rounds, threads, batches=[8], progress=progress)   # one small batch
+    monkeypatch.setattr(calibrate_module, "measure_ratios", spy)
+    assert calibrate_main(["--threads", "1", "--rounds", "1", "--shape-classes", "sac_update", "--dry-run"]) == 0
+    assert seen == [None]
+    assert f"{backend.ENV_VAR} is ignored while calibrating" in capsys.readouterr().err
+
+
 def test_the_cli_refuses_to_write_when_calibrations_are_ignored(monkeypatch, capsys):
     monkeypatch.setenv(calibration.ENV_VAR, "builtin")
     assert calibrate_main(["--rounds", "1"]) == 2
