@@ -52,10 +52,11 @@ class CalibrateConfig:
     rounds: int = 5
     """Timed rounds per backend and batch (best of them, twice, interleaved). Range: [1, inf)."""
     shape_classes: list[ShapeClass] = field(default_factory=list)
-    """Shape classes to measure (default: all); the others keep the built-in thresholds."""
+    """Shape classes to measure (default: all); the others keep what the file holds for them, else
+    the built-in values."""
     show: bool = False
-    """Print the policy in force (source and thresholds; at the first --threads, else the default
-    count) and the calibration file; measure nothing."""
+    """Print the policy in force (source, thresholds and limits; at the first --threads, else the
+    default count) and the calibration file; measure nothing."""
     forget: bool = False
     """Remove this CPU's calibrations from the file (every ISA and thread count); measure nothing."""
     dry_run: bool = False
