@@ -1,24 +1,9 @@
 """Helpers shared by the bench files: the sgemm probe and the derived-throughput record."""
 from __future__ import annotations
 
-import time
-
 import torch
 
-PROBE_SHAPE = (8192, 256, 256)  # M, K, N: same regime as the 200/256-wide MLP layers
-
-
-def _best_seconds(fn, repeats=7, wall=False):
-    # one thread: CPU time of the process (what `--benchmark-timer time.process_time` measures on
-    # a shared machine, see benches/README.md); several threads, or `wall`: wall time
-    clock = time.process_time if torch.get_num_threads() == 1 and not wall else time.perf_counter
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = clock()
-        fn()
-        best = min(best, clock() - start)
-    return best
+from pyscorepen.ops.workloads import PROBE_SHAPE, probe_sgemm_gflops  # noqa: F401 - the benches' probe
 
 
 def cpu_isa() -> str:
@@ -29,21 +14,6 @@ def cpu_isa() -> str:
     if isa == "avx512" and avx512_emulated():
         isa += " (EMULATED test build: timings mean nothing)"
     return isa
-
-
-def probe_sgemm_gflops(repeats: int = 7, wall: bool = False) -> dict[str, float]:
-    """MKL's and oneDNN's GFLOP/s on PROBE_SHAPE (best of ``repeats`` calls each) and the better one."""
-    m, k, n = PROBE_SHAPE
-    a, w = torch.randn(m, k), torch.randn(k, n)
-    w_t, bias = w.t().contiguous(), torch.zeros(n)
-    flops = 2 * m * k * n
-    result = {"mkl_gflops": flops / _best_seconds(lambda: torch.mm(a, w), repeats, wall) / 1e9}
-    linear_pointwise = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
-    if torch.backends.mkldnn.is_available() and linear_pointwise is not None:
-        onednn = _best_seconds(lambda: linear_pointwise(a, w_t, bias, "none", [], ""), repeats, wall)
-        result["onednn_gflops"] = flops / onednn / 1e9
-    result["limit_gflops"] = max(result.values())
-    return result
 
 
 def record(benchmark, *, rows: int, flops_per_row: float, limit: dict[str, float], **extra) -> float:

@@ -17,6 +17,10 @@ MOPO Algorithm 2) and projects them to a run of ``--target-steps`` (default 1M) 
   steps, from measured parts: env creation, the batched policy call and one env step (an
   untrained policy falls within a few steps; a good Hopper policy runs the whole episode).
 
+Before and after the measurements it reads the sgemm probe (the better of MKL and oneDNN on an
+8192 x 256 x 256 GEMM): a projection holds for the machine's speed it was taken at, and when that
+speed changed during the profile by more than 15 % (a busy core, a VM's drift) the table says so.
+
 ``--mode fast`` is the library's default path (automatic kernel choice, fused optimizers,
 penalty-aware elite-only rollouts); ``--mode ref`` the reference path everything is tested
 against (``PYSCOREPEN_BACKEND=ref``, ``SAC.update_ref``, plain Adam with the L2 term in the
@@ -286,6 +290,8 @@ def profile_run(config: ProfileConfig, task=None) -> dict:
     measured = dict.fromkeys(PHASES, 0.0)
     per_unit: dict[str, float] = {}
     counts: dict[str, float] = {}
+    on_cpu = not config.device.startswith("cuda")
+    probe = {"start": _probe() if on_cpu else None}
     with _backend_env(config.mode), tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(train_cfg, task, run_dir)
         # ---------------------------------------------------------------- pretraining
@@ -332,6 +338,7 @@ def profile_run(config: ProfileConfig, task=None) -> dict:
         t0 = time.perf_counter()
         per_unit["evaluation"] = _time_evaluation(trainer, task, config)
         measured["evaluation"] = time.perf_counter() - t0
+    probe["end"] = _probe() if on_cpu else None
     T = config.target_steps
 
     def units(steps: int) -> dict[str, float]:
@@ -352,7 +359,21 @@ def profile_run(config: ProfileConfig, task=None) -> dict:
         "rollout_transitions_per_s": (rounds * r.batch_size * r.length / measured["rollout"]) if rounds else None,
         "dynamics_epochs_assumed": config.dynamics_epochs,
         "cpu_policy": cpu_policy,
+        "sgemm_probe_gflops": probe,
     }
+
+
+PROBE_DRIFT = 0.15   # the probe's relative change during a profile above which the table warns
+
+
+def _probe() -> float:
+    """The sgemm probe (better of MKL and oneDNN, best of 3, wall time): how fast this machine's
+    GEMMs run now. Read before and after the measurements: on a VM whose speed drifts (+-25 %
+    between consecutive profiles seen here) a projection means something only with the machine's
+    speed it was taken at."""
+    from pyscorepen.ops.workloads import probe_sgemm_gflops
+    with torch.no_grad():
+        return probe_sgemm_gflops(repeats=3, wall=True)["limit_gflops"]
 
 
 UNIT_NAMES = {"pretrain_dynamics": "batch", "pretrain_score": "step", "rollout": "round",
@@ -382,7 +403,14 @@ def format_table(result: dict) -> str:
     policy = result.get("cpu_policy") or {}
     if policy.get("isa"):
         notes.append(f"CPU kernels {policy['isa']}, {policy['source']} policy")
-    return "\n".join([head, *rows, "; ".join(notes)])
+    lines = [head, *rows, "; ".join(notes)]
+    probe = result.get("sgemm_probe_gflops") or {}
+    if probe.get("start") and probe.get("end"):
+        lines.append(f"sgemm probe {probe['start']:.0f} GFLOP/s before, {probe['end']:.0f} after")
+        if abs(probe["end"] / probe["start"] - 1) > PROBE_DRIFT:
+            lines.append("warning: the machine's speed changed during the profile (other work on the cores, or a VM's "
+                         "drift): the projection is uncertain by about that much; rerun it on an idle machine")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from pyscorepen.profile import PHASES, ProfileConfig, main, profile_run, synthetic_task
+from pyscorepen.profile import PHASES, ProfileConfig, format_table, main, profile_run, synthetic_task
 
 TINY = ["--steps", "6", "--dataset-size", "3000", "--rollout-batch-size", "64", "--rollout-freq", "3",
         "--eval-episodes", "1", "--dynamics-batches", "2", "--score-batches", "2", "--batch-size", "32",
@@ -29,6 +29,14 @@ def test_profile_cli_smoke(capsys):
     result = json.loads("{" + payload)
     assert result["rollout_rounds_measured"] == 2 and not result["rollout_all_members"]
     assert result["projected_1m_steps_hours"] > 0
+    probe = result["sgemm_probe_gflops"]
+    assert probe["start"] > 0 and probe["end"] > 0 and "sgemm probe" in table
+
+    # the machine's speed before and after: a drift above PROBE_DRIFT is said, as what it means
+    steady = format_table({**result, "sgemm_probe_gflops": {"start": 140.0, "end": 130.0}})
+    drifted = format_table({**result, "sgemm_probe_gflops": {"start": 140.0, "end": 100.0}})
+    assert "140 GFLOP/s before, 130 after" in steady and "warning" not in steady
+    assert "warning: the machine's speed changed during the profile" in drifted
 
 
 @pytest.mark.parametrize("algo,mode", [("mopo", "fast"), ("scorepen", "ref")])

@@ -1,5 +1,5 @@
-"""Synthetic inputs of the C++ ops' shape classes, one builder per op, and the batch sweeps that
-measure the automatic CPU policy (:data:`pyscorepen.ops.backend.CPP_MIN_ROWS` and
+"""Synthetic inputs of the C++ ops' shape classes, one builder per op, the sgemm probe, and the
+batch sweeps that measure the automatic CPU policy (:data:`pyscorepen.ops.backend.CPP_MIN_ROWS` and
 :data:`~pyscorepen.ops.backend.CPP_MAX_ROWS`).
 
 The sizes are MOPO's HalfCheetah ones, the largest of the D4RL MuJoCo suite the built-in policy was
@@ -10,6 +10,7 @@ actor and N = 2 twin critics of 2 x 256 ReLU. Shared by ``python -m pyscorepen.c
 """
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import torch
@@ -25,6 +26,40 @@ DYNAMICS_DIMS = (IN_DIM, *DYNAMICS_HIDDEN, 2 * (OBS_DIM + 1))   # [23, 4 x 200, 
 SCORE_DIMS = (IN_DIM, *SCORE_HIDDEN, IN_DIM)                    # [23, 3 x 256, 23]
 ACTOR_DIMS = (OBS_DIM, *AGENT_HIDDEN, 2 * ACT_DIM)              # [17, 256, 256, 12]
 CRITIC_DIMS = (IN_DIM, *AGENT_HIDDEN, 1)                        # [23, 256, 256, 1]
+
+
+PROBE_SHAPE = (8192, 256, 256)  # M, K, N of the sgemm probe: the regime of the 200/256-wide MLP layers
+
+
+def _best_seconds(fn, repeats: int = 7, wall: bool = False) -> float:
+    """Best of ``repeats`` calls of ``fn`` after one warm-up call. On one torch thread the clock is
+    the process's CPU time (a shared machine disturbs it least); on several, or with ``wall``, wall
+    time."""
+    clock = time.process_time if torch.get_num_threads() == 1 and not wall else time.perf_counter
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = clock()
+        fn()
+        best = min(best, clock() - start)
+    return best
+
+
+def probe_sgemm_gflops(repeats: int = 7, wall: bool = False) -> dict[str, float]:
+    """MKL's and oneDNN's GFLOP/s on PROBE_SHAPE (best of ``repeats`` calls each) and the better one
+    (``limit_gflops``): what this machine's GEMM libraries reach now, the yardstick of the benches'
+    "% of the probe" and of ``python -m pyscorepen.profile``'s drift check."""
+    m, k, n = PROBE_SHAPE
+    a, w = torch.randn(m, k), torch.randn(k, n)
+    w_t, bias = w.t().contiguous(), torch.zeros(n)
+    flops = 2 * m * k * n
+    result = {"mkl_gflops": flops / _best_seconds(lambda: torch.mm(a, w), repeats, wall) / 1e9}
+    linear_pointwise = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    if torch.backends.mkldnn.is_available() and linear_pointwise is not None:
+        onednn = _best_seconds(lambda: linear_pointwise(a, w_t, bias, "none", [], ""), repeats, wall)
+        result["onednn_gflops"] = flops / onednn / 1e9
+    result["limit_gflops"] = max(result.values())
+    return result
 
 
 def mlp_flops(dims) -> int:
