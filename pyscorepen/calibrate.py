@@ -116,12 +116,8 @@ def calibrate(threads: int, rounds: int, shape_classes, progress=None) -> dict:
                               "there is no cpp backend to calibrate")
     ratios, thresholds, limits = {}, {}, {}
     for shape_class in sorted(shape_classes, key=lambda sc: sc in backend.CPP_MAX_ROWS):   # limits last
-        if shape_class in backend.CPP_MAX_ROWS:
-            previous = torch.get_num_threads()
-            torch.set_num_threads(threads)   # the policy in force at this thread count
-            in_force = backend.cpu_policy()["thresholds"]
-            torch.set_num_threads(previous)
-            with backend.pinned_cpu_policy({**in_force, **thresholds}):
+        if shape_class in backend.CPP_MAX_ROWS:   # the classes not measured now: the policy in force
+            with backend.pinned_cpu_policy(thresholds):
                 ratios[shape_class] = measure_ratios(shape_class, rounds, threads, progress=progress)
             limits[shape_class] = calibration.max_rows_limit(ratios[shape_class])
         else:

@@ -260,8 +260,18 @@ def builtin_max_rows(op: str, isa: str | None) -> int:
     return measured.get(isa, table.get(isa, table["generic"]))
 
 
-_pinned_policy: dict[str, int] | None = None
-_pinned_limits: dict[str, int] | None = None
+_pinned: dict[str, dict[str, int]] | None = None   # {"thresholds": ..., "limits": ...}, pinned_cpu_policy
+
+
+def _in_force(table: str, name: str, isa: str, builtin: Callable[[str, str], int]) -> int:
+    """Entry ``name`` of the policy's ``table`` ("thresholds" or "limits") on ``isa``: a pinned
+    policy, else this machine's calibration at the current thread count, else ``builtin``."""
+    if _pinned is not None and name in _pinned[table]:
+        return _pinned[table][name]
+    entry = _calibration.calibrated_entry(isa, torch.get_num_threads())
+    if entry is not None and name in entry.get(table, {}):
+        return entry[table][name]
+    return builtin(name, isa)
 
 
 def cpp_min_rows(shape_class: str) -> int:
@@ -271,30 +281,15 @@ def cpp_min_rows(shape_class: str) -> int:
     :mod:`pyscorepen.ops.calibration`), else the built-in tables (:func:`builtin_min_rows`). 0 without
     the extension."""
     isa = cpu_isa()
-    if isa is None:
-        return 0
-    if _pinned_policy is not None and shape_class in _pinned_policy:
-        return _pinned_policy[shape_class]
-    entry = _calibration.calibrated_entry(isa, torch.get_num_threads())
-    if entry is not None and shape_class in entry["thresholds"]:
-        return entry["thresholds"][shape_class]
-    return builtin_min_rows(shape_class, isa)
+    return 0 if isa is None else _in_force("thresholds", shape_class, isa, builtin_min_rows)
 
 
 def cpp_max_rows(op: str) -> int:
     """Batch limit (rows) of the automatic policy for the whole-step ``op`` on the current ISA (auto
-    runs its cpp kernel up to it): a pinned policy, else this machine's calibration at the current
-    thread count, else the built-in tables (:func:`builtin_max_rows`), as :func:`cpp_min_rows`.
-    :data:`NEVER` (no limit) without the extension."""
+    runs its cpp kernel up to it), looked up as :func:`cpp_min_rows` (built-in:
+    :func:`builtin_max_rows`). :data:`NEVER` (no limit) without the extension."""
     isa = cpu_isa()
-    if isa is None:
-        return NEVER
-    if _pinned_limits is not None and op in _pinned_limits:
-        return _pinned_limits[op]
-    entry = _calibration.calibrated_entry(isa, torch.get_num_threads())
-    if entry is not None and op in entry.get("limits", {}):
-        return entry["limits"][op]
-    return builtin_max_rows(op, isa)
+    return NEVER if isa is None else _in_force("limits", op, isa, builtin_max_rows)
 
 
 def cpu_policy(builtin: bool = False) -> dict:
@@ -304,7 +299,7 @@ def cpu_policy(builtin: bool = False) -> dict:
     ``builtin=True``: the built-in tables' policy."""
     isa, threads = cpu_isa(), torch.get_num_threads()
     entry = None if builtin else _calibration.calibrated_entry(isa, threads)
-    if _pinned_policy is not None and not builtin:
+    if _pinned is not None and not builtin:
         source = {"source": "pinned"}
     elif entry is not None:
         source = {"source": "calibrated", "file": str(_calibration.policy_file()), "created": entry.get("created")}
@@ -321,14 +316,14 @@ def pinned_cpu_policy(thresholds: dict[str, int], limits: dict[str, int] | None 
     """Within the block, ``cpp_min_rows`` returns ``thresholds`` (per shape class) and ``cpp_max_rows``
     ``limits`` (per whole-step op) whatever the calibration or the thread count: a resumed run
     dispatches as its first process did. What they do not name follows the usual order."""
-    global _pinned_policy, _pinned_limits
-    previous = _pinned_policy, _pinned_limits
-    _pinned_policy = {k: int(v) for k, v in thresholds.items()}
-    _pinned_limits = {k: int(v) for k, v in (limits or {}).items()}
+    global _pinned
+    previous = _pinned
+    _pinned = {"thresholds": {k: int(v) for k, v in thresholds.items()},
+               "limits": {k: int(v) for k, v in (limits or {}).items()}}
     try:
         yield
     finally:
-        _pinned_policy, _pinned_limits = previous
+        _pinned = previous
 
 
 def register_reference(op: str, reference: Callable) -> None:

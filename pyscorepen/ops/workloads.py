@@ -178,7 +178,8 @@ def _sac_update_step(batch: int) -> Callable[[str], None]:
     sample them): ``cpp`` the ``sac_update`` op (``SAC._update_fused``, whatever the policy's limit),
     ``ref`` the module path it replaces (``SAC.update`` with ``fused_update=False``: the automatic
     choice of every op under the policy in force, fused Adam), as ``SAC.update`` runs either. Two
-    agents of the same initial weights, each stepping on the same batch every call."""
+    agents of the same initial weights, each stepping on the same batch every call; the updates draw
+    their noise from the global RNG, as in training."""
     from pyscorepen.algos.sac import SAC, SACConfig
     from pyscorepen.data import Batch
     agents = {}
@@ -194,11 +195,10 @@ def _sac_update_step(batch: int) -> Callable[[str], None]:
                  torch.rand(batch, generator=gen) * from_model, from_model)
 
     def run(backend: str) -> None:
-        with torch.random.fork_rng(devices=[]):   # the update's noise draws leave the caller's RNG alone
-            if backend == "cpp":
-                agents["cpp"]._update_fused(rows, "cpp")
-            else:
-                agents["ref"].update(rows)
+        if backend == "cpp":
+            agents["cpp"]._update_fused(rows, "cpp")
+        else:
+            agents["ref"].update(rows)
     return run
 
 
