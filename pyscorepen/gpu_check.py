@@ -1,4 +1,10 @@
-"""``python -m pyscorepen.gpu_check graph``: the CUDA-graph part of ``scripts/gpu_check.sh``.
+"""``python -m pyscorepen.gpu_check graph|kernels``: the Python parts of ``scripts/gpu_check.sh``.
+
+``kernels`` (:func:`kernel_check`): the whole-step Triton kernels (``sac_update``,
+``dynamics_fit_step``) timed on the GPU against the module path, and checked against their references
+at full size.
+
+``graph`` (:func:`graph_check`):
 
 Builds two identical SAC agents at Hopper sizes (obs 11, action 3, (256, 256) nets, batch 256) on
 the GPU, trains one with the eager ``SAC.update`` and one with :class:`pyscorepen.algos.cuda_graph.
@@ -89,13 +95,172 @@ def graph_check(steps: int = 500) -> dict:
     return result
 
 
+def _timed_rate(fn, steps: int, sync) -> float:
+    """Calls per second of ``fn`` over ``steps`` calls, after 3 warm-up calls (compilation, handles)."""
+    for _ in range(3):
+        fn()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    sync()
+    return steps / (time.perf_counter() - t0)
+
+
+def _with_backend(name: str | None, fn):
+    """``fn`` run under ``PYSCOREPEN_BACKEND=name`` (None: auto), the variable restored after."""
+    import os
+
+    def run():
+        old = os.environ.get("PYSCOREPEN_BACKEND")
+        if name is None:
+            os.environ.pop("PYSCOREPEN_BACKEND", None)
+        else:
+            os.environ["PYSCOREPEN_BACKEND"] = name
+        try:
+            return fn()
+        finally:
+            if old is None:
+                os.environ.pop("PYSCOREPEN_BACKEND", None)
+            else:
+                os.environ["PYSCOREPEN_BACKEND"] = old
+    return run
+
+
+def kernel_check(steps: int = 200, batches: tuple[int, ...] = (256, 4096), device: str = "cuda",
+                 agent_hidden: tuple[int, ...] = (256, 256), dynamics_hidden: tuple[int, ...] = (200,) * 4,
+                 members: int = 7) -> dict:
+    """The whole-step Triton kernels on the GPU at Hopper sizes, against the module path.
+
+    * SAC update (obs 11, action 3, ``agent_hidden`` actor and twin critics, 95 % model rows with a
+      stored penalty) per batch in ``batches``: updates/s of the module path on the reference ops
+      (``PYSCOREPEN_BACKEND=ref``: cuBLAS GEMMs under autograd), of the module path under auto (its
+      per-op Triton kernels), and of the fused ``sac_update`` Triton step; and the Triton step's
+      largest parameter difference from ``SAC.update_ref`` after 20 updates from the same weights and
+      noise, in units of the distance Adam can move a parameter in 20 steps (20 x lr): <= 0.01 passes.
+    * Dynamics fit step (``members`` x ``dynamics_hidden`` SiLU, 256 rows per member, 100k rows):
+      minibatch steps/s of the module path (reference ops, torch's Adam) and of the fused
+      ``dynamics_fit_step`` Triton step, and the Triton step's parameter difference from the module
+      path after 20 steps, in units of 20 x lr (<= 0.01 passes).
+    Every measurement is guarded: one that raises is reported as its error, and fails the check.
+    """
+    import copy
+
+    from pyscorepen.algos.sac import SAC, SACConfig
+    from pyscorepen.data import Batch
+    from pyscorepen.models.dynamics import DynamicsConfig, EnsembleDynamics
+
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    result: dict = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "steps": steps,
+                    "sac": {}, "dynamics_fit": {}}
+    ok = True
+
+    def guarded(table: dict, key: str, measure) -> None:
+        nonlocal ok
+        try:
+            table[key] = measure()
+        except Exception as err:   # noqa: BLE001  (reported, and the check fails)
+            table[key] = f"error: {type(err).__name__}: {err}"[:500]
+            ok = False
+
+    def max_param_gap(got: torch.nn.Module, want: torch.nn.Module, scale: float) -> float:
+        return max(float((g.detach() - w.detach()).abs().max()) / scale
+                   for g, w in zip(got.state_dict().values(), want.state_dict().values()) if g.is_floating_point())
+
+    for batch in batches:
+        gen = torch.Generator().manual_seed(batch)
+        from_model = torch.arange(batch) >= round(batch * 0.05)                        # [B]
+        rows = Batch(torch.randn(batch, OBS, generator=gen), torch.rand(batch, ACT, generator=gen) * 2 - 1,
+                     torch.randn(batch, generator=gen), torch.randn(batch, OBS, generator=gen), torch.zeros(batch),
+                     torch.rand(batch, generator=gen) * from_model, from_model).to(dev)
+        torch.manual_seed(0)
+        base = SAC(OBS, ACT, SACConfig(hidden_dims=agent_hidden), -torch.ones(ACT), torch.ones(ACT), dev)
+        table = result["sac"][str(batch)] = {}
+        for label, backend in (("module_ref_ops", "ref"), ("module_auto", None), ("fused_triton", "triton")):
+            agent = copy.deepcopy(base)
+            guarded(table, f"{label}_updates_per_s",
+                    lambda: _timed_rate(_with_backend(backend, lambda: agent.update(rows)), steps, sync))
+        if isinstance(table.get("fused_triton_updates_per_s"), float) and isinstance(
+                table.get("module_ref_ops_updates_per_s"), float):
+            table["fused_triton_vs_module_ref_ops"] = (table["fused_triton_updates_per_s"]
+                                                       / table["module_ref_ops_updates_per_s"])
+
+        def sac_gap():
+            fused, ref = copy.deepcopy(base), copy.deepcopy(base)
+            torch.manual_seed(3)
+            run = _with_backend("triton", lambda: fused.update(rows))
+            assert _with_backend("triton", lambda: fused.fused_update_backend(rows))() == "triton"
+            for _ in range(20):
+                run()
+            torch.manual_seed(3)
+            for _ in range(20):
+                _with_backend("ref", lambda: ref.update_ref(rows))()
+            scale = 20 * max(fused.config.actor_lr, fused.config.critic_lr)
+            return max(max_param_gap(getattr(fused, n), getattr(ref, n), scale)
+                       for n in ("actor", "critic", "critic_target"))
+        guarded(table, "fused_triton_param_gap_vs_update_ref", sac_gap)
+        if not (isinstance(table["fused_triton_param_gap_vs_update_ref"], float)
+                and table["fused_triton_param_gap_vs_update_ref"] <= 0.01):
+            ok = False
+
+    gen = torch.Generator().manual_seed(0)
+    n_rows, in_dim, out_dim = 100_000, OBS + ACT, OBS + 1
+    x = torch.randn(n_rows, in_dim, generator=gen).to(dev)
+    y = torch.randn(n_rows, out_dim, generator=gen).to(dev)
+    torch.manual_seed(0)
+    config = DynamicsConfig(ensemble_size=members, hidden_dims=dynamics_hidden, batch_size=256)
+    base_model = EnsembleDynamics(OBS, ACT, config).to(dev)
+    idx = base_model.shuffle(torch.arange(n_rows, device=dev), torch.Generator().manual_seed(1))   # [E, n]
+    lr = 1e-3
+
+    def fit_stepper(backend: str, model):
+        """One minibatch step of ``model``'s fit per call under ``backend``, epoch after epoch."""
+        optim = model.make_optimizer(lr)
+        state = {"batches": iter(())}
+
+        def step():
+            try:
+                next(state["batches"])
+            except StopIteration:
+                state["batches"] = model.train_batches(x, y, idx, optim)
+                next(state["batches"])
+        return _with_backend(backend, step)
+
+    fit = result["dynamics_fit"]
+    for label, backend in (("module_ref_ops", "ref"), ("fused_triton", "triton")):
+        stepper = fit_stepper(backend, copy.deepcopy(base_model))
+        guarded(fit, f"{label}_steps_per_s", lambda: _timed_rate(stepper, steps, sync))
+    if isinstance(fit.get("fused_triton_steps_per_s"), float) and isinstance(fit.get("module_ref_ops_steps_per_s"), float):
+        fit["fused_triton_vs_module_ref_ops"] = fit["fused_triton_steps_per_s"] / fit["module_ref_ops_steps_per_s"]
+
+    def fit_gap():
+        models = {name: copy.deepcopy(base_model) for name in ("triton", "ref")}
+        for name, model in models.items():
+            stepper = fit_stepper(name, model)
+            for _ in range(20):
+                stepper()
+        return max_param_gap(models["triton"], models["ref"], 20 * lr)
+    guarded(fit, "fused_triton_param_gap_vs_module", fit_gap)
+    if not (isinstance(fit["fused_triton_param_gap_vs_module"], float) and fit["fused_triton_param_gap_vs_module"] <= 0.01):
+        ok = False
+    result["ok"] = ok
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] != "graph":
-        print("usage: python -m pyscorepen.gpu_check graph [steps]", file=sys.stderr)
+    checks = {"graph": (graph_check, 500), "kernels": (kernel_check, 200)}
+    if not argv or argv[0] not in checks:
+        print("usage: python -m pyscorepen.gpu_check {graph,kernels} [steps]", file=sys.stderr)
+        return 2
+    check, default_steps = checks[argv[0]]
+    if not torch.cuda.is_available():
+        print(f"error: no CUDA: torch.cuda.is_available() is False, nothing to {argv[0]} on this machine.",
+              file=sys.stderr)
         return 2
     try:
-        result = graph_check(int(argv[1]) if len(argv) > 1 else 500)
+        result = check(int(argv[1]) if len(argv) > 1 else default_steps)
     except PyScorePenError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -3,7 +3,9 @@
 #   1. every Triton kernel compiled on the GPU against its pure-PyTorch reference (the existing
 #      op tests with TRITON_INTERPRET unset);
 #   2. the op benches with the `triton` provider (next to ref, on the GPU);
-#   3. a CUDA-graph-captured SAC update vs the eager one (python -m pyscorepen.gpu_check graph);
+#   3. a CUDA-graph-captured SAC update vs the eager one (python -m pyscorepen.gpu_check graph), and
+#      the whole-step Triton kernels (fused SAC update, dynamics-fit step) timed against the module
+#      path and checked against their references at full size (python -m pyscorepen.gpu_check kernels);
 #   4. a 2,000-step ScorePen-MORL run on the GPU (train CLI, cliff task, pretraining included),
 #      and the 2,000-step Hopper-size profile of every phase (python -m pyscorepen.profile).
 # Writes ONE results file (default gpu_check_results.txt; first argument to change it) with each
@@ -49,19 +51,24 @@ step() {   # step <name> <seconds> <command...>
     echo "$line"
 }
 
-step "1 triton kernels vs reference (compiled)" 150 \
-    "$PY" -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py tests/test_ops_rollout_step.py \
+# step 1 compiles every kernel specialization the tests use: spread over up to 8 pytest workers
+# (pytest-xdist) where it is installed; -v so that a timed-out run still shows what passed
+XDIST=()
+"$PY" -c "import xdist" 2>/dev/null && XDIST=(-n "$(( $(nproc) < 8 ? $(nproc) : 8 ))")
+step "1 triton kernels vs reference (compiled)" 130 \
+    "$PY" -m pytest -v --tb=short -p no:cacheprovider "${XDIST[@]}" tests/test_triton_kernels.py tests/test_ops_rollout_step.py \
         tests/test_ops_score_penalty.py tests/test_ops_soft_value.py tests/test_ops_ensemble_mlp.py
-step "2 op benches, triton provider" 120 \
+step "2 op benches, triton provider" 70 \
     "$PY" -m pytest -q benches/bench_rollout_step.py benches/bench_score_penalty.py benches/bench_soft_value.py \
         benches/bench_ensemble_mlp.py -k "triton or ref" -p no:cacheprovider \
         --benchmark-columns=median,iqr,rounds --benchmark-json="$WORK/benches.json"
 cp "$WORK/benches.json" "${RESULTS%.txt}_benches.json" 2>/dev/null || true
-step "3 CUDA-graph SAC update" 90 "$PY" -m pyscorepen.gpu_check graph 1000
-step "4a 2,000-step ScorePen run (cliff, cuda)" 150 \
+step "3a CUDA-graph SAC update" 45 "$PY" -m pyscorepen.gpu_check graph 1000
+step "3b whole-step Triton kernels (SAC update, dynamics fit)" 60 "$PY" -m pyscorepen.gpu_check kernels 200
+step "4a 2,000-step ScorePen run (cliff, cuda)" 90 \
     "$PY" -m pyscorepen.train --algo scorepen --task cliff --device cuda --steps 2000 --eval-interval 1000 \
         --eval-episodes 5 --dynamics.max-epochs 20 --out "$WORK/scorepen-cliff" --no-progress
-step "4b 2,000-step ScorePen profile (Hopper sizes, cuda)" 120 \
+step "4b 2,000-step ScorePen profile (Hopper sizes, cuda)" 80 \
     "$PY" -m pyscorepen.profile --algo scorepen --device cuda --steps 2000 --threads 1
 
 {

@@ -31,6 +31,8 @@ def test_script_says_no_cuda(tmp_path):
 def test_graph_check_says_no_cuda(capsys):
     assert main(["graph", "10"]) == 2
     assert "no CUDA" in capsys.readouterr().err
+    assert main(["kernels", "10"]) == 2
+    assert "no CUDA" in capsys.readouterr().err
     assert main([]) == 2                                  # usage line, no traceback
 
 
