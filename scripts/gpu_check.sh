@@ -13,6 +13,12 @@
 # failed, 2 no CUDA device (nothing is run).
 #
 #   bash scripts/gpu_check.sh [results-file]
+#
+# On a machine without a package index whose image has torch + triton but not this project's other
+# dependencies: `bash scripts/gpu_wheels.sh` here (wheels into .whl/, 14 MB), carry .whl/ there, then
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+#   PYTHONUNBUFFERED=1 PYTHON=python3 bash scripts/gpu_check.sh results.txt
+# The C++ extension is not needed (the GPU paths are Triton; the CPU ops fall back to the reference).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS="$(realpath -m "${1:-gpu_check_results.txt}")"

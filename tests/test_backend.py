@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import pyscorepen.ops as ops
-from pyscorepen.ops import _registry, backend
+from pyscorepen.ops import _registry, backend, calibration
 
 
 def test_ops_registered_with_declared_schemas():
@@ -149,9 +149,10 @@ def test_cpu_isa_environment_variable_read_once():
 def test_auto_follows_the_per_isa_policy(monkeypatch, cpu_isa, op):
     """auto picks cpp exactly from CPP_MIN_ROWS[op][ISA] rows on; explicit requests ignore the policy."""
     monkeypatch.delenv("PYSCOREPEN_BACKEND", raising=False)
-    threshold = backend.cpp_min_rows(op)   # this ISA, this CPU's vendor
-    assert threshold == backend.CPP_MIN_ROWS_BY_VENDOR.get(backend.cpu_vendor(), {}).get(op, {}).get(
-        cpu_isa, backend.CPP_MIN_ROWS[op][cpu_isa])
+    threshold = backend.cpp_min_rows(op)   # this ISA, this CPU's vendor and family
+    listed = [backend.CPP_MIN_ROWS_BY_VENDOR[key][op][cpu_isa] for key in backend.cpu_vendor_keys()
+              if cpu_isa in backend.CPP_MIN_ROWS_BY_VENDOR.get(key, {}).get(op, {})]
+    assert threshold == (listed[0] if listed else backend.CPP_MIN_ROWS[op][cpu_isa])
     for rows in sorted({1, threshold - 1, threshold, 4096} - {0, -1}):
         x = torch.zeros(rows, 2)
         assert ops.resolve_backend(op, x, rows=rows) == ("cpp" if rows >= threshold else "ref"), rows
@@ -179,3 +180,48 @@ def test_vendor_entries_replace_the_isa_threshold(monkeypatch, cpu_isa):
 
 def test_cpu_vendor_is_read_from_cpuinfo():
     assert backend.cpu_vendor() in ("amd", "intel", "other")
+    assert backend.cpu_vendor_keys()[-1] == backend.cpu_vendor()
+
+
+@pytest.fixture
+def fake_cpuinfo(monkeypatch):
+    """Sets /proc/cpuinfo's fields as this process reads them; the cached lookups are cleared before
+    and after, so the real CPU's come back."""
+    cached = (calibration.cpuinfo, backend.cpu_vendor, backend._vendor_keys)
+
+    def clear():
+        for function in cached:
+            function.cache_clear()
+
+    def fake(**fields):
+        clear()
+        monkeypatch.setattr(calibration, "cpuinfo", lambda: fields)
+    yield fake
+    monkeypatch.undo()
+    clear()
+
+
+def test_family_entries_replace_the_vendor_entries(fake_cpuinfo):
+    """A "<vendor>/family<N>" entry beats the vendor's; what it does not list falls back to the vendor's,
+    then to the ISA table. AMD family 25 is Zen 3 (AVX2) and Zen 4 (AVX-512), 26 is Zen 5."""
+    zen4 = backend.CPP_MIN_ROWS_BY_VENDOR["amd/family25"]
+    amd = backend.CPP_MIN_ROWS_BY_VENDOR["amd"]
+    fake_cpuinfo(vendor_id="AuthenticAMD", **{"cpu family": "25"})
+    assert backend.cpu_vendor_keys() == ("amd/family25", "amd")
+    assert backend.builtin_min_rows("ensemble_mlp/silu", "avx512") == zen4["ensemble_mlp/silu"]["avx512"]
+    assert backend.builtin_min_rows("dynamics_fit_step", "avx512") == zen4["dynamics_fit_step"]["avx512"]
+    assert backend.builtin_min_rows("rollout_step", "avx512") == amd["rollout_step"]["avx512"]      # not listed
+    assert backend.builtin_min_rows("ensemble_mlp/silu", "avx2") == amd["ensemble_mlp/silu"]["avx2"]   # Zen 3
+    assert backend.builtin_min_rows("rollout_step", "generic") == backend.CPP_MIN_ROWS["rollout_step"]["generic"]
+    fake_cpuinfo(vendor_id="AuthenticAMD", **{"cpu family": "26"})
+    assert backend.cpu_vendor_keys() == ("amd/family26", "amd")
+    assert backend.builtin_min_rows("ensemble_mlp/silu", "avx512") == amd["ensemble_mlp/silu"]["avx512"]
+    fake_cpuinfo(vendor_id="GenuineIntel", **{"cpu family": "6"})
+    assert backend.builtin_min_rows("ensemble_mlp/silu", "avx512") == backend.CPP_MIN_ROWS["ensemble_mlp/silu"]["avx512"]
+    fake_cpuinfo()                                                   # /proc/cpuinfo unreadable
+    assert backend.cpu_vendor_keys() == ("other",)
+    assert backend.builtin_max_rows("sac_update", "avx2") == backend.CPP_MAX_ROWS["sac_update"]["avx2"]
+    # every vendor or family key names known shape classes and ISAs
+    for key, tables in {**backend.CPP_MIN_ROWS_BY_VENDOR, **backend.CPP_MAX_ROWS_BY_VENDOR}.items():
+        assert key.split("/")[0] in ("amd", "intel", "other")
+        assert all(set(table) <= set(ops.CPU_ISAS) for table in tables.values())

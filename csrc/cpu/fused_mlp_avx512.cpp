@@ -42,15 +42,30 @@ struct Avx512 {
   using Mask = __mmask16;
   static constexpr int kWidth = 16;
   static constexpr int kMaxVectors = 4;
-  // Weight-gradient slab (rows): 256 since the slabs came in (session 10, Zen 5). 128 measured
-  // 3-6 % faster than 256 on the AVX2 path of a Zen 3 (fused_mlp_avx2.cpp); the 64-column panels
-  // here hold more per row, so a smaller slab may help here too: not measured, no AVX-512 machine
-  // since.
-  static constexpr int64_t kGradSlab = 256;
-  // k steps per iteration of the GEMM tiles' k loop (accumulate_k): 1, the loop as it always ran
-  // here. 4 measured faster on the AVX2 path of a Zen 3 (fused_mlp_avx2.cpp); not measured on
-  // AVX-512, no such machine since.
-  static constexpr int kUnrollK = 1;
+  // Weight-gradient slab (rows) and k-loop unroll (accumulate_k), as on the AVX2 path
+  // (fused_mlp_avx2.cpp, measured on a Zen 3): 128 rows and 4 since session 18. Measured on an AMD
+  // EPYC Zen 4 (family 25 model 17; 512-bit ops on 256-bit units), one thread, thread CPU time,
+  // python benches/cpu_policy.py --isas avx512, each build in its own process, builds alternating,
+  // medians of 4 rounds; cpp GFLOP/s, 256 / 1 (before) -> 128 / 4:
+  //   ensemble_mlp SiLU dynamics 7 x 4x200, B = 64: 53 -> 60, 256: 73 -> 77, 1024: 81 -> 86;
+  //   ReLU critics 2 x 2x256, B = 32: 44 -> 53, 256: 76 -> 89, 3840: 87 -> 90;
+  //   dynamics_fit_step B = 64: 51 -> 62, 256: 73 -> 78, 512: 78 -> 83;
+  //   rollout_step 256: 85 -> 88; score_penalty 256: 96 -> 98; soft_value 256: 100 -> 105;
+  //   sac_update 256: 87 -> 92, 4096: 99 -> 104.
+  // An earlier 3-round run of all four builds put 128 / 1 and 256 / 4 in between. Whole 2-thread
+  // steps (benches/targets.py) could not tell the builds apart on that VM (probe 104-200 GFLOP/s
+  // within minutes). Not measured on a Zen 5 (full-width AVX-512, 48 KB L1) or an Intel CPU.
+  // PYSCOREPEN_AVX512_GRAD_SLAB / _UNROLL_K override them in experiment builds (CFLAGS=-D...).
+#ifdef PYSCOREPEN_AVX512_GRAD_SLAB
+  static constexpr int64_t kGradSlab = PYSCOREPEN_AVX512_GRAD_SLAB;
+#else
+  static constexpr int64_t kGradSlab = 128;
+#endif
+#ifdef PYSCOREPEN_AVX512_UNROLL_K
+  static constexpr int kUnrollK = PYSCOREPEN_AVX512_UNROLL_K;
+#else
+  static constexpr int kUnrollK = 4;
+#endif
   static constexpr bool kFreeMask = true;
   template <int NV>
   static constexpr int rows() { return NV == 4 ? 6 : NV == 3 ? 8 : 12; }

@@ -192,7 +192,24 @@ CPP_MIN_ROWS: dict[str, dict[str, int]] = {
 # and, as medians of 15-25 paired rounds after the row skew of the training operands (skewed_ld in
 # csrc/pyscorepen.cpp): ensemble_mlp/relu 32: 0.92  64: 1.08  128: 1.07  256: 1.15  3840: 1.55;
 # ensemble_mlp/silu 128: 0.96  256: 1.03  1024: 1.15. Every AVX2 threshold below holds there.
+#
+# A "<vendor>/family<N>" entry (cpu family of /proc/cpuinfo, :func:`cpu_vendor_keys`) replaces the
+# vendor's entry on that family. AMD family 25 (0x19) is Zen 3 (AVX2 only, measured above) and Zen 4
+# (AVX-512 on 256-bit units); Zen 5 is family 26. Measured on a Zen 4 (family 25 model 17; session
+# 18, 2026-12-04, idle 2-vCPU VM; the AVX-512 kernels with 128-row slabs and the unrolled k loop),
+# `python -m pyscorepen.calibrate --threads 1 2 --dry-run` twice; batch: ref/cpp, 1 / 2 threads:
+#   ensemble_mlp/silu   32: 0.94 0.82 / 1.19 1.11   64: 1.11 0.90 / 1.05 1.07   128: 1.02 1.03 / 1.24 1.25
+#                       256: 1.10 1.07 / 1.15 1.17   1024: 1.26 1.23 / 1.39 1.39
+#   dynamics_fit_step   64: 1.25 1.26 / 1.39 1.39   128: 1.27 1.15 / 1.33 1.31   256: 1.07 1.16 / 1.18 1.22
+# (64 is the smallest batch of that sweep; the Zen 5 entry's 32 was not measured here). Every other
+# class held at the AMD entries: rollout_step 16: 1.31 1.29 / 1.13 1.04, score_penalty 16: 1.19 1.17 /
+# 1.48 0.99 (1.17 at 16 in benches/cpu_policy.py, 1 thread), soft_value from 1 (1.13-1.18),
+# ensemble_mlp/relu 32: 1.16-1.24, sac_update no limit (1.11-1.22 at 4 096).
 CPP_MIN_ROWS_BY_VENDOR: dict[str, dict[str, dict[str, int]]] = {
+    "amd/family25": {
+        "ensemble_mlp/silu": {"avx512": 128},
+        "dynamics_fit_step": {"avx512": 64},
+    },
     "amd": {
         "rollout_step": {"avx512": 16, "avx2": 16},
         "score_penalty": {"avx512": 16, "avx2": 16},
@@ -243,21 +260,43 @@ def cpu_vendor() -> str:
     return {"AuthenticAMD": "amd", "GenuineIntel": "intel"}.get(vendor, "other")
 
 
+def cpu_vendor_keys() -> tuple[str, ...]:
+    """The keys of :data:`CPP_MIN_ROWS_BY_VENDOR` / :data:`CPP_MAX_ROWS_BY_VENDOR` that describe this
+    CPU, most specific first: ``"<vendor>/family<N>"`` (``/proc/cpuinfo``'s cpu family), then
+    ``"<vendor>"``; e.g. ``("amd/family25", "amd")`` on a Zen 3 or Zen 4."""
+    return _vendor_keys(cpu_vendor())
+
+
+@functools.lru_cache(maxsize=4)
+def _vendor_keys(vendor: str) -> tuple[str, ...]:
+    family = _calibration.cpuinfo().get("cpu family", "").strip()
+    return ((f"{vendor}/family{family}",) if family.isdigit() else ()) + (vendor,)
+
+
+def _vendor_entry(tables: dict[str, dict[str, dict[str, int]]], name: str, isa: str | None) -> int | None:
+    """The most specific vendor table's entry for ``name`` on ``isa`` (:func:`cpu_vendor_keys`), or None."""
+    for key in cpu_vendor_keys():
+        entry = tables.get(key, {}).get(name, {})
+        if isa in entry:
+            return entry[isa]
+    return None
+
+
 def builtin_min_rows(shape_class: str, isa: str | None) -> int:
-    """The built-in threshold of ``shape_class`` on ``isa`` and this CPU's vendor
+    """The built-in threshold of ``shape_class`` on ``isa`` and this CPU's vendor and family
     (:data:`CPP_MIN_ROWS_BY_VENDOR`, else :data:`CPP_MIN_ROWS`); 0 for a shape class the tables do
     not measure yet (no policy)."""
-    measured = CPP_MIN_ROWS_BY_VENDOR.get(cpu_vendor(), {}).get(shape_class, {})   # this vendor's entries
-    return measured.get(isa, CPP_MIN_ROWS.get(shape_class, {}).get(isa, 0))
+    measured = _vendor_entry(CPP_MIN_ROWS_BY_VENDOR, shape_class, isa)
+    return measured if measured is not None else CPP_MIN_ROWS.get(shape_class, {}).get(isa, 0)
 
 
 def builtin_max_rows(op: str, isa: str | None) -> int:
-    """The built-in batch limit of ``op`` on ``isa`` and this CPU's vendor
+    """The built-in batch limit of ``op`` on ``isa`` and this CPU's vendor and family
     (:data:`CPP_MAX_ROWS_BY_VENDOR`, else :data:`CPP_MAX_ROWS`; an unmeasured ISA: its "generic"
     entry). :data:`NEVER`: no limit."""
-    measured = CPP_MAX_ROWS_BY_VENDOR.get(cpu_vendor(), {}).get(op, {})   # this vendor's entries
+    measured = _vendor_entry(CPP_MAX_ROWS_BY_VENDOR, op, isa)
     table = CPP_MAX_ROWS[op]
-    return measured.get(isa, table.get(isa, table["generic"]))
+    return measured if measured is not None else table.get(isa, table["generic"])
 
 
 _pinned: dict[str, dict[str, int]] | None = None   # {"thresholds": ..., "limits": ...}, pinned_cpu_policy
