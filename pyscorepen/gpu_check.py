@@ -17,7 +17,9 @@ one failed, 2 when there is no CUDA device (a clear one-line message, no traceba
 from __future__ import annotations
 
 import copy
+import functools
 import json
+import os
 import sys
 import time
 
@@ -109,8 +111,6 @@ def _timed_rate(fn, steps: int, sync) -> float:
 
 def _with_backend(name: str | None, fn):
     """``fn`` run under ``PYSCOREPEN_BACKEND=name`` (None: auto), the variable restored after."""
-    import os
-
     def run():
         old = os.environ.get("PYSCOREPEN_BACKEND")
         if name is None:
@@ -144,8 +144,6 @@ def kernel_check(steps: int = 200, batches: tuple[int, ...] = (256, 4096), devic
       path after 20 steps, in units of 20 x lr (<= 0.01 passes).
     Every measurement is guarded: one that raises is reported as its error, and fails the check.
     """
-    import copy
-
     from pyscorepen.algos.sac import SAC, SACConfig
     from pyscorepen.data import Batch
     from pyscorepen.models.dynamics import DynamicsConfig, EnsembleDynamics
@@ -177,20 +175,26 @@ def kernel_check(steps: int = 200, batches: tuple[int, ...] = (256, 4096), devic
         torch.manual_seed(0)
         base = SAC(OBS, ACT, SACConfig(hidden_dims=agent_hidden), -torch.ones(ACT), torch.ones(ACT), dev)
         table = result["sac"][str(batch)] = {}
+        def fused_sac(agent):
+            """``agent``, checked to run the fused Triton step under PYSCOREPEN_BACKEND=triton."""
+            backend = _with_backend("triton", lambda: agent.fused_update_backend(rows))()
+            if backend != "triton":
+                raise AssertionError(f"SAC.update runs {backend or 'the module path'}, not the Triton step")
+            return agent
+
         for label, backend in (("module_ref_ops", "ref"), ("module_auto", None), ("fused_triton", "triton")):
             agent = copy.deepcopy(base)
-            guarded(table, f"{label}_updates_per_s",
-                    lambda: _timed_rate(_with_backend(backend, lambda: agent.update(rows)), steps, sync))
+            guarded(table, f"{label}_updates_per_s", lambda: _timed_rate(_with_backend(
+                backend, functools.partial((fused_sac(agent) if backend == "triton" else agent).update, rows)), steps, sync))
         if isinstance(table.get("fused_triton_updates_per_s"), float) and isinstance(
                 table.get("module_ref_ops_updates_per_s"), float):
             table["fused_triton_vs_module_ref_ops"] = (table["fused_triton_updates_per_s"]
                                                        / table["module_ref_ops_updates_per_s"])
 
         def sac_gap():
-            fused, ref = copy.deepcopy(base), copy.deepcopy(base)
+            fused, ref = fused_sac(copy.deepcopy(base)), copy.deepcopy(base)
             torch.manual_seed(3)
             run = _with_backend("triton", lambda: fused.update(rows))
-            assert _with_backend("triton", lambda: fused.fused_update_backend(rows))() == "triton"
             for _ in range(20):
                 run()
             torch.manual_seed(3)
@@ -215,8 +219,13 @@ def kernel_check(steps: int = 200, batches: tuple[int, ...] = (256, 4096), devic
     lr = 1e-3
 
     def fit_stepper(backend: str, model):
-        """One minibatch step of ``model``'s fit per call under ``backend``, epoch after epoch."""
+        """One minibatch step of ``model``'s fit per call under ``backend``, epoch after epoch
+        (triton: checked to run the fused Triton step)."""
         optim = model.make_optimizer(lr)
+        if backend == "triton":
+            chosen = _with_backend(backend, lambda: model.fused_step_backend(optim, x))()
+            if chosen != "triton":
+                raise AssertionError(f"the fit runs {chosen or 'the module path'}, not the Triton step")
         state = {"batches": iter(())}
 
         def step():
@@ -229,8 +238,8 @@ def kernel_check(steps: int = 200, batches: tuple[int, ...] = (256, 4096), devic
 
     fit = result["dynamics_fit"]
     for label, backend in (("module_ref_ops", "ref"), ("fused_triton", "triton")):
-        stepper = fit_stepper(backend, copy.deepcopy(base_model))
-        guarded(fit, f"{label}_steps_per_s", lambda: _timed_rate(stepper, steps, sync))
+        guarded(fit, f"{label}_steps_per_s",
+                lambda: _timed_rate(fit_stepper(backend, copy.deepcopy(base_model)), steps, sync))
     if isinstance(fit.get("fused_triton_steps_per_s"), float) and isinstance(fit.get("module_ref_ops_steps_per_s"), float):
         fit["fused_triton_vs_module_ref_ops"] = fit["fused_triton_steps_per_s"] / fit["module_ref_ops_steps_per_s"]
 
