@@ -52,7 +52,8 @@ struct Avx512 {
   //   dynamics_fit_step B = 64: 51 -> 62, 256: 73 -> 78, 512: 78 -> 83;
   //   rollout_step 256: 85 -> 88; score_penalty 256: 96 -> 98; soft_value 256: 100 -> 105;
   //   sac_update 256: 87 -> 92, 4096: 99 -> 104.
-  // An earlier 3-round run of all four builds put 128 / 1 and 256 / 4 in between. Whole 2-thread
+  // An earlier 3-round run of all four builds put 128 / 1 and 256 / 4 in between; 64 / 4 read the
+  // same as 128 / 4 within noise (4 rounds: 0-3 % either way, SiLU at B = 32 50 -> 60). Whole 2-thread
   // steps (benches/targets.py) could not tell the builds apart on that VM (probe 104-200 GFLOP/s
   // within minutes). Not measured on a Zen 5 (full-width AVX-512, 48 KB L1) or an Intel CPU.
   // PYSCOREPEN_AVX512_GRAD_SLAB / _UNROLL_K override them in experiment builds (CFLAGS=-D...).
