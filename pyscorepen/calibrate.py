@@ -141,7 +141,7 @@ def show() -> None:
     from pyscorepen.ops import backend, calibration
     policy = backend.cpu_policy()
     path = calibration.policy_file()
-    print(f"ISA {policy['isa']}, {policy['threads']} thread(s), vendor {backend.cpu_vendor()}: "
+    print(f"ISA {policy['isa']}, {policy['threads']} thread(s), CPU {' / '.join(backend.cpu_vendor_keys())}: "
           f"{policy['source']} policy" + (f" ({policy.get('created')})" if policy["source"] == "calibrated" else ""))
     for shape_class, rows in policy["thresholds"].items():
         builtin = backend.builtin_min_rows(shape_class, policy["isa"])
