@@ -58,10 +58,15 @@ step() {   # step <name> <seconds> <command...>
 }
 
 # step 1 compiles every kernel specialization the tests use: spread over up to 8 pytest workers
-# (pytest-xdist) where it is installed; -v so that a timed-out run still shows what passed
+# (pytest-xdist) where it is installed, each with its share of the cores for the CPU references (no
+# oversubscription); -v so that a timed-out run still shows what passed
 XDIST=()
-"$PY" -c "import xdist" 2>/dev/null && XDIST=(-n "$(( $(nproc) < 8 ? $(nproc) : 8 ))")
-step "1 triton kernels vs reference (compiled)" 130 \
+WORKERS=1
+if "$PY" -c "import xdist" 2>/dev/null; then
+    WORKERS=$(( $(nproc) < 8 ? $(nproc) : 8 ))
+    XDIST=(-n "$WORKERS")
+fi
+step "1 triton kernels vs reference (compiled)" 130 env OMP_NUM_THREADS=$(( $(nproc) / WORKERS )) \
     "$PY" -m pytest -v --tb=short -p no:cacheprovider "${XDIST[@]}" tests/test_triton_kernels.py tests/test_ops_rollout_step.py \
         tests/test_ops_score_penalty.py tests/test_ops_soft_value.py tests/test_ops_ensemble_mlp.py
 step "2 op benches, triton provider" 70 \
