@@ -19,13 +19,13 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import os
 import sys
 import time
 
 import torch
 
 from pyscorepen.errors import PyScorePenError
+from pyscorepen.ops.backend import requested_backend
 
 OBS, ACT, BATCH = 11, 3, 256
 
@@ -110,20 +110,10 @@ def _timed_rate(fn, steps: int, sync) -> float:
 
 
 def _with_backend(name: str | None, fn):
-    """``fn`` run under ``PYSCOREPEN_BACKEND=name`` (None: auto), the variable restored after."""
+    """``fn`` made to run under ``PYSCOREPEN_BACKEND=name`` (None: auto), the variable restored after."""
     def run():
-        old = os.environ.get("PYSCOREPEN_BACKEND")
-        if name is None:
-            os.environ.pop("PYSCOREPEN_BACKEND", None)
-        else:
-            os.environ["PYSCOREPEN_BACKEND"] = name
-        try:
+        with requested_backend(name):
             return fn()
-        finally:
-            if old is None:
-                os.environ.pop("PYSCOREPEN_BACKEND", None)
-            else:
-                os.environ["PYSCOREPEN_BACKEND"] = old
     return run
 
 
@@ -162,6 +152,17 @@ def kernel_check(steps: int = 200, batches: tuple[int, ...] = (256, 4096), devic
             table[key] = f"error: {type(err).__name__}: {err}"[:500]
             ok = False
 
+    def ratio(table: dict, key: str, fast: str, slow: str) -> None:
+        if isinstance(table.get(fast), float) and isinstance(table.get(slow), float):
+            table[key] = table[fast] / table[slow]
+
+    def gap_within_tolerance(table: dict, key: str, measure) -> None:
+        """``measure()`` (a gap in units of what Adam moves a parameter) into ``table[key]``; > 0.01 fails."""
+        nonlocal ok
+        guarded(table, key, measure)
+        if not (isinstance(table[key], float) and table[key] <= 0.01):
+            ok = False
+
     def max_param_gap(got: torch.nn.Module, want: torch.nn.Module, scale: float) -> float:
         return max(float((g.detach() - w.detach()).abs().max()) / scale
                    for g, w in zip(got.state_dict().values(), want.state_dict().values()) if g.is_floating_point())
@@ -175,9 +176,11 @@ def kernel_check(steps: int = 200, batches: tuple[int, ...] = (256, 4096), devic
         torch.manual_seed(0)
         base = SAC(OBS, ACT, SACConfig(hidden_dims=agent_hidden), -torch.ones(ACT), torch.ones(ACT), dev)
         table = result["sac"][str(batch)] = {}
+
         def fused_sac(agent):
             """``agent``, checked to run the fused Triton step under PYSCOREPEN_BACKEND=triton."""
-            backend = _with_backend("triton", lambda: agent.fused_update_backend(rows))()
+            with requested_backend("triton"):
+                backend = agent.fused_update_backend(rows)
             if backend != "triton":
                 raise AssertionError(f"SAC.update runs {backend or 'the module path'}, not the Triton step")
             return agent
@@ -186,27 +189,22 @@ def kernel_check(steps: int = 200, batches: tuple[int, ...] = (256, 4096), devic
             agent = copy.deepcopy(base)
             guarded(table, f"{label}_updates_per_s", lambda: _timed_rate(_with_backend(
                 backend, functools.partial((fused_sac(agent) if backend == "triton" else agent).update, rows)), steps, sync))
-        if isinstance(table.get("fused_triton_updates_per_s"), float) and isinstance(
-                table.get("module_ref_ops_updates_per_s"), float):
-            table["fused_triton_vs_module_ref_ops"] = (table["fused_triton_updates_per_s"]
-                                                       / table["module_ref_ops_updates_per_s"])
+        ratio(table, "fused_triton_vs_module_ref_ops", "fused_triton_updates_per_s", "module_ref_ops_updates_per_s")
 
         def sac_gap():
             fused, ref = fused_sac(copy.deepcopy(base)), copy.deepcopy(base)
             torch.manual_seed(3)
-            run = _with_backend("triton", lambda: fused.update(rows))
-            for _ in range(20):
-                run()
+            with requested_backend("triton"):
+                for _ in range(20):
+                    fused.update(rows)
             torch.manual_seed(3)
-            for _ in range(20):
-                _with_backend("ref", lambda: ref.update_ref(rows))()
+            with requested_backend("ref"):
+                for _ in range(20):
+                    ref.update_ref(rows)
             scale = 20 * max(fused.config.actor_lr, fused.config.critic_lr)
             return max(max_param_gap(getattr(fused, n), getattr(ref, n), scale)
                        for n in ("actor", "critic", "critic_target"))
-        guarded(table, "fused_triton_param_gap_vs_update_ref", sac_gap)
-        if not (isinstance(table["fused_triton_param_gap_vs_update_ref"], float)
-                and table["fused_triton_param_gap_vs_update_ref"] <= 0.01):
-            ok = False
+        gap_within_tolerance(table, "fused_triton_param_gap_vs_update_ref", sac_gap)
 
     gen = torch.Generator().manual_seed(0)
     n_rows, in_dim, out_dim = 100_000, OBS + ACT, OBS + 1
@@ -223,7 +221,8 @@ def kernel_check(steps: int = 200, batches: tuple[int, ...] = (256, 4096), devic
         (triton: checked to run the fused Triton step)."""
         optim = model.make_optimizer(lr)
         if backend == "triton":
-            chosen = _with_backend(backend, lambda: model.fused_step_backend(optim, x))()
+            with requested_backend(backend):
+                chosen = model.fused_step_backend(optim, x)
             if chosen != "triton":
                 raise AssertionError(f"the fit runs {chosen or 'the module path'}, not the Triton step")
         state = {"batches": iter(())}
@@ -240,8 +239,7 @@ def kernel_check(steps: int = 200, batches: tuple[int, ...] = (256, 4096), devic
     for label, backend in (("module_ref_ops", "ref"), ("fused_triton", "triton")):
         guarded(fit, f"{label}_steps_per_s",
                 lambda: _timed_rate(fit_stepper(backend, copy.deepcopy(base_model)), steps, sync))
-    if isinstance(fit.get("fused_triton_steps_per_s"), float) and isinstance(fit.get("module_ref_ops_steps_per_s"), float):
-        fit["fused_triton_vs_module_ref_ops"] = fit["fused_triton_steps_per_s"] / fit["module_ref_ops_steps_per_s"]
+    ratio(fit, "fused_triton_vs_module_ref_ops", "fused_triton_steps_per_s", "module_ref_ops_steps_per_s")
 
     def fit_gap():
         models = {name: copy.deepcopy(base_model) for name in ("triton", "ref")}
@@ -250,9 +248,7 @@ def kernel_check(steps: int = 200, batches: tuple[int, ...] = (256, 4096), devic
             for _ in range(20):
                 stepper()
         return max_param_gap(models["triton"], models["ref"], 20 * lr)
-    guarded(fit, "fused_triton_param_gap_vs_module", fit_gap)
-    if not (isinstance(fit["fused_triton_param_gap_vs_module"], float) and fit["fused_triton_param_gap_vs_module"] <= 0.01):
-        ok = False
+    gap_within_tolerance(fit, "fused_triton_param_gap_vs_module", fit_gap)
     result["ok"] = ok
     return result
 

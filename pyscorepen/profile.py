@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import sys
 import tempfile
 import time
@@ -152,19 +151,10 @@ def synthetic_task(obs_dim: int, action_dim: int, size: int, seed: int = 0):
 
 
 # ------------------------------------------------------------------------------------ measuring
-@contextlib.contextmanager
 def _backend_env(mode: str):
     """PYSCOREPEN_BACKEND=ref for the reference mode, restored afterwards."""
-    old = os.environ.get("PYSCOREPEN_BACKEND")
-    if mode == "ref":
-        os.environ["PYSCOREPEN_BACKEND"] = "ref"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("PYSCOREPEN_BACKEND", None)
-        else:
-            os.environ["PYSCOREPEN_BACKEND"] = old
+    from pyscorepen.ops import backend
+    return backend.requested_backend("ref") if mode == "ref" else contextlib.nullcontext()
 
 
 def _train_config(config: ProfileConfig):

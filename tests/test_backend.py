@@ -225,3 +225,18 @@ def test_family_entries_replace_the_vendor_entries(fake_cpuinfo):
     for key, tables in {**backend.CPP_MIN_ROWS_BY_VENDOR, **backend.CPP_MAX_ROWS_BY_VENDOR}.items():
         assert key.split("/")[0] in ("amd", "intel", "other")
         assert all(set(table) <= set(ops.CPU_ISAS) for table in tables.values())
+
+
+def test_requested_backend_sets_and_restores_the_variable(monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, "cpp")
+    with backend.requested_backend("ref"):
+        assert os.environ[backend.ENV_VAR] == "ref"
+        with backend.requested_backend(None):            # None: auto, the variable unset
+            assert backend.ENV_VAR not in os.environ
+        assert os.environ[backend.ENV_VAR] == "ref"
+    assert os.environ[backend.ENV_VAR] == "cpp"
+    monkeypatch.delenv(backend.ENV_VAR)
+    with pytest.raises(RuntimeError):
+        with backend.requested_backend("ref"):
+            raise RuntimeError
+    assert backend.ENV_VAR not in os.environ

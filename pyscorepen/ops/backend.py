@@ -113,6 +113,24 @@ def forced_cpu_isa(name: str) -> Iterator[str]:
         set_cpu_isa(previous)
 
 
+@contextlib.contextmanager
+def requested_backend(name: str | None) -> Iterator[None]:
+    """``with requested_backend("ref"):`` set ``$PYSCOREPEN_BACKEND`` to ``name`` (None: unset, i.e.
+    auto) for the block, then restore what it was."""
+    previous = os.environ.get(ENV_VAR)
+    if name is None:
+        os.environ.pop(ENV_VAR, None)
+    else:
+        os.environ[ENV_VAR] = name
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = previous
+
+
 # Automatic CPU policy: the smallest batch (rows) from which auto picks ``cpp`` over ``ref``, per
 # op shape class and ISA (NEVER: auto always runs the reference there); below it auto runs the
 # reference. backend= / $PYSCOREPEN_BACKEND run whatever they name. A threshold is the smallest
