@@ -18,7 +18,7 @@ Regression check: fast/ref measured in this run, never absolute times.
 """
 from __future__ import annotations
 
-import os
+import contextlib
 import statistics
 import time
 
@@ -29,6 +29,7 @@ from benchutil import record, check_speedup
 from pyscorepen.algos import COMBO, ComboConfig
 from pyscorepen.data import Batch
 from pyscorepen.algos.sac import SAC, SACConfig
+from pyscorepen.ops.backend import requested_backend
 
 OBS_DIM, ACT_DIM, HIDDEN, BATCH, NUM_CRITICS = 17, 6, (256, 256), 256, 2
 SAMPLED_ACTIONS = 10
@@ -149,20 +150,13 @@ def test_fused_cpu_time(one_thread, algo):
     for provider in ("ref", "fast", "fused"):
         agents[provider] = make_agent(algo, provider)
     times: dict[str, list[float]] = {p: [] for p in agents}
-    before = os.environ.get("PYSCOREPEN_BACKEND")
-    try:
-        for rnd in range(43 if algo == "sac" else 15):
-            for provider, (_, update) in agents.items():
-                if provider == "ref":
-                    os.environ["PYSCOREPEN_BACKEND"] = "ref"
+    for rnd in range(43 if algo == "sac" else 15):
+        for provider, (_, update) in agents.items():
+            # ref: every op on the reference backend, as test_update's; fast and fused: the caller's choice
+            with requested_backend("ref") if provider == "ref" else contextlib.nullcontext():
                 start = time.process_time()
                 update(batches[rnd % len(batches)])
                 times[provider].append(time.process_time() - start)
-                if provider == "ref":
-                    os.environ.pop("PYSCOREPEN_BACKEND")
-    finally:
-        if before is not None:
-            os.environ["PYSCOREPEN_BACKEND"] = before
     median = {p: statistics.median(t[3:]) for p, t in times.items()}   # 3 warm-up rounds
     print(f"\n{algo} update CPU time per update, 1 thread: " +
           ", ".join(f"{p} {1e3 * m:.2f} ms ({1 / m:.0f}/s)" for p, m in median.items()) +
