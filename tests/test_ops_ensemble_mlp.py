@@ -283,6 +283,32 @@ def test_opcheck_every_isa_and_padded_saved_buffers(cpu_isa):
 @pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
 @pytest.mark.parametrize("cpu_isa", cpp_isa_params("ensemble_mlp"), indirect=True)
 @pytest.mark.parametrize("activation", ["relu", "silu"])
+@pytest.mark.parametrize("shared", [True, False], ids=["x-shared", "x-per-member"])
+def test_backward_in_row_chunks(cpu_isa, activation, shared):
+    """Above cpu::kBackwardChunkRows (384) rows the backward runs its phases chunk by chunk, each
+    chunk's weight-gradient slabs added to the chunks' before it: 1 153 rows (three whole chunks and a
+    ragged one) give the same bits on 1 and 2 threads and match the reference."""
+    from tests.isa_params import restored_threads
+    x, weights, biases = make_inputs(1153, (23, 64, 64, 1), 2, shared=shared, seed=3,
+                                     requires_grad=(False, False, False))
+    grads = []
+    with restored_threads():
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out, saved = torch.ops.pyscorepen.ensemble_mlp_forward(x, weights, biases, activation)
+            grad_out = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
+            gx, gw, gb = torch.ops.pyscorepen.ensemble_mlp_backward(grad_out, x, weights, saved, activation,
+                                                                    [True, True, True])
+            grads.append([gx, *gw, *gb])
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+    check_against_reference(x.requires_grad_(), [w.requires_grad_() for w in weights],
+                            [b.requires_grad_() for b in biases], activation, "cpp")
+
+
+@pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
+@pytest.mark.parametrize("cpu_isa", cpp_isa_params("ensemble_mlp"), indirect=True)
+@pytest.mark.parametrize("activation", ["relu", "silu"])
 @pytest.mark.parametrize("batch", [5, 256, 262])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dims", [(9, 40, 40, 3), (9, 40, 1)], ids=["3-outputs", "1-output"])

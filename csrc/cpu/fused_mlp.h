@@ -137,6 +137,15 @@ struct GaussianNllArgs {
 // row tiles), so micro-kernels never need a row tail.
 constexpr int64_t kRowPad = 24;
 
+// Rows of one chunk of ensemble_mlp_backward (csrc/pyscorepen.cpp): above it, the three phases run
+// chunk by chunk, so that a chunk's dz buffers and saved activations are still in cache when the
+// weight gradient reads them. A multiple of kRowPad and of every ISA's kGradSlab (384 = lcm(24, 128)).
+#ifndef PYSCOREPEN_BACKWARD_CHUNK_ROWS
+#define PYSCOREPEN_BACKWARD_CHUNK_ROWS 384
+#endif
+constexpr int64_t kBackwardChunkRows = PYSCOREPEN_BACKWARD_CHUNK_ROWS;
+static_assert(kBackwardChunkRows % kRowPad == 0, "backward chunks start at multiples of kRowPad");
+
 // Scratch layout of one chunk (in floats; every block starts 64-byte aligned):
 // x [m_pad, ld_x] | h0 [m_pad, ld_h] | h1 [m_pad, ld_h] | y [ld_y].
 struct ChunkLayout {
@@ -166,9 +175,11 @@ struct Kernels {
   void (*ensemble_backward_dz_rows)(const EnsembleTrainArgs& args, int64_t member, int64_t row_begin,
                                     int64_t row_end);
   // Phase 2: grad_w[layer][member] and grad_b[layer][member] for the column blocks [block_begin,
-  // block_end) (all batch rows; the blocks of a slab of rows are done before the next slab).
+  // block_end), summed over the rows [row_begin, row_end) (the blocks of a slab of rows are done
+  // before the next slab). row_begin == 0 starts the sums, a later range adds to them: ranges that
+  // start at multiples of kBackwardChunkRows and run in order give the bits of one pass over all rows.
   void (*ensemble_backward_params)(const EnsembleTrainArgs& args, int layer, int64_t member, int64_t block_begin,
-                                   int64_t block_end);
+                                   int64_t block_end, int64_t row_begin, int64_t row_end);
   // Phase 3: grad_x on the rows (shared x: sum over members; else member `member` only).
   void (*ensemble_backward_grad_x_rows)(const EnsembleTrainArgs& args, int64_t member, int64_t row_begin,
                                         int64_t row_end);
