@@ -803,7 +803,30 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> ensemble_mlp_backwa
   // chunks, 24.1 with 1 152 (medians of 3); 2 threads, % of the paired sgemm probe (targets.py
   // critic-3840) 83.6 / 89.1 / 83.1 -> 88.3 / 94.5 / 87.4; COMBO's fused update (1 thread, CPU
   // time) 41.5 / 40.4 -> 39.4 / 39.6 ms. Unchanged at <= 384 rows (SAC's 256).
-  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  // Phase 2 (weight / bias gradients, per (layer, member, group of column blocks), largest first)
+  // and phase 3 (input gradient, per row block) run in one pool: both only read the dz buffers. A
+  // task's column blocks share every slab of the layer input read from memory, so a layer is
+  // split into groups only as far as the threads need: no group costs more than the phase's
+  // total / threads (1 thread: whole layers; at B = 3 840 one group per 256-wide layer read the
+  // critics' h once instead of once per block). The phase-2 tasks are the same for every chunk.
+  struct Task { int layer; int64_t member, begin, end, cost; };   // blocks or, for grad_x, one row block
+  std::vector<Task> param_tasks;
+  if (need_w || need_b) {
+    const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+    int64_t total_cost = 0;
+    for (int64_t l = 0; l < L; ++l) total_cost += E * dims[l] * dims[l + 1];
+    for (int64_t l = 0; l < L; ++l) {
+      const int64_t n_blocks = kernels->column_blocks(dims[l + 1]), layer_cost = dims[l] * dims[l + 1];
+      const int64_t wanted = (layer_cost * threads + total_cost - 1) / std::max<int64_t>(total_cost, 1);
+      const int64_t groups = std::min(n_blocks, std::max<int64_t>(1, wanted));
+      for (int64_t e = 0; e < E; ++e)
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t begin = g * n_blocks / groups, end = (g + 1) * n_blocks / groups;
+          param_tasks.push_back({static_cast<int>(l), e, begin, end, layer_cost * (end - begin) / n_blocks});
+        }
+    }
+  }
+  const int64_t x_groups = args.x_shared ? 1 : E;
   for (int64_t c0 = 0; c0 < args.batch_rows; c0 += cpu::kBackwardChunkRows) {
     const int64_t c1 = std::min(args.batch_rows, c0 + cpu::kBackwardChunkRows), c_pad = padded_rows(c1 - c0);
     // phase 1: dz chain, per (member, row block)
@@ -814,29 +837,8 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> ensemble_mlp_backwa
         if (r0 < c1) kernels->ensemble_backward_dz_rows(args, member, r0, std::min(c1, r0 + rows));
       });
     }
-    // phase 2 (weight / bias gradients, per (layer, member, group of column blocks), largest first)
-    // and phase 3 (input gradient, per row block) in one pool: both only read the dz buffers. A
-    // task's column blocks share every slab of the layer input read from memory, so a layer is
-    // split into groups only as far as the threads need: no group costs more than the phase's
-    // total / threads (1 thread: whole layers; at B = 3 840 one group per 256-wide layer read the
-    // critics' h once instead of once per block).
-    struct Task { int layer; int64_t member, begin, end, cost; };   // blocks or, for grad_x, one row block
-    std::vector<Task> tasks;
-    if (need_w || need_b) {
-      int64_t total_cost = 0;
-      for (int64_t l = 0; l < L; ++l) total_cost += E * dims[l] * dims[l + 1];
-      for (int64_t l = 0; l < L; ++l) {
-        const int64_t n_blocks = kernels->column_blocks(dims[l + 1]), layer_cost = dims[l] * dims[l + 1];
-        const int64_t wanted = (layer_cost * threads + total_cost - 1) / std::max<int64_t>(total_cost, 1);
-        const int64_t groups = std::min(n_blocks, std::max<int64_t>(1, wanted));
-        for (int64_t e = 0; e < E; ++e)
-          for (int64_t g = 0; g < groups; ++g) {
-            const int64_t begin = g * n_blocks / groups, end = (g + 1) * n_blocks / groups;
-            tasks.push_back({static_cast<int>(l), e, begin, end, layer_cost * (end - begin) / n_blocks});
-          }
-      }
-    }
-    const int64_t x_groups = args.x_shared ? 1 : E;
+    // phases 2 and 3
+    std::vector<Task> tasks = param_tasks;
     const int64_t x_rows = rows_per_task(c_pad, x_groups, true), x_blocks = (c_pad + x_rows - 1) / x_rows;
     if (need_x) {
       for (int64_t g = 0; g < x_groups; ++g)

@@ -755,13 +755,13 @@ void ensemble_backward_params(const EnsembleTrainArgs& args, int layer, int64_t 
   // slabs: the same additions in the same order, so the slab size does not change the result.
   // Only the computed rows: the others of the buffers are not written (EnsembleTrainArgs).
   constexpr int64_t kSlab = V::kGradSlab;
-  static_assert(kBackwardChunkRows % kSlab == 0, "row ranges at multiples of kBackwardChunkRows must start whole slabs");
-  const int64_t rows_total = row_end;   // the slabs of [row_begin, row_end); b0 == 0 starts the sums
+  static_assert(kBackwardChunkRows % kSlab == 0, "row ranges must start at whole slabs");
+  // the slabs of [row_begin, row_end); the one at row 0 starts the sums, later ones add to them
   if (n == 1) {
     // single output (a critic's Q head): grad_w[k] = sum_b h[b, k] dz[b], vectorized over k; the
     // running sums go through gw between slabs (the same additions, in the same order, as one pass)
-    for (int64_t b0 = row_begin; b0 < rows_total && gw != nullptr; b0 += kSlab) {
-      const int64_t b1 = rows_total - b0 < kSlab ? rows_total : b0 + kSlab;
+    for (int64_t b0 = row_begin; b0 < row_end && gw != nullptr; b0 += kSlab) {
+      const int64_t b1 = row_end - b0 < kSlab ? row_end : b0 + kSlab;
       for (int64_t k = 0; k < k_in; k += 4 * W) {
         typename V::Vec acc[4];
 #pragma GCC unroll 4
@@ -785,7 +785,7 @@ void ensemble_backward_params(const EnsembleTrainArgs& args, int layer, int64_t 
     }
     if (gb != nullptr) {
       float sum = row_begin == 0 ? 0.0f : gb[0];
-      for (int64_t b = row_begin; b < rows_total; ++b) sum += dz[b * ld];
+      for (int64_t b = row_begin; b < row_end; ++b) sum += dz[b * ld];
       gb[0] = sum;
     }
     return;
@@ -795,8 +795,8 @@ void ensemble_backward_params(const EnsembleTrainArgs& args, int layer, int64_t 
   // task's column blocks inner: each slab of h is read from memory once for all of them (block
   // outer read all of h once per block, 4x per 256-wide layer). grad_b = the sum of dz's rows,
   // per slab while it is in L2 (a pass per column vector over all B rows strode through memory).
-  for (int64_t b0 = row_begin; b0 < rows_total; b0 += kSlab) {
-    const int64_t rows = rows_total - b0 < kSlab ? rows_total - b0 : kSlab;
+  for (int64_t b0 = row_begin; b0 < row_end; b0 += kSlab) {
+    const int64_t rows = row_end - b0 < kSlab ? row_end - b0 : kSlab;
     if (gw != nullptr) {
       if (b0 == 0)
         train_layer<V, Epi::kNone, Init::kZero, true>(h, ld_h, k_in, rows, dz, ld, n, nullptr, gw, n, nullptr,
